@@ -1,0 +1,82 @@
+package model
+
+import "github.com/zimage/zimage/engine"
+
+// Building blocks shared by the networks. Each mirrors a torch module; its
+// fields are the module's parameters under their checkpoint names.
+
+// Linear is torch.nn.Linear: weight [out, in], optional bias [out].
+type Linear struct {
+	Weight, Bias *Param
+}
+
+func loadLinear(w *Weights, in, out int, bias bool) *Linear {
+	l := &Linear{Weight: w.Param("weight", out, in)}
+	if bias {
+		l.Bias = w.Param("bias", out)
+	}
+	return l
+}
+
+// Forward: x [..., in] -> [..., out].
+func (l *Linear) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
+	return rec.Linear(l.Weight.Key, x, l.Weight.T, tensorOf(l.Bias))
+}
+
+// Conv2d is torch.nn.Conv2d with symmetric padding.
+type Conv2d struct {
+	Weight, Bias *Param
+	Stride, Pad  int
+}
+
+func loadConv2d(w *Weights, in, out, kernel, stride, pad int) *Conv2d {
+	return &Conv2d{
+		Weight: w.Param("weight", out, in, kernel, kernel),
+		Bias:   w.Param("bias", out),
+		Stride: stride, Pad: pad,
+	}
+}
+
+// Forward: x [N, in, H, W] -> [N, out, H', W'].
+func (c *Conv2d) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
+	return rec.Conv2d(c.Weight.Key, x, c.Weight.T, tensorOf(c.Bias), c.Stride, c.Pad)
+}
+
+// GroupNorm is torch.nn.GroupNorm with affine parameters.
+type GroupNorm struct {
+	Weight, Bias *Param
+	Groups       int
+	Eps          float32
+}
+
+func loadGroupNorm(w *Weights, groups, channels int, eps float32) *GroupNorm {
+	return &GroupNorm{Weight: w.Param("weight", channels), Bias: w.Param("bias", channels), Groups: groups, Eps: eps}
+}
+
+// Forward normalises x [N, C, ...]; silu fuses the activation that follows
+// almost every GroupNorm in the UNet and VAE.
+func (g *GroupNorm) Forward(rec *engine.Rec, x *engine.Tensor, silu bool) *engine.Tensor {
+	return rec.GroupNorm(g.Weight.Key, x, g.Weight.T, g.Bias.T, g.Groups, g.Eps, silu)
+}
+
+// LayerNorm is torch.nn.LayerNorm over the last dim.
+type LayerNorm struct {
+	Weight, Bias *Param
+	Eps          float32
+}
+
+func loadLayerNorm(w *Weights, dim int, eps float32) *LayerNorm {
+	return &LayerNorm{Weight: w.Param("weight", dim), Bias: w.Param("bias", dim), Eps: eps}
+}
+
+// Forward normalises x [..., dim].
+func (l *LayerNorm) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
+	return rec.LayerNorm(l.Weight.Key, x, l.Weight.T, l.Bias.T, l.Eps)
+}
+
+func tensorOf(p *Param) *engine.Tensor {
+	if p == nil {
+		return nil
+	}
+	return p.T
+}

@@ -1,0 +1,404 @@
+package model
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/x448/float16"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model/safetensors"
+)
+
+// Entry is one checkpoint tensor under its canonical (diffusers) key: a
+// whole safetensors tensor, or a contiguous row range of one (single-file
+// checkpoints fuse q/k/v projections that diffusers keeps apart).
+type Entry struct {
+	Key   string
+	DType safetensors.DType
+	Shape []int
+	File  string
+	data  func() []byte
+}
+
+// Bytes returns the raw little-endian elements, straight from the mapping.
+func (e *Entry) Bytes() []byte { return e.data() }
+
+// NumElem is the element count.
+func (e *Entry) NumElem() int {
+	n := 1
+	for _, d := range e.Shape {
+		n *= d
+	}
+	return n
+}
+
+// Source holds the tensors of one network (a diffusers component) under
+// canonical keys, and remembers which ones a network asked for.
+type Source struct {
+	Name    string // component, for messages: "unet", "vae", ...
+	entries map[string]*Entry
+	used    map[string]bool
+}
+
+// NewSource returns an empty source.
+func NewSource(name string) *Source {
+	return &Source{Name: name, entries: map[string]*Entry{}, used: map[string]bool{}}
+}
+
+// AddTensor adds a whole safetensors tensor under key.
+func (s *Source) AddTensor(key string, t *safetensors.Tensor, file string) {
+	s.entries[key] = &Entry{Key: key, DType: t.DType, Shape: append([]int(nil), t.Shape...), File: file, data: t.Data}
+}
+
+// AddRows adds rows [from, to) of the first axis of t under key, with the
+// given shape (whose element count must equal the rows' elements).
+func (s *Source) AddRows(key string, t *safetensors.Tensor, file string, from, to int, shape []int) error {
+	if len(t.Shape) == 0 || from < 0 || to > t.Shape[0] || from >= to {
+		return fmt.Errorf("model: %s in %s: rows [%d,%d) out of range of %v", t.Name, file, from, to, t.Shape)
+	}
+	row := int(t.NumElem()) / t.Shape[0] * t.DType.Size()
+	e := &Entry{Key: key, DType: t.DType, Shape: shape, File: file,
+		data: func() []byte { return t.Data()[from*row : to*row] }}
+	if e.NumElem()*t.DType.Size() != (to-from)*row {
+		return fmt.Errorf("model: %s in %s: shape %v does not match rows [%d,%d)", t.Name, file, shape, from, to)
+	}
+	s.entries[key] = e
+	return nil
+}
+
+// AddReshaped adds t under key with a new shape of the same element count
+// (LDM stores some linear weights as 1x1 convolutions).
+func (s *Source) AddReshaped(key string, t *safetensors.Tensor, file string, shape []int) error {
+	if len(t.Shape) == 0 {
+		return fmt.Errorf("model: %s in %s: scalar cannot be reshaped", t.Name, file)
+	}
+	return s.AddRows(key, t, file, 0, t.Shape[0], shape)
+}
+
+// Entry returns the tensor under key, or nil.
+func (s *Source) Entry(key string) *Entry { return s.entries[key] }
+
+// Keys lists every key, sorted.
+func (s *Source) Keys() []string {
+	keys := make([]string, 0, len(s.entries))
+	for k := range s.entries {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// Unused lists keys no network asked for, sorted.
+func (s *Source) Unused() []string {
+	var out []string
+	for _, k := range s.Keys() {
+		if !s.used[k] {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// MissingTensorError reports a tensor a network needs that the checkpoint
+// lacks.
+type MissingTensorError struct {
+	Component string
+	Key       string
+}
+
+func (e *MissingTensorError) Error() string {
+	return fmt.Sprintf("model: %s: missing tensor %q", e.Component, e.Key)
+}
+
+// ShapeError reports a checkpoint tensor whose shape differs from what the
+// config implies.
+type ShapeError struct {
+	Component string
+	Key       string
+	File      string
+	Got, Want []int
+}
+
+func (e *ShapeError) Error() string {
+	return fmt.Sprintf("model: %s: %q in %s: shape %v, want %v", e.Component, e.Key, e.File, e.Got, e.Want)
+}
+
+// NonFiniteError reports NaN or Inf values in a weight.
+type NonFiniteError struct {
+	Key, File string
+	Index     int
+}
+
+func (e *NonFiniteError) Error() string {
+	return fmt.Sprintf("model: %q in %s: non-finite value at element %d", e.Key, e.File, e.Index)
+}
+
+// Param is one weight of a network: where it comes from, the shape the
+// config implies, and its device copy while resident.
+type Param struct {
+	Key     string // canonical key, with the component's prefix path
+	Shape   engine.Shape
+	DType   engine.DType // device storage: F16 for matrices, F32 for vectors
+	src     *Entry
+	T       *engine.Tensor // nil unless resident
+	checked bool
+}
+
+// Bytes is the device size of the parameter.
+func (p *Param) Bytes() int64 { return int64(p.Shape.NumElem()) * int64(p.DType.Size()) }
+
+// Upload makes p resident on b (no-op when it already is). The first upload
+// checks the values for NaN/Inf.
+func (p *Param) Upload(b engine.Backend) error {
+	if p.T != nil {
+		return nil
+	}
+	raw := p.src.Bytes()
+	if !p.checked {
+		if i := firstNonFinite(raw, p.src.DType); i >= 0 {
+			return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
+		}
+		p.checked = true
+	}
+	t, err := b.Alloc(p.Key, p.DType, p.Shape)
+	if err != nil {
+		return fmt.Errorf("model: upload %s: %w", p.Key, err)
+	}
+	src := engine.F16
+	switch p.src.DType {
+	case safetensors.F32:
+		src = engine.F32
+	case safetensors.BF16:
+		raw, src = bf16ToF32(raw), engine.F32
+	}
+	if err := b.WriteRaw(t, raw, src); err != nil {
+		b.Free(t)
+		return fmt.Errorf("model: upload %s from %s: %w", p.Key, p.src.File, err)
+	}
+	p.T = t
+	return nil
+}
+
+// Evict frees the device copy.
+func (p *Param) Evict(b engine.Backend) {
+	if p.T != nil {
+		b.Free(p.T)
+		p.T = nil
+	}
+}
+
+func bf16ToF32(raw []byte) []byte {
+	out := make([]byte, len(raw)*2)
+	for i := 0; i+1 < len(raw); i += 2 {
+		binary.LittleEndian.PutUint32(out[2*i:], uint32(binary.LittleEndian.Uint16(raw[i:]))<<16)
+	}
+	return out
+}
+
+// firstNonFinite returns the index of the first NaN/Inf element, or -1.
+func firstNonFinite(raw []byte, dt safetensors.DType) int {
+	switch dt {
+	case safetensors.F16:
+		for i := 0; i+1 < len(raw); i += 2 {
+			if binary.LittleEndian.Uint16(raw[i:])&0x7c00 == 0x7c00 {
+				return i / 2
+			}
+		}
+	case safetensors.BF16:
+		for i := 0; i+1 < len(raw); i += 2 {
+			if binary.LittleEndian.Uint16(raw[i:])&0x7f80 == 0x7f80 {
+				return i / 2
+			}
+		}
+	case safetensors.F32:
+		for i := 0; i+3 < len(raw); i += 4 {
+			if binary.LittleEndian.Uint32(raw[i:])&0x7f800000 == 0x7f800000 {
+				return i / 4
+			}
+		}
+	}
+	return -1
+}
+
+// Block is a group of parameters that is made resident together: the unit
+// of layer-wise offload.
+type Block struct {
+	Name   string
+	Params []*Param
+}
+
+// Bytes is the device size of the block's parameters.
+func (bl *Block) Bytes() int64 {
+	var n int64
+	for _, p := range bl.Params {
+		n += p.Bytes()
+	}
+	return n
+}
+
+// Upload makes every parameter resident.
+func (bl *Block) Upload(b engine.Backend) error {
+	for _, p := range bl.Params {
+		if err := p.Upload(b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Evict frees every parameter's device copy.
+func (bl *Block) Evict(b engine.Backend) {
+	for _, p := range bl.Params {
+		p.Evict(b)
+	}
+}
+
+// Resident reports whether every parameter is on the device.
+func (bl *Block) Resident() bool {
+	for _, p := range bl.Params {
+		if p.T == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// Residency is how a network gets its weights onto the device: it calls Need
+// before running a block. AllResident uploads on first need and keeps
+// everything; sched's streamer evicts and prefetches under a budget.
+type Residency interface {
+	Need(b *Block) error
+}
+
+// AllResident keeps every block it was asked for on the device.
+type AllResident struct{ B engine.Backend }
+
+// Need uploads the block if it is not resident yet.
+func (a AllResident) Need(bl *Block) error { return bl.Upload(a.B) }
+
+// Weights hands out Params of one network under a key prefix, checking each
+// against the shape the config implies and collecting them into blocks.
+// Errors accumulate; callers check Err once per network.
+type Weights struct {
+	src    *Source
+	prefix string
+	state  *weightsState
+}
+
+type weightsState struct {
+	errs   []error
+	blocks []*Block
+	cur    *Block
+}
+
+// NewWeights starts handing out params of src.
+func NewWeights(src *Source) *Weights {
+	return &Weights{src: src, state: &weightsState{}}
+}
+
+// Sub returns the weights under prefix "name.".
+func (w *Weights) Sub(name string) *Weights {
+	p := name
+	if w.prefix != "" {
+		p = w.prefix + "." + name
+	}
+	return &Weights{src: w.src, prefix: p, state: w.state}
+}
+
+// Subf is Sub with a formatted name.
+func (w *Weights) Subf(format string, args ...any) *Weights {
+	return w.Sub(fmt.Sprintf(format, args...))
+}
+
+// Has reports whether the checkpoint holds the tensor name under the prefix.
+func (w *Weights) Has(name string) bool { return w.src.Entry(w.key(name)) != nil }
+
+// Prefix is the key path of this view.
+func (w *Weights) Prefix() string { return w.prefix }
+
+func (w *Weights) key(name string) string {
+	if w.prefix == "" {
+		return name
+	}
+	return w.prefix + "." + name
+}
+
+// BeginBlock starts a new offload block; later params belong to it.
+func (w *Weights) BeginBlock(name string) *Block {
+	b := &Block{Name: name}
+	w.state.blocks = append(w.state.blocks, b)
+	w.state.cur = b
+	return b
+}
+
+// Blocks lists the blocks in the order they were begun.
+func (w *Weights) Blocks() []*Block { return w.state.blocks }
+
+// Param returns the parameter name under the prefix, checked against shape.
+// Matrices and higher are stored F16 on the device, vectors F32.
+func (w *Weights) Param(name string, shape ...int) *Param {
+	key := w.key(name)
+	e := w.src.Entry(key)
+	if e == nil {
+		w.state.errs = append(w.state.errs, &MissingTensorError{Component: w.src.Name, Key: key})
+		return &Param{Key: key, Shape: shape}
+	}
+	w.src.used[key] = true
+	if !engine.Shape(e.Shape).Equal(shape) {
+		w.state.errs = append(w.state.errs, &ShapeError{Component: w.src.Name, Key: key, File: e.File, Got: e.Shape, Want: shape})
+	}
+	switch e.DType {
+	case safetensors.F16, safetensors.BF16, safetensors.F32:
+	default:
+		w.state.errs = append(w.state.errs, fmt.Errorf("model: %s: %q in %s: dtype %s, want F16, BF16 or F32", w.src.Name, key, e.File, e.DType))
+	}
+	dt := engine.F32
+	if len(shape) >= 2 {
+		dt = engine.F16
+	}
+	p := &Param{Key: key, Shape: engine.Shape(shape).Clone(), DType: dt, src: e}
+	if w.state.cur == nil {
+		w.BeginBlock(w.src.Name)
+	}
+	w.state.cur.Params = append(w.state.cur.Params, p)
+	return p
+}
+
+// Err joins every missing-tensor and shape error met so far.
+func (w *Weights) Err() error {
+	if len(w.state.errs) == 0 {
+		return nil
+	}
+	const show = 8
+	msgs := make([]string, 0, show+1)
+	for i, e := range w.state.errs {
+		if i == show {
+			msgs = append(msgs, fmt.Sprintf("... and %d more", len(w.state.errs)-show))
+			break
+		}
+		msgs = append(msgs, e.Error())
+	}
+	return &LoadError{Component: w.src.Name, Errs: w.state.errs, msg: strings.Join(msgs, "; ")}
+}
+
+// LoadError collects the problems found while loading one network; it
+// unwraps to each of them, so errors.As finds a *MissingTensorError or
+// *ShapeError inside.
+type LoadError struct {
+	Component string
+	Errs      []error
+	msg       string
+}
+
+func (e *LoadError) Error() string   { return e.msg }
+func (e *LoadError) Unwrap() []error { return e.Errs }
+
+// F16Bits converts a float32 to IEEE half bits (round to nearest even).
+func F16Bits(f float32) uint16 { return float16.Fromfloat32(f).Bits() }
+
+// F16Value converts IEEE half bits to float32.
+func F16Value(b uint16) float32 { return float16.Frombits(b).Float32() }
+
