@@ -401,4 +401,3 @@ func F16Bits(f float32) uint16 { return float16.Fromfloat32(f).Bits() }
 
 // F16Value converts IEEE half bits to float32.
 func F16Value(b uint16) float32 { return float16.Frombits(b).Float32() }
-

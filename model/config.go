@@ -1,0 +1,177 @@
+package model
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// IntOrList is a config value that diffusers accepts as one int or as a list
+// with one entry per block (attention_head_dim, transformer_layers_per_block,
+// cross_attention_dim, num_attention_heads). Null leaves it empty.
+type IntOrList []int
+
+// UnmarshalJSON accepts an int, a list of ints, or null.
+func (v *IntOrList) UnmarshalJSON(b []byte) error {
+	var n int
+	if err := json.Unmarshal(b, &n); err == nil {
+		*v = IntOrList{n}
+		return nil
+	}
+	var l []int
+	if err := json.Unmarshal(b, &l); err != nil {
+		return fmt.Errorf("want an int or a list of ints, got %s", b)
+	}
+	*v = l
+	return nil
+}
+
+// At returns the value for block i: the single value, or the list's entry.
+func (v IntOrList) At(i int) int {
+	if len(v) == 1 {
+		return v[0]
+	}
+	if i < len(v) {
+		return v[i]
+	}
+	return 0
+}
+
+// UNetConfig is diffusers' UNet2DConditionModel config.json
+// (diffusers/models/unets/unet_2d_condition.py). Only the fields the
+// supported architectures use are read; Validate rejects the rest.
+type UNetConfig struct {
+	InChannels                   int       `json:"in_channels"`
+	OutChannels                  int       `json:"out_channels"`
+	BlockOutChannels             []int     `json:"block_out_channels"`
+	DownBlockTypes               []string  `json:"down_block_types"`
+	UpBlockTypes                 []string  `json:"up_block_types"`
+	MidBlockType                 *string   `json:"mid_block_type"`
+	LayersPerBlock               int       `json:"layers_per_block"`
+	AttentionHeadDim             IntOrList `json:"attention_head_dim"`
+	NumAttentionHeads            IntOrList `json:"num_attention_heads"`
+	CrossAttentionDim            IntOrList `json:"cross_attention_dim"`
+	TransformerLayersPerBlock    IntOrList `json:"transformer_layers_per_block"`
+	UseLinearProjection          bool      `json:"use_linear_projection"`
+	NormNumGroups                int       `json:"norm_num_groups"`
+	NormEps                      float32   `json:"norm_eps"`
+	FlipSinToCos                 bool      `json:"flip_sin_to_cos"`
+	FreqShift                    float64   `json:"freq_shift"`
+	DownsamplePadding            int       `json:"downsample_padding"`
+	AdditionEmbedType            *string   `json:"addition_embed_type"`
+	AdditionTimeEmbedDim         int       `json:"addition_time_embed_dim"`
+	ProjectionClassEmbedInputDim int       `json:"projection_class_embeddings_input_dim"`
+	UpcastAttention              bool      `json:"upcast_attention"`
+	SampleSize                   int       `json:"sample_size"`
+	ResnetTimeScaleShift         string    `json:"resnet_time_scale_shift"`
+	TimeCondProjDim              *int      `json:"time_cond_proj_dim"`
+	ClassEmbedType               *string   `json:"class_embed_type"`
+	ConvInKernel                 int       `json:"conv_in_kernel"`
+	ConvOutKernel                int       `json:"conv_out_kernel"`
+}
+
+// VAEConfig is diffusers' AutoencoderKL config.json
+// (diffusers/models/autoencoders/autoencoder_kl.py).
+type VAEConfig struct {
+	InChannels           int      `json:"in_channels"`
+	OutChannels          int      `json:"out_channels"`
+	LatentChannels       int      `json:"latent_channels"`
+	BlockOutChannels     []int    `json:"block_out_channels"`
+	UpBlockTypes         []string `json:"up_block_types"`
+	LayersPerBlock       int      `json:"layers_per_block"`
+	NormNumGroups        int      `json:"norm_num_groups"`
+	ScalingFactor        float64  `json:"scaling_factor"`
+	ShiftFactor          *float64 `json:"shift_factor"`
+	ForceUpcast          bool     `json:"force_upcast"`
+	MidBlockAddAttention *bool    `json:"mid_block_add_attention"`
+	UsePostQuantConv     *bool    `json:"use_post_quant_conv"`
+	SampleSize           int      `json:"sample_size"`
+}
+
+// CLIPTextConfig is transformers' CLIPTextConfig config.json
+// (transformers/models/clip/configuration_clip.py), for CLIPTextModel and
+// CLIPTextModelWithProjection.
+type CLIPTextConfig struct {
+	Architectures         []string `json:"architectures"`
+	HiddenSize            int      `json:"hidden_size"`
+	IntermediateSize      int      `json:"intermediate_size"`
+	NumHiddenLayers       int      `json:"num_hidden_layers"`
+	NumAttentionHeads     int      `json:"num_attention_heads"`
+	MaxPositionEmbeddings int      `json:"max_position_embeddings"`
+	VocabSize             int      `json:"vocab_size"`
+	HiddenAct             string   `json:"hidden_act"`
+	LayerNormEps          float32  `json:"layer_norm_eps"`
+	ProjectionDim         int      `json:"projection_dim"`
+	EOSTokenID            int      `json:"eos_token_id"`
+}
+
+// WithProjection reports whether the checkpoint is a
+// CLIPTextModelWithProjection (SDXL's second encoder).
+func (c *CLIPTextConfig) WithProjection() bool {
+	for _, a := range c.Architectures {
+		if a == "CLIPTextModelWithProjection" {
+			return true
+		}
+	}
+	return false
+}
+
+// SchedulerConfig is a diffusers scheduler_config.json; the fields are the
+// union of what the supported schedulers read.
+type SchedulerConfig struct {
+	ClassName              string    `json:"_class_name"`
+	NumTrainTimesteps      int       `json:"num_train_timesteps"`
+	BetaStart              float64   `json:"beta_start"`
+	BetaEnd                float64   `json:"beta_end"`
+	BetaSchedule           string    `json:"beta_schedule"`
+	TrainedBetas           []float64 `json:"trained_betas"`
+	PredictionType         string    `json:"prediction_type"`
+	TimestepSpacing        string    `json:"timestep_spacing"`
+	StepsOffset            int       `json:"steps_offset"`
+	SetAlphaToOne          bool      `json:"set_alpha_to_one"`
+	SkipPRKSteps           bool      `json:"skip_prk_steps"`
+	ClipSample             bool      `json:"clip_sample"`
+	UseKarrasSigmas        bool      `json:"use_karras_sigmas"`
+	InterpolationType      string    `json:"interpolation_type"`
+	TimestepType           string    `json:"timestep_type"`
+	RescaleBetasZeroSNR    bool      `json:"rescale_betas_zero_snr"`
+	OriginalInferenceSteps int       `json:"original_inference_steps"`
+	FinalSigmasType        string    `json:"final_sigmas_type"`
+	SolverOrder            int       `json:"solver_order"`
+	AlgorithmType          string    `json:"algorithm_type"`
+	LowerOrderFinal        *bool     `json:"lower_order_final"`
+}
+
+// ModelIndex is a diffusers pipeline's model_index.json: the pipeline class
+// and, per component, [library, class] (null for absent components).
+type ModelIndex struct {
+	ClassName                string
+	ForceZerosForEmptyPrompt bool
+	Components               map[string][2]string
+}
+
+// UnmarshalJSON reads the mixed object diffusers writes.
+func (m *ModelIndex) UnmarshalJSON(b []byte) error {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	m.Components = map[string][2]string{}
+	for k, v := range raw {
+		switch k {
+		case "_class_name":
+			if err := json.Unmarshal(v, &m.ClassName); err != nil {
+				return fmt.Errorf("_class_name: %w", err)
+			}
+		case "force_zeros_for_empty_prompt":
+			if err := json.Unmarshal(v, &m.ForceZerosForEmptyPrompt); err != nil {
+				return fmt.Errorf("force_zeros_for_empty_prompt: %w", err)
+			}
+		default:
+			var pair []*string
+			if json.Unmarshal(v, &pair) == nil && len(pair) == 2 && pair[0] != nil && pair[1] != nil {
+				m.Components[k] = [2]string{*pair[0], *pair[1]}
+			}
+		}
+	}
+	return nil
+}
