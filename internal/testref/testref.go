@@ -1,0 +1,182 @@
+// Package testref gives tests access to the reference models and tensors in
+// ../shared/testmodels (or $ZIMAGE_TESTMODELS), skipping cleanly when they
+// are absent. Only tests import it.
+package testref
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/x448/float16"
+
+	"github.com/zimage/zimage/model/safetensors"
+)
+
+// Models are the three tiny reference pipelines.
+var Models = []string{"tiny-sd-turbo", "tiny-sd15", "tiny-sdxl-turbo"}
+
+// Root returns the testmodels folder: $ZIMAGE_TESTMODELS, else
+// ../shared/testmodels beside the repository. ok is false when absent.
+func Root() (string, bool) {
+	if d := os.Getenv("ZIMAGE_TESTMODELS"); d != "" {
+		_, err := os.Stat(d)
+		return d, err == nil
+	}
+	_, file, _, _ := runtime.Caller(0)
+	d := filepath.Join(filepath.Dir(file), "..", "..", "..", "shared", "testmodels")
+	_, err := os.Stat(d)
+	return d, err == nil
+}
+
+// Dir returns the folder of a reference model, skipping the test when the
+// reference models are not available.
+func Dir(t testing.TB, model string) string {
+	t.Helper()
+	root, ok := Root()
+	if !ok {
+		t.Skipf("reference models not found at %s (set ZIMAGE_TESTMODELS to the testmodels folder)", root)
+	}
+	return filepath.Join(root, model)
+}
+
+// Refs is one model's refs.safetensors plus refs.json.
+type Refs struct {
+	Dir  string
+	File *safetensors.File
+	JSON map[string]any
+}
+
+// Open opens a model's references; the file is closed when the test ends.
+func Open(t testing.TB, model string) *Refs {
+	t.Helper()
+	dir := Dir(t, model)
+	f, err := safetensors.Open(filepath.Join(dir, "refs.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	raw, err := os.ReadFile(filepath.Join(dir, "refs.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &Refs{Dir: dir, File: f}
+	if err := json.Unmarshal(raw, &r.JSON); err != nil {
+		t.Fatalf("refs.json: %v", err)
+	}
+	return r
+}
+
+// Has reports whether a reference tensor exists.
+func (r *Refs) Has(name string) bool { return r.File.Tensor(name) != nil }
+
+// Floats returns a reference tensor as float32 values and its shape.
+func (r *Refs) Floats(t testing.TB, name string) ([]float32, []int) {
+	t.Helper()
+	st := r.File.Tensor(name)
+	if st == nil {
+		t.Fatalf("reference tensor %q not in %s", name, r.Dir)
+	}
+	return Decode(t, st), st.Shape
+}
+
+// Ints returns an integer reference tensor (I64/I32) as int64 values.
+func (r *Refs) Ints(t testing.TB, name string) ([]int64, []int) {
+	t.Helper()
+	st := r.File.Tensor(name)
+	if st == nil {
+		t.Fatalf("reference tensor %q not in %s", name, r.Dir)
+	}
+	b := st.Data()
+	out := make([]int64, st.NumElem())
+	for i := range out {
+		switch st.DType {
+		case safetensors.I64:
+			out[i] = int64(binary.LittleEndian.Uint64(b[8*i:]))
+		case safetensors.I32:
+			out[i] = int64(int32(binary.LittleEndian.Uint32(b[4*i:])))
+		case safetensors.U8:
+			out[i] = int64(b[i])
+		default:
+			t.Fatalf("%s: dtype %s is not an integer type", name, st.DType)
+		}
+	}
+	return out, st.Shape
+}
+
+// Decode converts an F32/F16/BF16/F64 tensor to float32.
+func Decode(t testing.TB, st *safetensors.Tensor) []float32 {
+	t.Helper()
+	b := st.Data()
+	out := make([]float32, st.NumElem())
+	for i := range out {
+		switch st.DType {
+		case safetensors.F32:
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+		case safetensors.F16:
+			out[i] = float16.Frombits(binary.LittleEndian.Uint16(b[2*i:])).Float32()
+		case safetensors.BF16:
+			out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
+		case safetensors.F64:
+			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
+		default:
+			t.Fatalf("%s: dtype %s is not a float type", st.Name, st.DType)
+		}
+	}
+	return out
+}
+
+// Diff summarises how far got is from want.
+type Diff struct {
+	MaxAbs     float64 // max |got - want|
+	MaxRef     float64 // max |want|
+	RelMSE     float64 // sum (got-want)^2 / sum want^2
+	NonFinite  int     // elements of got that are NaN or Inf
+	Mismatched bool    // lengths differ
+}
+
+// Compare computes a Diff.
+func Compare(got, want []float32) Diff {
+	var d Diff
+	if len(got) != len(want) {
+		d.Mismatched = true
+		return d
+	}
+	var num, den float64
+	for i := range got {
+		g, w := float64(got[i]), float64(want[i])
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			d.NonFinite++
+			continue
+		}
+		e := math.Abs(g - w)
+		d.MaxAbs = math.Max(d.MaxAbs, e)
+		d.MaxRef = math.Max(d.MaxRef, math.Abs(w))
+		num += e * e
+		den += w * w
+	}
+	if den > 0 {
+		d.RelMSE = num / den
+	}
+	return d
+}
+
+// Fp16Bound returns the reference's own fp16-vs-fp32 max |diff| for a
+// tensor (refs.json "fp16_vs_fp32", searched in every section), or 0 when
+// not recorded.
+func (r *Refs) Fp16Bound(name string) float64 {
+	sec, _ := r.JSON["fp16_vs_fp32"].(map[string]any)
+	for _, v := range sec {
+		m, _ := v.(map[string]any)
+		if e, ok := m[name].(map[string]any); ok {
+			if f, ok := e["max_abs"].(float64); ok {
+				return f
+			}
+		}
+	}
+	return 0
+}
