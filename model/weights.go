@@ -41,6 +41,7 @@ type Source struct {
 	Name    string // component, for messages: "unet", "vae", ...
 	entries map[string]*Entry
 	used    map[string]bool
+	synth   func(key string, shape []int) *Entry
 }
 
 // NewSource returns an empty source.
@@ -342,6 +343,10 @@ func (w *Weights) Blocks() []*Block { return w.state.blocks }
 func (w *Weights) Param(name string, shape ...int) *Param {
 	key := w.key(name)
 	e := w.src.Entry(key)
+	if e == nil && w.src.synth != nil {
+		e = w.src.synth(key, shape)
+		w.src.entries[key] = e
+	}
 	if e == nil {
 		w.state.errs = append(w.state.errs, &MissingTensorError{Component: w.src.Name, Key: key})
 		return &Param{Key: key, Shape: shape}
