@@ -12,8 +12,6 @@ import (
 	"runtime"
 	"testing"
 
-	"github.com/x448/float16"
-
 	"github.com/zimage/zimage/model/safetensors"
 )
 
@@ -111,23 +109,11 @@ func (r *Refs) Ints(t testing.TB, name string) ([]int64, []int) {
 // Decode converts an F32/F16/BF16/F64 tensor to float32.
 func Decode(t testing.TB, st *safetensors.Tensor) []float32 {
 	t.Helper()
-	b := st.Data()
-	out := make([]float32, st.NumElem())
-	for i := range out {
-		switch st.DType {
-		case safetensors.F32:
-			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
-		case safetensors.F16:
-			out[i] = float16.Frombits(binary.LittleEndian.Uint16(b[2*i:])).Float32()
-		case safetensors.BF16:
-			out[i] = math.Float32frombits(uint32(binary.LittleEndian.Uint16(b[2*i:])) << 16)
-		case safetensors.F64:
-			out[i] = float32(math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:])))
-		default:
-			t.Fatalf("%s: dtype %s is not a float type", st.Name, st.DType)
-		}
+	v, err := safetensors.Float32s(st)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out
+	return v
 }
 
 // Diff summarises how far got is from want.
