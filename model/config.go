@@ -67,6 +67,26 @@ type UNetConfig struct {
 	ClassEmbedType               *string   `json:"class_embed_type"`
 	ConvInKernel                 int       `json:"conv_in_kernel"`
 	ConvOutKernel                int       `json:"conv_out_kernel"`
+
+	// Read only so that Validate can reject variants the UNet does not
+	// implement; the SD 1.x/2.x/XL configs leave them at their defaults.
+	CenterInputSample                bool            `json:"center_input_sample"`
+	TimeEmbeddingType                string          `json:"time_embedding_type"`
+	TimeEmbeddingDim                 *int            `json:"time_embedding_dim"`
+	TimeEmbeddingActFn               *string         `json:"time_embedding_act_fn"`
+	TimestepPostAct                  *string         `json:"timestep_post_act"`
+	ActFn                            string          `json:"act_fn"`
+	NumClassEmbeds                   *int            `json:"num_class_embeds"`
+	EncoderHidDimType                *string         `json:"encoder_hid_dim_type"`
+	OnlyCrossAttention               json.RawMessage `json:"only_cross_attention"` // bool or list
+	DualCrossAttention               bool            `json:"dual_cross_attention"`
+	MidBlockOnlyCrossAttention       *bool           `json:"mid_block_only_cross_attention"`
+	MidBlockScaleFactor              *float64        `json:"mid_block_scale_factor"`
+	ResnetOutScaleFactor             *float64        `json:"resnet_out_scale_factor"`
+	ResnetSkipTimeAct                bool            `json:"resnet_skip_time_act"`
+	CrossAttentionNorm               *string         `json:"cross_attention_norm"`
+	AttentionType                    string          `json:"attention_type"`
+	ReverseTransformerLayersPerBlock json.RawMessage `json:"reverse_transformer_layers_per_block"` // list of lists
 }
 
 // VAEConfig is diffusers' AutoencoderKL config.json
