@@ -1,6 +1,7 @@
 package model
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 )
@@ -12,6 +13,10 @@ type IntOrList []int
 
 // UnmarshalJSON accepts an int, a list of ints, or null.
 func (v *IntOrList) UnmarshalJSON(b []byte) error {
+	if string(bytes.TrimSpace(b)) == "null" {
+		*v = nil // json.Unmarshal of null into an int would give 0
+		return nil
+	}
 	var n int
 	if err := json.Unmarshal(b, &n); err == nil {
 		*v = IntOrList{n}
