@@ -1,0 +1,96 @@
+#version 450
+#include "common.glsl"
+#include "conv2d.glsl"
+// Implicit-GEMM convolution for CPU-like devices: each invocation computes
+// TO output channels x TP consecutive output pixels of one row. For each
+// input channel and kernel row it loads the SEG input pixels those TP
+// outputs touch once and reuses them across the KW taps and TO channels, so
+// no im2col matrix is ever built. Edge tiles clamp loads and skip stores.
+#ifndef TO
+#define TO 16
+#endif
+#ifndef TP
+#define TP 16
+#endif
+layout(local_size_x_id = 0) in;
+layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(std430, binding = 1) readonly buffer Wt { W_T wt[]; };
+layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
+layout(std430, binding = 3) writeonly buffer Y { float y[]; };
+
+const uint SEG = (TP - 1u) * STRIDE + KW;
+
+void main() {
+	uint tiles_x = (p.ow + TP - 1u) / TP;
+	uint tiles_o = (p.o + TO - 1u) / TO;
+	uint t = flat_id();
+	if (t >= tiles_x * p.oh * tiles_o) {
+		return;
+	}
+	uint n = gl_WorkGroupID.z;
+	uint tx = t % tiles_x;
+	uint r = t / tiles_x;
+	uint oy = r % p.oh;
+	uint o0 = (r / p.oh) * TO;
+	uint ox0 = tx * TP;
+	uint khw = KH * KW;
+	uint wrow[TO];
+	for (uint i = 0u; i < TO; i++) {
+		wrow[i] = min(o0 + i, p.o - 1u) * p.c * khw;
+	}
+	// Input columns this tile reads, clamped into the row; valid marks
+	// the ones inside the image (the rest are zero padding).
+	int ix0 = int(ox0 * STRIDE) - int(PAD);
+	uint xcol[SEG];
+	bool xok[SEG];
+	for (uint s = 0u; s < SEG; s++) {
+		int ix = ix0 + int(s);
+		xok[s] = ix >= 0 && ix < int(p.w);
+		xcol[s] = uint(clamp(ix, 0, int(p.w) - 1));
+	}
+	float acc[TO][TP];
+	for (uint i = 0u; i < TO; i++) {
+		for (uint j = 0u; j < TP; j++) {
+			acc[i][j] = 0.0;
+		}
+	}
+	int iy0 = int(oy * STRIDE) - int(PAD);
+	for (uint c = 0u; c < p.c; c++) {
+		uint xplane = (n * p.c + c) * p.h * p.w;
+		for (uint ky = 0u; ky < KH; ky++) {
+			int iy = iy0 + int(ky);
+			if (iy < 0 || iy >= int(p.h)) {
+				continue;
+			}
+			uint xrow = xplane + uint(iy) * p.w;
+			float seg[SEG];
+			for (uint s = 0u; s < SEG; s++) {
+				float v = x[xrow + xcol[s]];
+				seg[s] = xok[s] ? v : 0.0;
+			}
+			uint woff = c * khw + ky * KW;
+			for (uint kx = 0u; kx < KW; kx++) {
+				for (uint i = 0u; i < TO; i++) {
+					float wv = float(wt[wrow[i] + woff + kx]);
+					for (uint j = 0u; j < TP; j++) {
+						acc[i][j] += wv * seg[j * STRIDE + kx];
+					}
+				}
+			}
+		}
+	}
+	for (uint i = 0u; i < TO; i++) {
+		uint o = o0 + i;
+		if (o >= p.o) {
+			break;
+		}
+		float b = p.has_bias != 0u ? bias[o] : 0.0;
+		uint ybase = ((n * p.o + o) * p.oh + oy) * p.ow;
+		for (uint j = 0u; j < TP; j++) {
+			uint ox = ox0 + j;
+			if (ox < p.ow) {
+				y[ybase + ox] = acc[i][j] + b;
+			}
+		}
+	}
+}

@@ -1,0 +1,101 @@
+#version 450
+#include "common.glsl"
+#include "matmul.glsl"
+// Register-blocked matmul for CPU-like devices (lavapipe): each invocation
+// computes TM x TN outputs from vec4 loads, with no shared memory (on
+// llvmpipe barriers cost far more than the loads they save). Needs K % 4 == 0,
+// and N % 4 == 0 when B is not transposed. Edge tiles clamp their loads to
+// valid rows and skip the stores.
+#ifndef TM
+#define TM 16
+#endif
+#ifndef TN
+#define TN 16
+#endif
+#define TN4 (TN / 4)
+layout(local_size_x_id = 0) in;
+layout(std430, binding = 0) readonly buffer A { vec4 a[]; };
+layout(std430, binding = 1) readonly buffer B { W4_T b[]; };
+layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
+layout(std430, binding = 3) writeonly buffer C { float c[]; };
+
+void main() {
+	uint tiles_n = (p.n + TN - 1u) / TN;
+	uint tiles_m = (p.m + TM - 1u) / TM;
+	uint t = flat_id();
+	if (t >= tiles_n * tiles_m) {
+		return;
+	}
+	uint z = gl_WorkGroupID.z;
+	uint m0 = (t / tiles_n) * TM;
+	uint n0 = (t % tiles_n) * TN;
+	uint k4 = p.k / 4u;
+	uint arow[TM];
+	for (uint i = 0u; i < TM; i++) {
+		arow[i] = (z * p.stride_a) / 4u + min(m0 + i, p.m - 1u) * k4;
+	}
+	vec4 acc[TM][TN4];
+	for (uint i = 0u; i < TM; i++) {
+		for (uint j = 0u; j < TN4; j++) {
+			acc[i][j] = vec4(0.0);
+		}
+	}
+	if (p.trans_b != 0u) {
+		uint brow[TN];
+		for (uint j = 0u; j < TN; j++) {
+			brow[j] = (z * p.stride_b) / 4u + min(n0 + j, p.n - 1u) * k4;
+		}
+		for (uint kk = 0u; kk < k4; kk++) {
+			vec4 bv[TN];
+			for (uint j = 0u; j < TN; j++) {
+				bv[j] = vec4(b[brow[j] + kk]);
+			}
+			for (uint i = 0u; i < TM; i++) {
+				vec4 av = a[arow[i] + kk];
+				for (uint j = 0u; j < TN4; j++) {
+					acc[i][j] += vec4(dot(av, bv[4u * j]), dot(av, bv[4u * j + 1u]), dot(av, bv[4u * j + 2u]), dot(av, bv[4u * j + 3u]));
+				}
+			}
+		}
+	} else {
+		uint n4 = p.n / 4u;
+		uint bcol[TN4];
+		for (uint j = 0u; j < TN4; j++) {
+			bcol[j] = (z * p.stride_b) / 4u + min(n0 / 4u + j, n4 - 1u);
+		}
+		for (uint kk = 0u; kk < k4; kk++) {
+			vec4 av[TM];
+			for (uint i = 0u; i < TM; i++) {
+				av[i] = a[arow[i] + kk];
+			}
+			for (uint q = 0u; q < 4u; q++) {
+				uint off = (4u * kk + q) * n4;
+				for (uint j = 0u; j < TN4; j++) {
+					vec4 bv = vec4(b[bcol[j] + off]);
+					for (uint i = 0u; i < TM; i++) {
+						acc[i][j] += av[i][q] * bv;
+					}
+				}
+			}
+		}
+	}
+	for (uint i = 0u; i < TM; i++) {
+		uint m = m0 + i;
+		if (m >= p.m) {
+			break;
+		}
+		uint cbase = z * p.stride_c + m * p.n;
+		for (uint j = 0u; j < TN4; j++) {
+			for (uint q = 0u; q < 4u; q++) {
+				uint n = n0 + 4u * j + q;
+				if (n < p.n) {
+					float r = p.alpha * acc[i][j][q];
+					if (p.has_bias != 0u) {
+						r += bias[n];
+					}
+					c[cbase + n] = r;
+				}
+			}
+		}
+	}
+}

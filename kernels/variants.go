@@ -1,0 +1,68 @@
+package kernels
+
+// Variant is one compilation of a GLSL source: a name (the .spv file and,
+// CamelCased, the Go variable) and the preprocessor defines that select
+// types or code paths.
+type Variant struct {
+	Name    string
+	Source  string // file in glsl/
+	Defines []string
+}
+
+// GlslcArgs is the exact glslc command line (without "glslc") that compiles
+// v from glslDir into out. The generator and the freshness test share it so
+// that both produce identical bytes.
+func (v Variant) GlslcArgs(glslDir, out string) []string {
+	args := []string{"-fshader-stage=compute", "--target-env=vulkan1.2", "-O", "-I", glslDir}
+	for _, d := range v.Defines {
+		args = append(args, "-D"+d)
+	}
+	return append(args, glslDir+"/"+v.Source, "-o", out)
+}
+
+// Weight operands (Linear, Conv2d, Embedding, and MatMul's b) come in F32 or
+// F16 storage; everything accumulates in float32.
+var (
+	f32W = []string{"W_T=float", "W4_T=vec4"}
+	f16W = []string{"W_T=float16_t", "W4_T=f16vec4"}
+)
+
+
+// Variants lists every kernel zimage ships.
+var Variants = []Variant{
+	// matmul: register-blocked (CPU-like devices) and shared-memory tiled
+	// (GPUs); both need K%4 == 0. The scalar kernel handles any shape.
+	{"matmul_reg_f32", "matmul_reg.comp", f32W},
+	{"matmul_reg_f16", "matmul_reg.comp", f16W},
+	{"matmul_tile_f32", "matmul_tile.comp", f32W},
+	{"matmul_tile_f16", "matmul_tile.comp", f16W},
+	{"matmul_scalar_f32", "matmul_scalar.comp", f32W},
+	{"matmul_scalar_f16", "matmul_scalar.comp", f16W},
+
+	{"conv2d_reg_f32", "conv2d_reg.comp", f32W},
+	{"conv2d_reg_f16", "conv2d_reg.comp", f16W},
+	{"conv2d_tile_f32", "conv2d_tile.comp", f32W},
+	{"conv2d_tile_f16", "conv2d_tile.comp", f16W},
+
+	{"attention_reg", "attention_reg.comp", nil},
+	{"attention_scalar", "attention_scalar.comp", nil},
+
+	{"group_norm", "group_norm.comp", nil},
+	{"layer_norm", "layer_norm.comp", nil},
+	{"softmax", "softmax.comp", nil},
+
+	{"unary", "unary.comp", nil},
+	{"geglu", "geglu.comp", nil},
+	{"binary", "binary.comp", nil},
+	{"scale", "scale.comp", nil},
+	{"upsample2x", "upsample2x.comp", nil},
+	{"concat", "concat.comp", nil},
+	{"permute", "permute.comp", nil},
+	{"embedding_f32", "embedding.comp", f32W},
+	{"embedding_f16", "embedding.comp", f16W},
+
+	{"copy_f32_f32", "copy.comp", []string{"SRC_T=float", "DST_T=float"}},
+	{"copy_f16_f32", "copy.comp", []string{"SRC_T=float16_t", "DST_T=float"}},
+	{"copy_f32_f16", "copy.comp", []string{"SRC_T=float", "DST_T=float16_t"}},
+	{"copy_f16_f16", "copy.comp", []string{"SRC_T=float16_t", "DST_T=float16_t"}},
+}
