@@ -27,7 +27,6 @@ var (
 	f16W = []string{"W_T=float16_t", "W4_T=f16vec4"}
 )
 
-
 // Variants lists every kernel zimage ships.
 var Variants = []Variant{
 	// matmul: register-blocked (CPU-like devices) and shared-memory tiled
