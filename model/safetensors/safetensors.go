@@ -1,11 +1,16 @@
 // Package safetensors reads safetensors files through a read-only memory
-// map: opening a file parses only its header, and tensor bytes are paged in
-// from the mapping when a caller touches them.
+// map: opening a file parses and validates only its header, and tensor bytes
+// are paged in from the mapping when a caller touches them. Whatever the
+// bytes, opening a file either succeeds with every tensor's byte range inside
+// the data section, or returns a *FormatError; it never panics.
+//
+// Format: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
+// (an object of tensor name -> {dtype, shape, data_offsets}, plus an
+// optional "__metadata__" string map), then the data section, which the
+// tensors must tile exactly (no overlaps, no holes).
 package safetensors
 
 import (
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"os"
 	"sort"
@@ -16,31 +21,48 @@ import (
 type DType string
 
 const (
-	F16  DType = "F16"
-	BF16 DType = "BF16"
-	F32  DType = "F32"
-	F64  DType = "F64"
-	I64  DType = "I64"
-	I32  DType = "I32"
-	I16  DType = "I16"
-	I8   DType = "I8"
-	U8   DType = "U8"
-	BOOL DType = "BOOL"
+	F16    DType = "F16"
+	BF16   DType = "BF16"
+	F32    DType = "F32"
+	F64    DType = "F64"
+	I64    DType = "I64"
+	I32    DType = "I32"
+	I16    DType = "I16"
+	I8     DType = "I8"
+	U64    DType = "U64"
+	U32    DType = "U32"
+	U16    DType = "U16"
+	U8     DType = "U8"
+	BOOL   DType = "BOOL"
+	F8E4M3 DType = "F8_E4M3"
+	F8E5M2 DType = "F8_E5M2"
+	F8E8M0 DType = "F8_E8M0"
+	F4     DType = "F4" // not byte-sized: Size reports 0, so files using it are rejected
 )
 
-// Size is the element size in bytes, or 0 for an unknown dtype.
+// Size is the element size in bytes, or 0 for a dtype this package cannot
+// address (unknown, or packed sub-byte types).
 func (d DType) Size() int {
 	switch d {
-	case F64, I64:
+	case F64, I64, U64:
 		return 8
-	case F32, I32:
+	case F32, I32, U32:
 		return 4
-	case F16, BF16, I16:
+	case F16, BF16, I16, U16:
 		return 2
-	case I8, U8, BOOL:
+	case I8, U8, BOOL, F8E4M3, F8E5M2, F8E8M0:
 		return 1
 	}
 	return 0
+}
+
+// IsFloat reports whether the dtype is one Float32s decodes.
+func (d DType) IsFloat() bool {
+	switch d {
+	case F16, BF16, F32, F64:
+		return true
+	}
+	return false
 }
 
 // Tensor describes one tensor of a file; Data returns its bytes.
@@ -53,7 +75,8 @@ type Tensor struct {
 	file  *File
 }
 
-// NumElem is the product of the shape's dimensions.
+// NumElem is the product of the shape's dimensions (validated at open not
+// to overflow).
 func (t *Tensor) NumElem() int64 {
 	n := int64(1)
 	for _, d := range t.Shape {
@@ -62,24 +85,36 @@ func (t *Tensor) NumElem() int64 {
 	return n
 }
 
+// Bytes is the size of the tensor's data.
+func (t *Tensor) Bytes() int64 { return t.End - t.Begin }
+
 // Data returns the tensor's raw little-endian bytes, straight from the
-// mapping (no copy). The slice is valid until the file is closed.
+// mapping (no copy). It returns nil once the file is closed; the slice must
+// not be used after Close.
 func (t *Tensor) Data() []byte {
-	base := t.file.dataStart
-	return t.file.mem[base+t.Begin : base+t.End]
+	f := t.file
+	if f == nil || f.mem == nil {
+		return nil
+	}
+	base := f.dataStart
+	return f.mem[base+t.Begin : base+t.End : base+t.End]
 }
 
-// File is an open, memory-mapped safetensors file.
+// File is an open safetensors file.
 type File struct {
 	Path      string
-	Metadata  map[string]string
+	Metadata  map[string]string // nil when the header has none
+	HeaderLen int64             // bytes of JSON header (after the 8-byte length)
+	Size      int64             // bytes of the whole file
 	mem       []byte
+	mapped    bool // mem is an mmap to release on Close
 	dataStart int64
 	tensors   map[string]*Tensor
 	names     []string
 }
 
-// Open maps path and parses its header.
+// Open maps path read-only and parses its header. Nothing beyond the header
+// is read.
 func Open(path string) (*File, error) {
 	fh, err := os.Open(path)
 	if err != nil {
@@ -90,9 +125,16 @@ func Open(path string) (*File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: %w", err)
 	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("safetensors: %s is not a regular file", path)
+	}
 	size := st.Size()
 	if size < 8 {
-		return nil, &FormatError{Path: path, Reason: fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", size)}
+		return nil, &FormatError{Path: path, Kind: KindShortFile,
+			Reason: fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", size)}
+	}
+	if int64(int(size)) != size {
+		return nil, fmt.Errorf("safetensors: %s: %d bytes do not fit the address space", path, size)
 	}
 	mem, err := syscall.Mmap(int(fh.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
 	if err != nil {
@@ -103,65 +145,18 @@ func Open(path string) (*File, error) {
 		syscall.Munmap(mem)
 		return nil, err
 	}
+	f.mapped = true
 	return f, nil
 }
 
-// FormatError reports a malformed file; Tensor is empty for header-level
-// problems.
-type FormatError struct {
-	Path   string
-	Tensor string
-	Reason string
-}
-
-func (e *FormatError) Error() string {
-	if e.Tensor != "" {
-		return fmt.Sprintf("safetensors: %s: tensor %q: %s", e.Path, e.Tensor, e.Reason)
+// FromBytes parses a safetensors image held in memory; name is used in
+// messages. Tensor data aliases b.
+func FromBytes(name string, b []byte) (*File, error) {
+	if len(b) < 8 {
+		return nil, &FormatError{Path: name, Kind: KindShortFile,
+			Reason: fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", len(b))}
 	}
-	return fmt.Sprintf("safetensors: %s: %s", e.Path, e.Reason)
-}
-
-func parse(path string, mem []byte) (*File, error) {
-	n := binary.LittleEndian.Uint64(mem[:8])
-	if n > uint64(len(mem)-8) || n > 100<<20 {
-		return nil, &FormatError{Path: path, Reason: fmt.Sprintf("header length %d exceeds the file (%d bytes) or the 100 MiB limit", n, len(mem))}
-	}
-	var raw map[string]json.RawMessage
-	if err := json.Unmarshal(mem[8:8+n], &raw); err != nil {
-		return nil, &FormatError{Path: path, Reason: "header is not valid JSON: " + err.Error()}
-	}
-	f := &File{Path: path, mem: mem, dataStart: int64(8 + n), tensors: map[string]*Tensor{}}
-	dataLen := int64(len(mem)) - f.dataStart
-	for name, msg := range raw {
-		if name == "__metadata__" {
-			if err := json.Unmarshal(msg, &f.Metadata); err != nil {
-				return nil, &FormatError{Path: path, Reason: "__metadata__ is not a string map: " + err.Error()}
-			}
-			continue
-		}
-		var h struct {
-			DType   DType    `json:"dtype"`
-			Shape   []int    `json:"shape"`
-			Offsets []uint64 `json:"data_offsets"`
-		}
-		if err := json.Unmarshal(msg, &h); err != nil {
-			return nil, &FormatError{Path: path, Tensor: name, Reason: "bad entry: " + err.Error()}
-		}
-		if h.DType.Size() == 0 {
-			return nil, &FormatError{Path: path, Tensor: name, Reason: fmt.Sprintf("unknown dtype %q", h.DType)}
-		}
-		if len(h.Offsets) != 2 || h.Offsets[0] > h.Offsets[1] || h.Offsets[1] > uint64(dataLen) {
-			return nil, &FormatError{Path: path, Tensor: name, Reason: fmt.Sprintf("data_offsets %v outside the %d-byte data section", h.Offsets, dataLen)}
-		}
-		t := &Tensor{Name: name, DType: h.DType, Shape: h.Shape, Begin: int64(h.Offsets[0]), End: int64(h.Offsets[1]), file: f}
-		if t.NumElem()*int64(h.DType.Size()) != t.End-t.Begin {
-			return nil, &FormatError{Path: path, Tensor: name, Reason: fmt.Sprintf("shape %v of %s needs %d bytes, data_offsets span %d", h.Shape, h.DType, t.NumElem()*int64(h.DType.Size()), t.End-t.Begin)}
-		}
-		f.tensors[name] = t
-		f.names = append(f.names, name)
-	}
-	sort.Strings(f.names)
-	return f, nil
+	return parse(name, b)
 }
 
 // Names lists the tensor names in sorted order.
@@ -170,12 +165,39 @@ func (f *File) Names() []string { return f.names }
 // Tensor returns the named tensor, or nil.
 func (f *File) Tensor(name string) *Tensor { return f.tensors[name] }
 
-// Close unmaps the file; tensor data slices become invalid.
+// Tensors lists the tensors in name order.
+func (f *File) Tensors() []*Tensor {
+	out := make([]*Tensor, len(f.names))
+	for i, n := range f.names {
+		out[i] = f.tensors[n]
+	}
+	return out
+}
+
+// Close unmaps the file; tensor data slices become invalid and Data returns
+// nil from then on. Closing twice is a no-op.
 func (f *File) Close() error {
 	if f.mem == nil {
 		return nil
 	}
-	err := syscall.Munmap(f.mem)
+	mem, mapped := f.mem, f.mapped
 	f.mem = nil
-	return err
+	if !mapped {
+		return nil
+	}
+	if err := syscall.Munmap(mem); err != nil {
+		return fmt.Errorf("safetensors: munmap %s: %w", f.Path, err)
+	}
+	return nil
+}
+
+func (f *File) index(list []*Tensor) {
+	f.tensors = make(map[string]*Tensor, len(list))
+	f.names = make([]string, 0, len(list))
+	for _, t := range list {
+		t.file = f
+		f.tensors[t.Name] = t
+		f.names = append(f.names, t.Name)
+	}
+	sort.Strings(f.names)
 }
