@@ -163,7 +163,9 @@ func skipSpace(b []byte, i int) int {
 }
 
 // readMerges fills the merge table. Every part and result of a merge must be
-// in the vocabulary: BPE here works on ids.
+// in the vocabulary (BPE here works on ids), and each part a byte symbol or
+// the result of an earlier line (as BPE training writes them; mergeHeap
+// relies on it).
 func (t *Tokenizer) readMerges(path string) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
@@ -180,6 +182,10 @@ func (t *Tokenizer) readMerges(path string) error {
 		lines = lines[:clipMerges]
 	}
 	t.merges = make(map[uint64]merge, len(lines))
+	made := make([]bool, len(t.tokens))
+	for b := range 256 {
+		made[t.byteID[b]], made[t.byteEndID[b]] = true, true
+	}
 	var joined []byte
 	for i, line := range lines {
 		line = bytes.TrimSuffix(line, []byte("\r"))
@@ -194,6 +200,10 @@ func (t *Tokenizer) readMerges(path string) error {
 		if !oka || !okb || !okm {
 			return fmt.Errorf("tokenizer: %s line %d: merge %q of %q and %q not in %s", path, i+2, joined, a, b, vocabFile)
 		}
+		if !made[ida] || !made[idb] {
+			return fmt.Errorf("tokenizer: %s line %d: merge of %q and %q uses a symbol before a line makes it", path, i+2, a, b)
+		}
+		made[idm] = true
 		k := mergeKey(ida, idb)
 		if _, dup := t.merges[k]; !dup { // the first (lowest) rank wins
 			t.merges[k] = merge{rank: int32(i), id: idm}

@@ -415,15 +415,24 @@ func preTokenize(s string, emit func(string)) {
 			n = runLen(s[i:], unicode.IsLetter)
 		case unicode.IsNumber(c):
 			// one digit per pre-token
-		case pyIsSpace(c):
+		case matchesNothing(c):
 			i += n
 			continue
 		default:
-			n = runLen(s[i:], func(c rune) bool { return !pyIsSpace(c) && !unicode.IsLetter(c) && !unicode.IsNumber(c) })
+			n = runLen(s[i:], func(c rune) bool { return !matchesNothing(c) && !unicode.IsLetter(c) && !unicode.IsNumber(c) })
 		}
 		emit(s[i : i+n])
 		i += n
 	}
+}
+
+// matchesNothing reports runes no alternative of the pattern matches, which
+// findall skips: \s (White_Space, as unicode.IsSpace) and U+0345. Under
+// IGNORECASE the regex module lets U+0345 (a mark whose case folding is the
+// letter ι) escape [^\s\p{L}\p{N}] while [\p{L}] still rejects it; the
+// only such rune (checked over all of Unicode).
+func matchesNothing(c rune) bool {
+	return unicode.IsSpace(c) || c == 0x345
 }
 
 // contraction is the byte length after "'" matched by s|t|re|ve|m|ll|d, or
