@@ -42,7 +42,9 @@ func Conv2dShape(x, w *Tensor, p Conv2dParams) (Shape, error) {
 	}
 	oh := (x.Shape[2]+2*p.Pad-w.Shape[2])/p.Stride + 1
 	ow := (x.Shape[3]+2*p.Pad-w.Shape[3])/p.Stride + 1
-	if oh < 1 || ow < 1 {
+	// Go's division truncates toward zero, so a kernel one row larger than
+	// the padded input would still give oh = 1 at stride 2: test the sizes.
+	if oh < 1 || ow < 1 || x.Shape[2]+2*p.Pad < w.Shape[2] || x.Shape[3]+2*p.Pad < w.Shape[3] {
 		return nil, &ShapeError{Op: "conv2d", Tensor: x.Name, Got: x.Shape.String(), Want: "an input at least as large as the kernel"}
 	}
 	return Shape{x.Shape[0], w.Shape[0], oh, ow}, nil

@@ -66,6 +66,9 @@ func Errors(t *testing.T, b engine.Backend, opts ...Option) {
 		{"conv2d kernel larger than input", []*engine.Tensor{img, big}, func() error {
 			return b.Conv2d(convOut, img, big, nil, engine.Conv2dParams{Stride: 1})
 		}},
+		{"conv2d kernel one larger than padded input at stride 2", []*engine.Tensor{img, big}, func() error {
+			return b.Conv2d(convOut, img, big, nil, engine.Conv2dParams{Stride: 2, Pad: 2})
+		}},
 		{"conv2d stride 0", []*engine.Tensor{img, convW}, func() error { return b.Conv2d(convOut, img, convW, nil, engine.Conv2dParams{}) }},
 		{"conv2d negative pad", []*engine.Tensor{img, convW}, func() error {
 			return b.Conv2d(convOut, img, convW, nil, engine.Conv2dParams{Stride: 1, Pad: -1})
