@@ -69,6 +69,7 @@ func (t *TimestepEmbedding) Forward(rec *engine.Rec, x *engine.Tensor) *engine.T
 // implement, or a config that is inconsistent. Unset optional values take
 // diffusers' defaults (see withDefaults).
 func (c *UNetConfig) Validate() error {
+	c = c.withDefaults()
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("model: unet config: "+format, args...)
 	}
@@ -77,8 +78,9 @@ func (c *UNetConfig) Validate() error {
 		return bad("block_out_channels %v, down_block_types %v and up_block_types %v must have the same non-zero length",
 			c.BlockOutChannels, c.DownBlockTypes, c.UpBlockTypes)
 	}
-	if c.InChannels <= 0 || c.OutChannels <= 0 || c.LayersPerBlock <= 0 {
-		return bad("in_channels %d, out_channels %d and layers_per_block %d must be positive", c.InChannels, c.OutChannels, c.LayersPerBlock)
+	if c.InChannels <= 0 || c.OutChannels <= 0 || c.LayersPerBlock <= 0 || c.NormNumGroups <= 0 {
+		return bad("in_channels %d, out_channels %d, layers_per_block %d and norm_num_groups %d must be positive",
+			c.InChannels, c.OutChannels, c.LayersPerBlock, c.NormNumGroups)
 	}
 	for _, ch := range c.BlockOutChannels {
 		if ch <= 0 || ch%c.NormNumGroups != 0 {
@@ -289,6 +291,9 @@ func LoadUNet(src *Source, cfg *UNetConfig) (*UNet, error) {
 	}
 	u.ConvIn = loadConv2d(w.Sub("conv_in"), c.InChannels, ch0, c.ConvInKernel, 1, c.ConvInKernel/2)
 
+	// diffusers' naming quirk: num_attention_heads defaults to
+	// attention_head_dim, so the config's "attention_head_dim" is the number
+	// of heads (SD 1.x: 8 heads of 40..160 dims; SD 2.x/XL: 64-dim heads).
 	ua := unetAttnArgs{groups: c.NormNumGroups, eps: c.NormEps, crossDim: u.crossDim, linear: c.UseLinearProjection}
 	out := ch0
 	for i, typ := range c.DownBlockTypes {
@@ -354,8 +359,8 @@ func (u *UNet) Bytes() int64 {
 // map (2^number of downsamplers).
 func (u *UNet) Downsampling() int { return 1 << u.downsamples }
 
-// need makes a block resident, recording a failure in rec.
-func need(rec *engine.Rec, res Residency, b *Block) bool {
+// unetNeed makes a block resident, recording a failure in rec.
+func unetNeed(rec *engine.Rec, res Residency, b *Block) bool {
 	if rec.Err() != nil {
 		return false
 	}
@@ -392,7 +397,7 @@ func (u *UNet) Forward(rec *engine.Rec, res Residency, x *engine.Tensor, timeste
 			Want: fmt.Sprintf("[%d, L, %d]", b, u.crossDim)})
 	}
 
-	if !need(rec, res, u.headBlock) {
+	if !unetNeed(rec, res, u.headBlock) {
 		return nil
 	}
 	emb := u.timeEmbedding(rec, b, timestep, added) // [B, 4*ch0], already through SiLU
@@ -429,7 +434,7 @@ func (u *UNet) Forward(rec *engine.Rec, res Residency, x *engine.Tensor, timeste
 		}
 	}
 
-	if !need(rec, res, u.tailBlock) {
+	if !unetNeed(rec, res, u.tailBlock) {
 		rec.Free(h)
 		return nil
 	}
