@@ -18,9 +18,9 @@ func geluTanh(x float64) float64 {
 	return 0.5 * x * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(x+0.044715*x*x*x)))
 }
 
-// Activation returns the float64 function an UnaryOp applies, or nil for an
-// unknown op. The conformance suite uses it to compute expected values.
-func Activation(op engine.UnaryOp) func(float64) float64 {
+// activation returns the float64 function an UnaryOp applies, or nil for
+// an unknown op.
+func activation(op engine.UnaryOp) func(float64) float64 {
 	switch op {
 	case engine.SiLU:
 		return siLU
@@ -46,7 +46,7 @@ func (b *Backend) Unary(dst, x *engine.Tensor, op engine.UnaryOp) error {
 	if err := engine.WantShape(name, dst, x.Shape...); err != nil {
 		return err
 	}
-	f := Activation(op)
+	f := activation(op)
 	if f == nil {
 		return fmt.Errorf("ref: unary on %s: unknown op %d", x.Name, op)
 	}
