@@ -21,6 +21,8 @@ func newPNDM(c *config) (*pndm, error) {
 	if c.prediction == "sample" {
 		return nil, fmt.Errorf("sampler: pndm does not support prediction_type \"sample\" (want epsilon or v_prediction)")
 	}
+	// diffusers' PNDM has no rescale_betas_zero_snr and ignores the key.
+	c.rescaleZeroSNR = false
 	t, err := newTables(c)
 	if err != nil {
 		return nil, err
