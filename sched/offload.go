@@ -1,0 +1,173 @@
+package sched
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model"
+)
+
+// Offload says how weights reach the device.
+type Offload uint8
+
+const (
+	// OffloadAuto keeps a network resident when it fits the budget and
+	// streams it block by block otherwise.
+	OffloadAuto Offload = iota
+	// OffloadNone uploads every network once and keeps it.
+	OffloadNone
+	// OffloadLayer streams every network block by block.
+	OffloadLayer
+)
+
+// ParseOffload reads "auto", "none" or "layer".
+func ParseOffload(s string) (Offload, error) {
+	switch s {
+	case "", "auto":
+		return OffloadAuto, nil
+	case "none":
+		return OffloadNone, nil
+	case "layer":
+		return OffloadLayer, nil
+	}
+	return 0, fmt.Errorf("sched: offload %q: want auto, none or layer", s)
+}
+
+func (o Offload) String() string {
+	switch o {
+	case OffloadNone:
+		return "none"
+	case OffloadLayer:
+		return "layer"
+	}
+	return "auto"
+}
+
+// Streamer is the model.Residency of layer-wise offload: weights stay
+// memory-mapped on the host, and each block is uploaded just before it runs.
+// When an upload would not fit the weights' share of the budget, the blocks
+// used longest ago are evicted first. Device uploads on lavapipe are plain
+// copies into host-visible memory, so the "prefetch" of the next block is
+// the upload itself, done synchronously when the block is needed: no
+// goroutine runs behind the caller's back.
+type Streamer struct {
+	ctx      context.Context
+	b        engine.Backend
+	limit    int64 // bytes of weights allowed on the device at once
+	resident []*model.Block
+	inUse    int64
+	Uploaded int64 // bytes uploaded so far (re-uploads counted again)
+}
+
+// NewStreamer streams blocks with at most limit bytes of weights resident
+// (0 = no limit: blocks stay once uploaded). ctx is checked before every
+// block, so a cancelled run stops between blocks.
+func NewStreamer(ctx context.Context, b engine.Backend, limit int64) *Streamer {
+	return &Streamer{ctx: ctx, b: b, limit: limit}
+}
+
+// Need makes bl resident, evicting least recently used blocks as needed.
+func (s *Streamer) Need(bl *model.Block) error {
+	if err := s.ctx.Err(); err != nil {
+		return err
+	}
+	if i := s.index(bl); i >= 0 {
+		// Move to the most recently used end.
+		s.resident = append(append(s.resident[:i:i], s.resident[i+1:]...), bl)
+		return nil
+	}
+	need := bl.Bytes()
+	if s.limit > 0 && need > s.limit {
+		return fmt.Errorf("sched: block %s needs %s of weights, more than the %s the budget leaves for weights",
+			bl.Name, FormatBytes(need), FormatBytes(s.limit))
+	}
+	for s.limit > 0 && s.inUse+need > s.limit && len(s.resident) > 0 {
+		old := s.resident[0]
+		s.resident = s.resident[1:]
+		s.inUse -= old.Bytes()
+		old.Evict(s.b)
+	}
+	if err := bl.Upload(s.b); err != nil {
+		bl.Evict(s.b)
+		return err
+	}
+	s.resident = append(s.resident, bl)
+	s.inUse += need
+	s.Uploaded += need
+	return nil
+}
+
+func (s *Streamer) index(bl *model.Block) int {
+	for i, r := range s.resident {
+		if r == bl {
+			return i
+		}
+	}
+	return -1
+}
+
+// Release evicts every block this streamer uploaded.
+func (s *Streamer) Release() {
+	for _, bl := range s.resident {
+		bl.Evict(s.b)
+	}
+	s.resident, s.inUse = nil, 0
+}
+
+// Close releases the device copies; the Streamer must not be used after.
+func (s *Streamer) Close() error {
+	s.Release()
+	return nil
+}
+
+// BlocksBytes sums the device size of blocks.
+func BlocksBytes(blocks []*model.Block) int64 {
+	var n int64
+	for _, b := range blocks {
+		n += b.Bytes()
+	}
+	return n
+}
+
+// LargestBlock returns the biggest block's size.
+func LargestBlock(blocks []*model.Block) int64 {
+	var n int64
+	for _, b := range blocks {
+		n = max(n, b.Bytes())
+	}
+	return n
+}
+
+// FormatBytes renders a byte count with a binary unit, e.g. "1.50 GiB".
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, u := float64(n), 0
+	for f >= unit && u < 4 {
+		f /= unit
+		u++
+	}
+	return fmt.Sprintf("%.2f %s", f, []string{"B", "KiB", "MiB", "GiB", "TiB"}[u])
+}
+
+// PeakRSS is the process's resident-set high-water mark in bytes (Linux
+// VmHWM), or 0 where /proc is unavailable.
+func PeakRSS() int64 {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb * 1024
+		}
+	}
+	return 0
+}

@@ -1,0 +1,244 @@
+// Package sched is the turbo runner: text encoding, the denoising loop with
+// classifier-free guidance, and the (tiled) VAE decode, driving the model
+// networks on an engine.Backend under a device-memory budget.
+package sched
+
+import (
+	"context"
+	"fmt"
+	"image"
+	"math"
+	"time"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/tokenizer"
+	"github.com/zimage/zimage/sched/rng"
+)
+
+// TextEncoder pairs a CLIP text encoder with its tokenizer.
+type TextEncoder struct {
+	Tokenizer *tokenizer.Tokenizer
+	Net       *model.CLIPText
+}
+
+// Models are the networks of one pipeline, loaded but not necessarily
+// resident on the device.
+type Models struct {
+	// Encoders: one for SD 1.x/2.x, two for SDXL (CLIP-L, then OpenCLIP-G).
+	Encoders []TextEncoder
+	UNet     *model.UNet
+	VAE      *model.VAEDecoder
+	// Scheduler is the model's scheduler_config.json.
+	Scheduler *model.SchedulerConfig
+	// ForceZerosForEmptyPrompt: SDXL uses zero embeddings, not the encoded
+	// empty string, as the unconditional input when no negative prompt is given.
+	ForceZerosForEmptyPrompt bool
+	// SDXL selects the SDXL conditioning (penultimate states of both
+	// encoders, pooled projection and time ids).
+	SDXL bool
+}
+
+// Tiling says whether the VAE decodes in tiles.
+type Tiling uint8
+
+const (
+	TilingAuto Tiling = iota // tile when the untiled decode would not fit the budget
+	TilingOn
+	TilingOff
+)
+
+// ParseTiling reads "auto", "on" or "off".
+func ParseTiling(s string) (Tiling, error) {
+	switch s {
+	case "", "auto":
+		return TilingAuto, nil
+	case "on":
+		return TilingOn, nil
+	case "off":
+		return TilingOff, nil
+	}
+	return 0, fmt.Errorf("sched: vae tiling %q: want auto, on or off", s)
+}
+
+// Params are the settings of one generation.
+type Params struct {
+	Prompt, NegativePrompt string
+	Width, Height          int // pixels, multiples of 8
+	Steps                  int
+	Guidance               float64 // <= 1 disables classifier-free guidance
+	Seed                   uint64
+	Batch                  int // images per prompt
+	Sampler                string
+	Karras                 bool
+	// Noise, when set, replaces the seeded generator: the initial latents and
+	// each ancestral step's draw.
+	Noise *Noise
+	// LongPrompts encodes prompts beyond 75 tokens in several windows.
+	LongPrompts bool
+
+	Offload Offload
+	Budget  int64 // device bytes, 0 = unlimited
+	Tiling  Tiling
+	Tile    int // tile size in latent pixels, 0 = automatic
+
+	// Progress is called after every denoising step.
+	Progress func(step, steps int)
+}
+
+// Stage is one stage's time and device-memory peak.
+type Stage struct {
+	Name     string
+	Duration time.Duration
+	PeakDev  int64
+}
+
+// Output is what Run produces.
+type Output struct {
+	Images      []*image.RGBA
+	Stages      []Stage
+	PeakDev     int64 // over the whole run
+	Uploaded    int64 // weight bytes uploaded (more than the model size when streaming)
+	Truncated   []int // tokens dropped per encoder for the prompt
+	Timesteps   []float64
+	SamplerName string
+}
+
+// Run generates p.Batch images.
+func Run(ctx context.Context, b engine.Backend, m *Models, p Params) (*Output, error) {
+	if err := validate(m, p); err != nil {
+		return nil, err
+	}
+	r := &runner{ctx: ctx, b: b, m: m, p: p, out: &Output{}}
+	defer r.releaseAll()
+	b.ResetPeak()
+	runStart := b.MemStats()
+	if err := r.plan(); err != nil {
+		return nil, err
+	}
+	steps := []struct {
+		name string
+		fn   func() error
+	}{{"text", r.encode}, {"denoise", r.denoise}, {"decode", r.decode}}
+	for _, s := range steps {
+		t0 := time.Now()
+		b.ResetPeak()
+		if err := s.fn(); err != nil {
+			return nil, err
+		}
+		if err := b.Flush(); err != nil {
+			return nil, err
+		}
+		peak := b.MemStats().Peak
+		r.out.Stages = append(r.out.Stages, Stage{Name: s.name, Duration: time.Since(t0), PeakDev: peak})
+		r.out.PeakDev = max(r.out.PeakDev, peak, runStart.InUse)
+	}
+	return r.out, nil
+}
+
+func validate(m *Models, p Params) error {
+	switch {
+	case p.Width <= 0 || p.Height <= 0 || p.Width%8 != 0 || p.Height%8 != 0:
+		return fmt.Errorf("sched: size %dx%d: width and height must be positive multiples of 8", p.Width, p.Height)
+	case p.Steps < 1:
+		return fmt.Errorf("sched: steps %d: want at least 1", p.Steps)
+	case p.Batch < 1:
+		return fmt.Errorf("sched: batch %d: want at least 1", p.Batch)
+	case math.IsNaN(p.Guidance) || p.Guidance < 0:
+		return fmt.Errorf("sched: guidance %v: want a number >= 0", p.Guidance)
+	case len(m.Encoders) == 0 || m.UNet == nil || m.VAE == nil || m.Scheduler == nil:
+		return fmt.Errorf("sched: the pipeline lacks a text encoder, UNet, VAE or scheduler")
+	case m.SDXL && len(m.Encoders) != 2:
+		return fmt.Errorf("sched: SDXL needs two text encoders, have %d", len(m.Encoders))
+	}
+	return nil
+}
+
+type runner struct {
+	ctx context.Context
+	b   engine.Backend
+	m   *Models
+	p   Params
+	out *Output
+
+	cfg bool // classifier-free guidance on
+
+	// Conditioning on the host, batch order [uncond..., cond...] with CFG.
+	context []float32
+	ctxLen  int
+	ctxDim  int
+	pooled  []float32
+	pooledN int
+
+	latents []float32 // [Batch, C, h, w]
+	gen     *rng.Generator
+
+	// Residency per stage.
+	textRes, unetRes, vaeRes *Streamer
+}
+
+// plan chooses, per network, how much of its weights may stay resident.
+func (r *runner) plan() error {
+	r.cfg = r.p.Guidance > 1
+	budget := r.p.Budget
+	var textBlocks []*model.Block
+	for _, e := range r.m.Encoders {
+		textBlocks = append(textBlocks, e.Net.Blocks()...)
+	}
+	limit := func(blocks []*model.Block, reserve int64) (int64, error) {
+		total := BlocksBytes(blocks)
+		mode := r.p.Offload
+		if budget == 0 || mode == OffloadNone {
+			if budget > 0 && total+reserve > budget {
+				return 0, fmt.Errorf("sched: offload none: weights need %s plus about %s of activations, over the %s budget (use --offload layer or auto)",
+					FormatBytes(total), FormatBytes(reserve), FormatBytes(budget))
+			}
+			return 0, nil
+		}
+		if mode == OffloadAuto && total+reserve <= budget {
+			return 0, nil
+		}
+		room := budget - reserve
+		if big := LargestBlock(blocks); room < big {
+			return 0, fmt.Errorf("sched: a %s budget cannot run this model: its largest block needs %s of weights plus about %s of activations",
+				FormatBytes(budget), FormatBytes(big), FormatBytes(reserve))
+		}
+		return room, nil
+	}
+	h, w := r.p.Height/8, r.p.Width/8
+	batch := r.p.Batch
+	if r.cfg {
+		batch *= 2
+	}
+	tl, err := limit(textBlocks, textActivationBytes(r.m, batch))
+	if err != nil {
+		return err
+	}
+	ul, err := limit(r.m.UNet.Blocks(), unetActivationBytes(r.m.UNet, batch, h, w))
+	if err != nil {
+		return err
+	}
+	vl, err := limit(r.m.VAE.Blocks(), r.vaeActivationBytes())
+	if err != nil {
+		return err
+	}
+	r.textRes = NewStreamer(r.ctx, r.b, tl)
+	r.unetRes = NewStreamer(r.ctx, r.b, ul)
+	r.vaeRes = NewStreamer(r.ctx, r.b, vl)
+	return nil
+}
+
+func (r *runner) releaseAll() {
+	for _, s := range []*Streamer{r.textRes, r.unetRes, r.vaeRes} {
+		if s != nil {
+			r.out.Uploaded += s.Uploaded
+			s.Release()
+		}
+	}
+}
+
+// keepResident reports whether a stage's weights may stay on the device
+// after the stage: only when nothing streams and no budget asks to make room.
+func (r *runner) keepResident() bool {
+	return r.p.Offload == OffloadNone || (r.p.Offload == OffloadAuto && r.p.Budget == 0)
+}

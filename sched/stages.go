@@ -1,0 +1,324 @@
+package sched
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/tokenizer"
+	"github.com/zimage/zimage/sched/rng"
+	"github.com/zimage/zimage/sched/sampler"
+)
+
+// encode runs the text encoders and keeps the conditioning on the host.
+func (r *runner) encode() error {
+	prompts := []string{r.p.Prompt}
+	if r.cfg {
+		prompts = []string{r.p.NegativePrompt, r.p.Prompt}
+	}
+	zeroUncond := r.cfg && r.m.SDXL && r.m.ForceZerosForEmptyPrompt && r.p.NegativePrompt == ""
+	var states [][]float32 // per encoder: [len(prompts), tokens, dim]
+	var dims []int
+	tokens := 0
+	for i, e := range r.m.Encoders {
+		rows, perPrompt, truncated := r.tokenize(e.Tokenizer, prompts)
+		r.out.Truncated = append(r.out.Truncated, truncated)
+		rec := engine.NewRec(r.b)
+		want := model.CLIPWant{LastHidden: !r.m.SDXL, Penultimate: r.m.SDXL, TextEmbeds: r.m.SDXL && i == 1}
+		out := e.Net.Encode(rec, r.textRes, rows, want)
+		if err := rec.Err(); err != nil {
+			return fmt.Errorf("sched: text encoder %d: %w", i+1, err)
+		}
+		hidden := out.LastHidden
+		if r.m.SDXL {
+			hidden = out.Penultimate
+		}
+		h, err := r.b.Read(hidden)
+		if err != nil {
+			return err
+		}
+		if r.m.SDXL && i == 1 {
+			pooled, err := r.b.Read(out.TextEmbeds)
+			if err != nil {
+				return err
+			}
+			// Pooled embeddings come from each prompt's first window.
+			r.pooledN = out.TextEmbeds.Shape[1]
+			r.pooled = nil
+			for p := range prompts {
+				r.pooled = append(r.pooled, pooled[p*perPrompt*r.pooledN:(p*perPrompt+1)*r.pooledN]...)
+			}
+		}
+		out.Free(rec)
+		if !r.keepResident() {
+			r.textRes.Release()
+		}
+		dim := hidden.Shape[2]
+		tokens = perPrompt * hidden.Shape[1]
+		states = append(states, h)
+		dims = append(dims, dim)
+	}
+	// Concatenate the encoders' states on the channel axis (SDXL: 768 + 1280).
+	r.ctxLen = tokens
+	r.ctxDim = 0
+	for _, d := range dims {
+		r.ctxDim += d
+	}
+	perPrompt := make([][]float32, len(prompts))
+	for p := range prompts {
+		row := make([]float32, 0, tokens*r.ctxDim)
+		for t := 0; t < tokens; t++ {
+			for e, s := range states {
+				off := (p*tokens + t) * dims[e]
+				row = append(row, s[off:off+dims[e]]...)
+			}
+		}
+		perPrompt[p] = row
+	}
+	if zeroUncond {
+		clear(perPrompt[0])
+		clear(r.pooled[:r.pooledN])
+	}
+	// Repeat each prompt's conditioning Batch times: [uncond x B, cond x B].
+	r.context = nil
+	var pooled []float32
+	for p := range prompts {
+		for range r.p.Batch {
+			r.context = append(r.context, perPrompt[p]...)
+			if r.m.SDXL {
+				pooled = append(pooled, r.pooled[p*r.pooledN:(p+1)*r.pooledN]...)
+			}
+		}
+	}
+	r.pooled = pooled
+	return nil
+}
+
+// tokenize encodes prompts into 77-token rows: one row per prompt, or with
+// LongPrompts as many windows as the longest prompt needs (shorter prompts
+// padded with empty windows, as A1111 does). It returns the rows, windows per
+// prompt and the tokens dropped from the positive prompt.
+func (r *runner) tokenize(tok *tokenizer.Tokenizer, prompts []string) ([][]int32, int, int) {
+	var encs [][]tokenizer.Encoding
+	windows := 1
+	for _, p := range prompts {
+		var e []tokenizer.Encoding
+		if r.p.LongPrompts {
+			e = tok.EncodeChunks(p)
+		} else {
+			e = []tokenizer.Encoding{tok.Encode(p)}
+		}
+		windows = max(windows, len(e))
+		encs = append(encs, e)
+	}
+	empty := tok.Encode("")
+	var rows [][]int32
+	for _, e := range encs {
+		for w := 0; w < windows; w++ {
+			enc := empty
+			if w < len(e) {
+				enc = e[w]
+			}
+			row := make([]int32, len(enc.IDs))
+			for i, id := range enc.IDs {
+				row[i] = int32(id)
+			}
+			rows = append(rows, row)
+		}
+	}
+	last := encs[len(encs)-1]
+	return rows, windows, last[len(last)-1].Truncated
+}
+
+// denoise runs the sampler loop on the host latents, one UNet call per step.
+func (r *runner) denoise() error {
+	s, err := sampler.New(r.p.Sampler, r.m.Scheduler, sampler.Options{Karras: r.p.Karras})
+	if err != nil {
+		return err
+	}
+	if err := s.SetTimesteps(r.p.Steps); err != nil {
+		return err
+	}
+	r.out.Timesteps = s.Timesteps()
+	r.out.SamplerName = s.Name()
+	h, w := r.p.Height/8, r.p.Width/8
+	c := r.m.UNet.Config.InChannels
+	n := r.p.Batch * c * h * w
+	if r.p.Noise != nil {
+		if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
+			return err
+		}
+		r.latents = append([]float32(nil), r.p.Noise.Latents...)
+	} else {
+		r.gen = rng.NewTorchCPU(r.p.Seed)
+		r.latents = r.gen.Randn(r.p.Batch, c, h, w)
+	}
+	sigma := float32(s.InitNoiseSigma())
+	for i := range r.latents {
+		r.latents[i] *= sigma
+	}
+	rows := r.p.Batch
+	if r.cfg {
+		rows *= 2
+	}
+	for step, t := range s.Timesteps() {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		in := make([]float32, 0, rows*c*h*w)
+		in = append(in, r.latents...)
+		if r.cfg {
+			in = append(in, r.latents...)
+		}
+		s.ScaleModelInput(in, step)
+		out, err := r.unet(in, rows, c, h, w, t)
+		if err != nil {
+			return fmt.Errorf("sched: step %d (t=%g): %w", step+1, t, err)
+		}
+		if err := finite("UNet output", out); err != nil {
+			return fmt.Errorf("sched: step %d (t=%g): %w", step+1, t, err)
+		}
+		guided := out[:n]
+		if r.cfg {
+			g := float32(r.p.Guidance)
+			uncond, cond := out[:n], out[n:]
+			for i := range guided {
+				guided[i] = uncond[i] + g*(cond[i]-uncond[i])
+			}
+		}
+		var noise []float32
+		if s.NeedsNoise(step) {
+			if noise, err = r.stepNoise(step, n); err != nil {
+				return err
+			}
+		}
+		if err := s.Step(guided, r.latents, step, noise); err != nil {
+			return err
+		}
+		if r.p.Progress != nil {
+			r.p.Progress(step+1, r.p.Steps)
+		}
+	}
+	if !r.keepResident() {
+		r.unetRes.Release()
+	}
+	return finite("latents", r.latents)
+}
+
+func (r *runner) stepNoise(step, n int) ([]float32, error) {
+	if r.p.Noise != nil {
+		return r.p.Noise.step(step, n)
+	}
+	h, w := r.p.Height/8, r.p.Width/8
+	return r.gen.Randn(r.p.Batch, r.m.UNet.Config.InChannels, h, w), nil
+}
+
+// unet runs one batched UNet call and returns its output on the host.
+func (r *runner) unet(in []float32, rows, c, h, w int, t float64) ([]float32, error) {
+	rec := engine.NewRec(r.b)
+	x := rec.Write("latents", in, rows, c, h, w)
+	ctx := rec.Write("encoder_hidden_states", r.context, rows, r.ctxLen, r.ctxDim)
+	var added *model.AddedCond
+	if r.m.SDXL {
+		// (original size, crop top-left, target size), as the SDXL pipeline
+		// passes them by default.
+		hh, ww := float64(r.p.Height), float64(r.p.Width)
+		added = &model.AddedCond{
+			TextEmbeds: rec.Write("text_embeds", r.pooled, rows, r.pooledN),
+			TimeIDs:    [][6]float64{{hh, ww, 0, 0, hh, ww}},
+		}
+	}
+	if err := rec.Err(); err != nil {
+		return nil, err
+	}
+	y := r.m.UNet.Forward(rec, r.unetRes, x, t, ctx, added)
+	var out []float32
+	if err := rec.Err(); err == nil {
+		out, err = r.b.Read(y)
+		rec.Fail(err)
+	}
+	rec.Free(x, ctx, y)
+	if added != nil {
+		rec.Free(added.TextEmbeds)
+	}
+	return out, rec.Err()
+}
+
+// decode turns the final latents into 8-bit images, one image at a time so
+// that the decoder's activations never hold more than one picture.
+func (r *runner) decode() error {
+	h, w := r.p.Height/8, r.p.Width/8
+	c := r.m.UNet.Config.InChannels
+	per := c * h * w
+	tile := r.tileSize()
+	for i := 0; i < r.p.Batch; i++ {
+		if err := r.ctx.Err(); err != nil {
+			return err
+		}
+		rec := engine.NewRec(r.b)
+		z := rec.Write("vae_input", r.latents[i*per:(i+1)*per], 1, c, h, w)
+		var img *engine.Tensor
+		if tile > 0 {
+			img = r.m.VAE.DecodeTiled(rec, r.vaeRes, z, model.TileOptions{Size: tile, Overlap: tileOverlap(tile)})
+		} else {
+			img = r.m.VAE.Decode(rec, r.vaeRes, z)
+		}
+		var px []float32
+		if err := rec.Err(); err == nil {
+			px, err = r.b.Read(img)
+			rec.Fail(err)
+		}
+		rec.Free(z, img)
+		if err := rec.Err(); err != nil {
+			return fmt.Errorf("sched: VAE decode of image %d: %w", i+1, err)
+		}
+		rgba, err := model.ImageToRGBA(px, r.p.Height, r.p.Width)
+		if err != nil {
+			return fmt.Errorf("sched: image %d: %w", i+1, err)
+		}
+		r.out.Images = append(r.out.Images, rgba)
+	}
+	if !r.keepResident() {
+		r.vaeRes.Release()
+	}
+	return nil
+}
+
+// tileSize returns the VAE tile in latent pixels, or 0 to decode whole.
+func (r *runner) tileSize() int {
+	h, w := r.p.Height/8, r.p.Width/8
+	switch r.p.Tiling {
+	case TilingOff:
+		return 0
+	case TilingOn:
+		if r.p.Tile > 0 {
+			return r.p.Tile
+		}
+		return min(64, max(h, w))
+	}
+	if r.p.Tile > 0 {
+		return r.p.Tile
+	}
+	// Auto: decode whole when it fits; the untiled decoder's activations grow
+	// with the image while tiles keep them flat.
+	full := r.vaeActivationBytes()
+	if r.p.Budget > 0 && full+BlocksBytes(r.m.VAE.Blocks()) > r.p.Budget {
+		return model.AutoTileSize(r.p.Budget-BlocksBytes(r.m.VAE.Blocks()), &r.m.VAE.Config)
+	}
+	if h*w > 128*128 { // above 1024x1024 pixels
+		return 64
+	}
+	return 0
+}
+
+func tileOverlap(tile int) int { return max(2, tile/4) }
+
+func finite(what string, v []float32) error {
+	for i, x := range v {
+		if math.IsNaN(float64(x)) || math.IsInf(float64(x), 0) {
+			return fmt.Errorf("sched: %s has a non-finite value (%v) at element %d", what, x, i)
+		}
+	}
+	return nil
+}
