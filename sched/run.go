@@ -84,6 +84,9 @@ type Params struct {
 
 	// Progress is called after every denoising step.
 	Progress func(step, steps int)
+	// OnStep, when set, sees the latents after each step (0-based); it
+	// must not keep the slice.
+	OnStep func(step int, latents []float32)
 }
 
 // Stage is one stage's time and device-memory peak.

@@ -196,6 +196,9 @@ func (r *runner) denoise() error {
 		if err := s.Step(guided, r.latents, step, noise); err != nil {
 			return err
 		}
+		if r.p.OnStep != nil {
+			r.p.OnStep(step, r.latents)
+		}
 		if r.p.Progress != nil {
 			r.p.Progress(step+1, r.p.Steps)
 		}

@@ -1,0 +1,210 @@
+package sched
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/engine/ref"
+	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/tokenizer"
+)
+
+// loadModels opens a reference model folder as the runner sees it.
+func loadModels(t *testing.T, dir string) *Models {
+	t.Helper()
+	ck, err := model.OpenCheckpoint(dir, model.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ck.Close() })
+	m := &Models{Scheduler: ck.Scheduler, ForceZerosForEmptyPrompt: ck.ForceZerosForEmptyPrompt, SDXL: ck.Arch == model.SDXL}
+	for _, te := range ck.TextEncoders {
+		tok, err := tokenizer.Load(te.TokenizerDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		net, err := model.LoadCLIPText(te.Source, te.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Encoders = append(m.Encoders, TextEncoder{Tokenizer: tok, Net: net})
+	}
+	if m.UNet, err = model.LoadUNet(ck.UNet.Source, ck.UNet.Config); err != nil {
+		t.Fatal(err)
+	}
+	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+type refRun struct {
+	ID             string  `json:"id"`
+	Prompt         string  `json:"prompt"`
+	NegativePrompt *string `json:"negative_prompt"`
+	Steps          int     `json:"num_inference_steps"`
+	Guidance       float64 `json:"guidance_scale"`
+	Height, Width  int
+}
+
+func refRuns(t *testing.T, r *testref.Refs) []refRun {
+	b, _ := json.Marshal(r.JSON["runs"])
+	var out []refRun
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func paramsFor(t *testing.T, dir string, rn refRun) Params {
+	t.Helper()
+	noise, err := LoadNoise(filepath.Join(dir, "noise", rn.ID+".safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := Params{Prompt: rn.Prompt, Width: rn.Width, Height: rn.Height, Steps: rn.Steps, Guidance: rn.Guidance,
+		Batch: 1, Noise: noise}
+	if rn.NegativePrompt != nil {
+		p.NegativePrompt = *rn.NegativePrompt
+	}
+	return p
+}
+
+// TestRunStepLatents replays every reference run on the reference backend
+// and checks the latents after each step. Bound: the reference's own
+// fp16-vs-fp32 difference of that tensor (refs.json fp16_vs_fp32), or
+// 1e-4 * (max|ref| + 1) where none is recorded; our weights are the same
+// F16 values and our math F32, so we sit far inside the fp16 run's error.
+func TestRunStepLatents(t *testing.T) {
+	for _, name := range testref.Models {
+		t.Run(name, func(t *testing.T) {
+			r := testref.Open(t, name)
+			m := loadModels(t, r.Dir)
+			for _, rn := range refRuns(t, r) {
+				if testing.Short() && rn.Steps > 1 {
+					continue
+				}
+				p := paramsFor(t, r.Dir, rn)
+				var fails []string
+				p.OnStep = func(step int, lat []float32) {
+					key := fmt.Sprintf("run.%s.step%d.latents", rn.ID, step)
+					want, _ := r.Floats(t, key)
+					d := testref.Compare(lat, want)
+					bound := r.Fp16Bound(key)
+					if bound == 0 {
+						bound = 1e-4 * (d.MaxRef + 1)
+					}
+					t.Logf("%s: max |diff| %.3g (bound %.3g)", key, d.MaxAbs, bound)
+					if d.Mismatched || d.NonFinite > 0 || d.MaxAbs > bound {
+						fails = append(fails, fmt.Sprintf("%s: %+v, bound %.3g", key, d, bound))
+					}
+				}
+				if _, err := Run(context.Background(), ref.New(), m, p); err != nil {
+					t.Fatalf("%s: %v", rn.ID, err)
+				}
+				for _, f := range fails {
+					t.Error(f)
+				}
+			}
+		})
+	}
+}
+
+// TestOffloadBitIdentical: streaming weights block by block under a budget
+// must not change a single output byte, and the allocator's peak must stay
+// under the budget.
+func TestOffloadBitIdentical(t *testing.T) {
+	r := testref.Open(t, "tiny-sdxl-turbo")
+	m := loadModels(t, r.Dir)
+	var rn refRun
+	for _, x := range refRuns(t, r) {
+		if x.ID == "s4_g7.5_64x64" {
+			rn = x
+		}
+	}
+	p := paramsFor(t, r.Dir, rn)
+	p.Offload = OffloadNone
+	full, err := Run(context.Background(), ref.New(), m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A budget well below the weights (the UNet alone is larger) forces
+	// streaming in every stage.
+	unet := BlocksBytes(m.UNet.Blocks())
+	var all []*model.Block
+	for _, e := range m.Encoders {
+		all = append(all, e.Net.Blocks()...)
+	}
+	all = append(append(all, m.UNet.Blocks()...), m.VAE.Blocks()...)
+	budget := unet/2 + unetActivationBytes(m.UNet, 2, 8, 8) + LargestBlock(all)
+	b := ref.New(ref.WithBudget(budget))
+	p.Offload, p.Budget = OffloadLayer, budget
+	streamed, err := Run(context.Background(), b, m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if streamed.Uploaded <= unet {
+		t.Errorf("uploaded %d bytes, want more than the UNet's %d (blocks re-uploaded every step)", streamed.Uploaded, unet)
+	}
+	if streamed.PeakDev > budget {
+		t.Errorf("peak %d bytes over the %d budget", streamed.PeakDev, budget)
+	}
+	if string(full.Images[0].Pix) != string(streamed.Images[0].Pix) {
+		t.Error("offloaded run differs from the resident run")
+	}
+	t.Logf("budget %s (UNet weights %s): peak %s, uploaded %s", FormatBytes(budget), FormatBytes(unet),
+		FormatBytes(streamed.PeakDev), FormatBytes(streamed.Uploaded))
+	if b.MemStats().InUse != 0 {
+		t.Errorf("%d bytes still allocated after the run", b.MemStats().InUse)
+	}
+}
+
+func TestImpossibleBudgetFailsUpFront(t *testing.T) {
+	r := testref.Open(t, "tiny-sd-turbo")
+	m := loadModels(t, r.Dir)
+	p := paramsFor(t, r.Dir, refRuns(t, r)[0])
+	p.Offload, p.Budget = OffloadLayer, 4096
+	b := ref.New(ref.WithBudget(p.Budget))
+	_, err := Run(context.Background(), b, m, p)
+	if err == nil {
+		t.Fatal("a 4 KiB budget was accepted")
+	}
+	t.Log(err)
+	if b.MemStats().Peak != 0 {
+		t.Errorf("allocated %d bytes before failing", b.MemStats().Peak)
+	}
+}
+
+func TestCancelBetweenSteps(t *testing.T) {
+	r := testref.Open(t, "tiny-sd15")
+	m := loadModels(t, r.Dir)
+	var rn refRun
+	for _, x := range refRuns(t, r) {
+		if x.Steps > 1 {
+			rn = x
+		}
+	}
+	p := paramsFor(t, r.Dir, rn)
+	ctx, cancel := context.WithCancel(context.Background())
+	p.OnStep = func(step int, _ []float32) {
+		if step == 0 {
+			cancel()
+		}
+	}
+	b := ref.New()
+	_, err := Run(ctx, b, m, p)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if b.MemStats().InUse != 0 {
+		t.Errorf("%d bytes still allocated after cancellation", b.MemStats().InUse)
+	}
+}
+
+var _ engine.Backend = (*ref.Backend)(nil)
