@@ -43,7 +43,7 @@ bench:
 # Build a tiny random-weight model with zimage's own tool and generate from it.
 # The picture is noise: the weights are random. See README for real models.
 demo: build
-	$(BIN) make-model --arch sd-turbo --tiny -o out/demo-model
+	$(BIN) make-model --arch sd-turbo -o out/demo-model
 	$(BIN) generate -m out/demo-model -p "a lighthouse at dusk" -o out/demo.png
 
 clean:
