@@ -1,0 +1,350 @@
+package model
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+
+	"github.com/zimage/zimage/model/safetensors"
+)
+
+// Arch is a Stable Diffusion architecture family.
+type Arch uint8
+
+const (
+	ArchUnknown Arch = iota
+	SD1              // SD 1.x: CLIP ViT-L text encoder, 768-wide cross attention
+	SD2              // SD 2.x and SD-Turbo: OpenCLIP ViT-H (last layer dropped), linear projections
+	SDXL             // SDXL and SDXL-Turbo: CLIP ViT-L + OpenCLIP bigG, text_time conditioning
+)
+
+func (a Arch) String() string {
+	switch a {
+	case SD1:
+		return "SD1"
+	case SD2:
+		return "SD2"
+	case SDXL:
+		return "SDXL"
+	}
+	return "unknown"
+}
+
+// Format is the on-disk layout of a checkpoint.
+type Format uint8
+
+const (
+	FormatDiffusers  Format = iota + 1 // a diffusers pipeline folder
+	FormatSingleFile                   // one LDM-layout .safetensors file
+)
+
+func (f Format) String() string {
+	switch f {
+	case FormatDiffusers:
+		return "diffusers folder"
+	case FormatSingleFile:
+		return "single file"
+	}
+	return "unknown"
+}
+
+// OpenOptions tune OpenCheckpoint.
+type OpenOptions struct {
+	// TokenizerDir supplies the tokenizers a single file lacks: a diffusers
+	// folder (its tokenizer/ and tokenizer_2/ are used) or one tokenizer
+	// folder (vocab.json, merges.txt) used for every text encoder.
+	TokenizerDir string
+	// ConfigDir is a diffusers folder whose config files (model_index.json,
+	// <component>/config.json, scheduler/scheduler_config.json) replace the
+	// configs inferred for a single file (or read from a folder). Only the
+	// files present there are used; its tokenizers are used when
+	// TokenizerDir is empty.
+	ConfigDir string
+}
+
+// UNetComponent is the denoiser's config and weights.
+type UNetComponent struct {
+	Class  string // "UNet2DConditionModel"
+	Config *UNetConfig
+	Source *Source
+}
+
+// VAEComponent is the autoencoder's config and weights.
+type VAEComponent struct {
+	Class  string // "AutoencoderKL"
+	Config *VAEConfig
+	Source *Source
+}
+
+// TextEncoder is one text encoder with its tokenizer and the outputs the
+// pipeline feeds the UNet.
+type TextEncoder struct {
+	Name   string // "text_encoder" or "text_encoder_2"
+	Class  string // "CLIPTextModel" or "CLIPTextModelWithProjection"
+	Config *CLIPTextConfig
+	Source *Source
+	// TokenizerDir holds vocab.json and merges.txt; empty when none was
+	// found (RequireTokenizers reports it).
+	TokenizerDir string
+	// Want is what the pipeline uses: SD 1.x/2.x the final-normed last
+	// hidden state; SDXL the penultimate hidden states of both encoders and
+	// the second encoder's projected pooled output.
+	Want CLIPWant
+}
+
+// Checkpoint is an opened model: configs, and weights under canonical
+// diffusers keys, memory-mapped and not yet read.
+type Checkpoint struct {
+	Path         string
+	Format       Format
+	Arch         Arch
+	Index        *ModelIndex
+	UNet         UNetComponent
+	VAE          VAEComponent
+	TextEncoders []TextEncoder // in pipeline order (text_encoder, text_encoder_2)
+	Scheduler    *SchedulerConfig
+	// ForceZerosForEmptyPrompt: the unconditional embedding of an empty
+	// negative prompt is zeros (SDXL's model_index.json).
+	ForceZerosForEmptyPrompt bool
+	// Warnings are problems that did not stop loading: unrecognised keys,
+	// guessed configs, fallbacks.
+	Warnings []string
+
+	files []*safetensors.File
+}
+
+// MissingComponentError reports a component the pipeline needs that the
+// checkpoint lacks (or that lacks its config or weights).
+type MissingComponentError struct {
+	Path      string
+	Component string
+	Detail    string
+}
+
+func (e *MissingComponentError) Error() string {
+	return fmt.Sprintf("model: %s: component %s: %s", e.Path, e.Component, e.Detail)
+}
+
+// OpenCheckpoint opens a diffusers pipeline folder or a single-file LDM
+// .safetensors checkpoint. It maps the weight files and reads their headers
+// only. Close releases the mappings.
+func OpenCheckpoint(path string, opts OpenOptions) (*Checkpoint, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("model: open checkpoint: %w", err)
+	}
+	if st.IsDir() {
+		return openFolder(path, opts)
+	}
+	return openSingleFile(path, opts)
+}
+
+// Close unmaps every weight file; the Sources' bytes become invalid.
+func (c *Checkpoint) Close() error {
+	var errs []error
+	for _, f := range c.files {
+		errs = append(errs, f.Close())
+	}
+	c.files = nil
+	return errors.Join(errs...)
+}
+
+// RequireTokenizers reports a text encoder without a tokenizer folder.
+func (c *Checkpoint) RequireTokenizers() error {
+	for _, te := range c.TextEncoders {
+		if te.TokenizerDir == "" {
+			return fmt.Errorf("model: %s: no tokenizer for %s: single-file checkpoints carry no vocabulary; "+
+				"pass a tokenizer folder or a diffusers model folder of the same family (--tokenizer)", c.Path, te.Name)
+		}
+	}
+	return nil
+}
+
+// Sources lists every component's source in pipeline order.
+func (c *Checkpoint) Sources() []*Source {
+	out := []*Source{}
+	for _, te := range c.TextEncoders {
+		out = append(out, te.Source)
+	}
+	return append(out, c.UNet.Source, c.VAE.Source)
+}
+
+func (c *Checkpoint) warnf(format string, args ...any) {
+	c.Warnings = append(c.Warnings, fmt.Sprintf(format, args...))
+}
+
+// wantFor is what the pipeline of arch reads from text encoder i.
+func wantFor(arch Arch, i int) CLIPWant {
+	if arch != SDXL {
+		return CLIPWant{LastHidden: true}
+	}
+	if i == 0 {
+		return CLIPWant{Penultimate: true}
+	}
+	return CLIPWant{Penultimate: true, TextEmbeds: true}
+}
+
+// readJSON decodes a config file; errors name the file.
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("model: %s: %w", path, err)
+	}
+	return nil
+}
+
+// overrideJSON reads ConfigDir/rel into v when that file exists.
+func overrideJSON(opts OpenOptions, rel string, v any) (bool, error) {
+	if opts.ConfigDir == "" {
+		return false, nil
+	}
+	p := filepath.Join(opts.ConfigDir, rel)
+	if _, err := os.Stat(p); err != nil {
+		return false, nil
+	}
+	if err := readJSON(p, v); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
+func isFile(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
+}
+
+// tokenizerDir finds encoder i's tokenizer: the checkpoint folder's own,
+// then TokenizerDir, then ConfigDir. A plain tokenizer folder serves every
+// encoder.
+func (c *Checkpoint) tokenizerDir(own string, i int, opts OpenOptions) string {
+	name := "tokenizer"
+	if i > 0 {
+		name = fmt.Sprintf("tokenizer_%d", i+1)
+	}
+	if own != "" && isFile(filepath.Join(own, name, "vocab.json")) {
+		return filepath.Join(own, name)
+	}
+	for _, d := range []string{opts.TokenizerDir, opts.ConfigDir} {
+		if d == "" {
+			continue
+		}
+		if isFile(filepath.Join(d, name, "vocab.json")) {
+			return filepath.Join(d, name)
+		}
+		if isFile(filepath.Join(d, "vocab.json")) {
+			if i > 0 {
+				c.warnf("%s uses the single tokenizer folder %s; SDXL's second tokenizer pads with \"!\", pass a diffusers folder with tokenizer_2 if outputs differ", encoderName(i), d)
+			}
+			return d
+		}
+	}
+	return ""
+}
+
+func encoderName(i int) string {
+	if i == 0 {
+		return "text_encoder"
+	}
+	return fmt.Sprintf("text_encoder_%d", i+1)
+}
+
+// addMapped adds checkpoint tensor t to src under its canonical key(s),
+// converting as the name table says.
+func addMapped(src *Source, keys []string, conv conversion, t *safetensors.Tensor, file string) error {
+	switch conv {
+	case convCopy:
+		src.AddTensor(keys[0], t, file)
+	case convLinearFrom1x1:
+		s := t.Shape
+		switch {
+		case len(s) == 2:
+			src.AddTensor(keys[0], t, file)
+		case len(s) == 4 && s[2] == 1 && s[3] == 1:
+			return src.AddReshaped(keys[0], t, file, []int{s[0], s[1]})
+		default:
+			return fmt.Errorf("model: %q in %s: shape %v, want a 1x1 convolution [out, in, 1, 1] or a matrix", t.Name, file, s)
+		}
+	case convSplitQKV:
+		if len(t.Shape) == 0 || t.Shape[0]%3 != 0 {
+			return fmt.Errorf("model: %q in %s: shape %v, want a fused q/k/v tensor of 3*D rows", t.Name, file, t.Shape)
+		}
+		d := t.Shape[0] / 3
+		shape := append([]int{d}, t.Shape[1:]...)
+		for i, k := range keys {
+			if err := src.AddRows(k, t, file, i*d, (i+1)*d, shape); err != nil {
+				return err
+			}
+		}
+	case convTranspose:
+		if len(t.Shape) != 2 {
+			return fmt.Errorf("model: %q in %s: shape %v, want a matrix", t.Name, file, t.Shape)
+		}
+		addTransposed(src, keys[0], t, file)
+	}
+	return nil
+}
+
+// addTransposed adds the transpose of a matrix. The copy is made on first
+// read (and kept), so opening stays free of reads; it is small (SDXL's
+// 1280x1280 projection is 3 MiB in F16).
+func addTransposed(src *Source, key string, t *safetensors.Tensor, file string) {
+	rows, cols, size := t.Shape[0], t.Shape[1], t.DType.Size()
+	var once sync.Once
+	var out []byte
+	src.entries[key] = &Entry{Key: key, DType: t.DType, Shape: []int{cols, rows}, File: file, data: func() []byte {
+		once.Do(func() {
+			in := t.Data()
+			if len(in) != rows*cols*size {
+				return // file closed: nil, like an untransposed entry
+			}
+			out = transpose(in, rows, cols, size)
+		})
+		return out
+	}}
+}
+
+// transpose swaps the axes of a row-major [rows, cols] matrix of size-byte
+// elements.
+func transpose(in []byte, rows, cols, size int) []byte {
+	out := make([]byte, len(in))
+	for r := range rows {
+		for c := range cols {
+			copy(out[(c*rows+r)*size:(c*rows+r+1)*size], in[(r*cols+c)*size:(r*cols+c+1)*size])
+		}
+	}
+	return out
+}
+
+// shapeOf returns the shape of a source entry, or nil.
+func shapeOf(src *Source, key string) []int {
+	if e := src.Entry(key); e != nil {
+		return e.Shape
+	}
+	return nil
+}
+
+// countIndexed counts n = 0, 1, ... while some key of src starts with
+// fmt.Sprintf(format, n).
+func countIndexed(src *Source, format string) int {
+	n := 0
+	for hasPrefix(src, fmt.Sprintf(format, n)) {
+		n++
+	}
+	return n
+}
+
+func hasPrefix(src *Source, prefix string) bool {
+	for k := range src.entries {
+		if strings.HasPrefix(k, prefix) {
+			return true
+		}
+	}
+	return false
+}
