@@ -1,0 +1,175 @@
+package zimage
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/engine/vk"
+	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/tokenizer"
+	"github.com/zimage/zimage/sched"
+)
+
+// Load opens a model (a diffusers folder or a single-file checkpoint) and a
+// Vulkan device. Weights stay memory-mapped until a generation needs them.
+func Load(path string, opts ...Option) (*Pipeline, error) {
+	var o Options
+	for _, f := range opts {
+		f(&o)
+	}
+	ck, err := model.OpenCheckpoint(path, model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir})
+	if err != nil {
+		return nil, err
+	}
+	p := &Pipeline{opts: o, closers: []func() error{ck.Close}}
+	if err := p.load(ck); err != nil {
+		p.Close()
+		return nil, err
+	}
+	return p, nil
+}
+
+func (p *Pipeline) load(ck *model.Checkpoint) error {
+	if err := ck.RequireTokenizers(); err != nil {
+		return err
+	}
+	m := &sched.Models{
+		Scheduler:                ck.Scheduler,
+		ForceZerosForEmptyPrompt: ck.ForceZerosForEmptyPrompt,
+		SDXL:                     ck.Arch == model.SDXL,
+	}
+	for _, te := range ck.TextEncoders {
+		tok, err := tokenizer.Load(te.TokenizerDir)
+		if err != nil {
+			return err
+		}
+		net, err := model.LoadCLIPText(te.Source, te.Config)
+		if err != nil {
+			return fmt.Errorf("zimage: %s: %w", te.Name, err)
+		}
+		m.Encoders = append(m.Encoders, sched.TextEncoder{Tokenizer: tok, Net: net})
+	}
+	var err error
+	if m.UNet, err = model.LoadUNet(ck.UNet.Source, ck.UNet.Config); err != nil {
+		return fmt.Errorf("zimage: unet: %w", err)
+	}
+	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
+		return fmt.Errorf("zimage: vae: %w", err)
+	}
+	p.Warnings = append(p.Warnings, ck.Warnings...)
+	for _, src := range ck.Sources() {
+		// The VAE encoder is not used for text-to-image; it is expected to
+		// be unused and is not worth a warning.
+		var unused []string
+		for _, k := range src.Unused() {
+			if !(src.Name == "vae" && (strings.HasPrefix(k, "encoder.") || strings.HasPrefix(k, "quant_conv."))) {
+				unused = append(unused, k)
+			}
+		}
+		if len(unused) > 0 {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: %d tensors in the checkpoint are not used (first: %s)", src.Name, len(unused), unused[0]))
+		}
+	}
+	p.models = m
+	p.info = describeModel(ck)
+	if p.opts.Backend != nil {
+		p.backend = p.opts.Backend
+		return nil
+	}
+	vo := vk.DefaultOptions()
+	vo.Budget = p.opts.Budget
+	if d := p.opts.Device; d != "" {
+		if i, err := strconv.Atoi(d); err == nil {
+			vo.DeviceIndex = i
+		} else {
+			vo.DeviceName = d
+		}
+	}
+	dev, err := vk.Open(vo)
+	if err != nil {
+		return err
+	}
+	p.backend = dev
+	p.closers = append(p.closers, dev.Close)
+	return nil
+}
+
+// Close releases the device and unmaps the weights.
+func (p *Pipeline) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	if p.models != nil && p.backend != nil {
+		for _, bl := range p.allBlocks() {
+			bl.Evict(p.backend)
+		}
+	}
+	// Release in reverse order: the device before the mappings it read.
+	for i := len(p.closers) - 1; i >= 0; i-- {
+		errs = append(errs, p.closers[i]())
+	}
+	p.closers, p.models = nil, nil
+	return errors.Join(errs...)
+}
+
+func (p *Pipeline) allBlocks() []*model.Block {
+	var out []*model.Block
+	for _, e := range p.models.Encoders {
+		out = append(out, e.Net.Blocks()...)
+	}
+	out = append(out, p.models.UNet.Blocks()...)
+	return append(out, p.models.VAE.Blocks()...)
+}
+
+// describeModel derives the defaults and metadata of a checkpoint.
+func describeModel(ck *model.Checkpoint) modelInfo {
+	name := strings.TrimSuffix(filepath.Base(filepath.Clean(ck.Path)), filepath.Ext(ck.Path))
+	info := modelInfo{Name: name, Arch: strings.ToLower(ck.Arch.String())}
+	// Turbo models (adversarial diffusion distillation) sample with
+	// trailing timesteps, which the classic checkpoints do not use.
+	info.Turbo = strings.Contains(strings.ToLower(name), "turbo") ||
+		(ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing")
+	// diffusers' default size: the UNet's sample_size in latent pixels.
+	info.BaseSize = 512
+	if s := ck.UNet.Config.SampleSize; s > 0 {
+		info.BaseSize = s * 8
+	}
+	info.Hash = modelHash(ck)
+	return info
+}
+
+// modelHash is AUTOMATIC1111's short "model hash": the first 8 hex digits
+// of the SHA-256 of 64 KiB read at offset 1 MiB of the weights file. It
+// reads 64 KiB instead of hashing gigabytes, and matches what A1111 shows
+// for the same single file. For a diffusers folder the UNet file is hashed.
+func modelHash(ck *model.Checkpoint) string {
+	path := ck.Path
+	if ck.Format == model.FormatDiffusers {
+		keys := ck.UNet.Source.Keys()
+		if len(keys) == 0 {
+			return ""
+		}
+		path = ck.UNet.Source.Entry(keys[0]).File
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := f.Seek(0x100000, io.SeekStart); err != nil {
+		return ""
+	}
+	io.CopyN(h, f, 0x10000)
+	return hex.EncodeToString(h.Sum(nil))[:8]
+}
+
+var _ engine.Backend = (*vk.Device)(nil)

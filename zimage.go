@@ -1,0 +1,258 @@
+// Package zimage generates images from text with Stable Diffusion models
+// (SD 1.x, SD 2.x / SD-Turbo, SDXL / SDXL-Turbo) on any Vulkan device,
+// including lavapipe on the CPU. No Python, no CUDA.
+//
+//	p, err := zimage.Load("models/sd-turbo")
+//	...
+//	res, err := p.Generate(ctx, zimage.Request{Prompt: "a lighthouse at dusk", Seed: 42})
+//
+// A Pipeline is safe for concurrent use: Generate calls are serialized,
+// because one device runs one generation at a time.
+package zimage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+	"image"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/sched"
+)
+
+// Version is the zimage release recorded in image metadata.
+const Version = "0.1.0"
+
+// Options configure Load.
+type Options struct {
+	// Device picks the Vulkan device by index ("0") or name substring;
+	// empty uses $ZIMAGE_DEVICE, else the first device.
+	Device string
+	// Budget caps device memory in bytes (0 = unlimited).
+	Budget int64
+	// Offload says how weights reach the device (default auto).
+	Offload sched.Offload
+	// TokenizerDir is needed for single-file checkpoints, which carry no
+	// vocabulary: a diffusers model folder or a tokenizer folder.
+	TokenizerDir string
+	// ConfigDir optionally overrides the configs inferred for a single file.
+	ConfigDir string
+	// Progress receives progress events (never stdout).
+	Progress func(Progress)
+	// Backend runs the networks on this backend instead of opening a Vulkan
+	// device; the Pipeline then does not close it.
+	Backend engine.Backend
+}
+
+// Option sets an Option field.
+type Option func(*Options)
+
+// WithDevice selects the Vulkan device by index or name.
+func WithDevice(d string) Option { return func(o *Options) { o.Device = d } }
+
+// WithBudget caps device memory (bytes).
+func WithBudget(bytes int64) Option { return func(o *Options) { o.Budget = bytes } }
+
+// WithOffload sets the weight offload mode.
+func WithOffload(m sched.Offload) Option { return func(o *Options) { o.Offload = m } }
+
+// WithTokenizer names the tokenizer folder for single-file checkpoints.
+func WithTokenizer(dir string) Option { return func(o *Options) { o.TokenizerDir = dir } }
+
+// WithConfigDir overrides the configs inferred for a single-file checkpoint.
+func WithConfigDir(dir string) Option { return func(o *Options) { o.ConfigDir = dir } }
+
+// WithProgress installs a progress callback.
+func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progress = f } }
+
+// WithBackend runs on an existing backend (tests, the reference backend).
+func WithBackend(b engine.Backend) Option { return func(o *Options) { o.Backend = b } }
+
+// Progress is one progress event.
+type Progress struct {
+	Stage   string // "text", "denoise", "decode", "done"
+	Image   int    // 1-based image of the batch being worked on
+	Step    int    // denoising step done (Stage "denoise")
+	Steps   int
+	Elapsed time.Duration
+}
+
+// Request describes one generation. Zero fields take the model's defaults.
+type Request struct {
+	Prompt         string
+	NegativePrompt string
+	Width, Height  int // multiples of 8; 0 = the model's default size
+	Steps          int // 0 = model default (1 for turbo models)
+	// Guidance is the classifier-free guidance scale; nil = model default
+	// (0 for turbo models, 7.5 otherwise). Values <= 1 turn guidance off.
+	Guidance *float64
+	// Seed of the noise; torch.randn-compatible. RandomSeed picks one.
+	Seed       uint64
+	RandomSeed bool
+	Batch      int    // images; 0 = 1
+	Sampler    string // "" = the model's scheduler
+	Karras     bool
+	// NoiseFile replaces the seeded noise (see sched.LoadNoise).
+	NoiseFile string
+	// LongPrompts encodes prompts over 75 tokens in several windows.
+	LongPrompts bool
+	// VAETiling: sched.TilingAuto (default), TilingOn or TilingOff; Tile is
+	// the tile size in output pixels (multiple of 8), 0 = automatic.
+	VAETiling sched.Tiling
+	Tile      int
+}
+
+// Result is what Generate returns.
+type Result struct {
+	Images []*image.RGBA
+	// Seeds[i] is the seed of Images[i]'s batch (all images of one request
+	// share the request's noise tensor, as diffusers does).
+	Seeds       []uint64
+	Parameters  Parameters
+	Metadata    string // Parameters rendered for the PNG "parameters" chunk
+	Stages      []sched.Stage
+	PeakDevice  int64 // bytes
+	PeakHostRSS int64 // bytes, the process's high-water mark
+	Uploaded    int64 // weight bytes uploaded during the request
+	Truncated   int   // prompt tokens dropped by the first tokenizer
+	Total       time.Duration
+}
+
+// Pipeline is a loaded model on a device.
+type Pipeline struct {
+	mu      sync.Mutex
+	opts    Options
+	backend engine.Backend
+	ownsB   bool
+	models  *sched.Models
+	info    modelInfo
+	closers []func() error
+	// Warnings are problems found while loading that did not stop it
+	// (unused tensors, guessed configs).
+	Warnings []string
+}
+
+// modelInfo is what requests default to and metadata records.
+type modelInfo struct {
+	Name     string
+	Hash     string
+	Arch     string
+	Turbo    bool
+	BaseSize int
+	Sampler  string
+}
+
+// Defaults returns the width, height, steps and guidance a Request gets
+// when it leaves them zero.
+func (p *Pipeline) Defaults() (width, height, steps int, guidance float64) {
+	steps, guidance = 25, 7.5
+	if p.info.Arch == "sdxl" {
+		guidance = 5 // the SDXL pipeline's default
+	}
+	if p.info.Turbo {
+		steps, guidance = 1, 0
+	}
+	return p.info.BaseSize, p.info.BaseSize, steps, guidance
+}
+
+// Arch names the detected architecture ("sd1", "sd2", "sdxl").
+func (p *Pipeline) Arch() string { return p.info.Arch }
+
+// Backend is the device the pipeline runs on.
+func (p *Pipeline) Backend() engine.Backend { return p.backend }
+
+// Generate runs one request. ctx cancels between steps and blocks.
+func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.models == nil {
+		return nil, fmt.Errorf("zimage: pipeline is closed")
+	}
+	start := time.Now()
+	w, h, steps, g := p.Defaults()
+	if req.Width != 0 {
+		w = req.Width
+	}
+	if req.Height != 0 {
+		h = req.Height
+	}
+	if req.Steps != 0 {
+		steps = req.Steps
+	}
+	if req.Guidance != nil {
+		g = *req.Guidance
+	}
+	batch := max(req.Batch, 1)
+	seed := req.Seed
+	if req.RandomSeed {
+		var b [8]byte
+		if _, err := rand.Read(b[:]); err != nil {
+			return nil, fmt.Errorf("zimage: random seed: %w", err)
+		}
+		seed = binary.LittleEndian.Uint64(b[:]) >> 1 // keep it positive as an int64 for other tools
+	}
+	if req.Tile%8 != 0 {
+		return nil, fmt.Errorf("zimage: tile size %d: want a multiple of 8 pixels", req.Tile)
+	}
+	params := sched.Params{
+		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
+		Width: w, Height: h, Steps: steps, Guidance: g, Seed: seed, Batch: batch,
+		Sampler: req.Sampler, Karras: req.Karras, LongPrompts: req.LongPrompts,
+		Offload: p.opts.Offload, Budget: p.opts.Budget, Tiling: req.VAETiling, Tile: req.Tile / 8,
+	}
+	if req.NoiseFile != "" {
+		n, err := sched.LoadNoise(req.NoiseFile)
+		if err != nil {
+			return nil, err
+		}
+		params.Noise = n
+	}
+	if f := p.opts.Progress; f != nil {
+		params.Progress = func(step, steps int) {
+			f(Progress{Stage: "denoise", Step: step, Steps: steps, Elapsed: time.Since(start)})
+		}
+	}
+	out, err := sched.Run(ctx, p.backend, p.models, params)
+	if err != nil {
+		return nil, err
+	}
+	sampler := a1111SamplerName(out.SamplerName, req.Karras)
+	pm := Parameters{
+		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Steps: steps, Sampler: sampler,
+		CFGScale: g, Seed: seed, Width: w, Height: h, ModelHash: p.info.Hash, Model: p.info.Name,
+		Version: "zimage " + Version,
+	}
+	res := &Result{
+		Images: out.Images, Parameters: pm, Metadata: pm.String(), Stages: out.Stages,
+		PeakDevice: out.PeakDev, PeakHostRSS: sched.PeakRSS(), Uploaded: out.Uploaded, Total: time.Since(start),
+	}
+	for range out.Images {
+		res.Seeds = append(res.Seeds, seed)
+	}
+	if len(out.Truncated) > 0 {
+		res.Truncated = out.Truncated[0]
+	}
+	if f := p.opts.Progress; f != nil {
+		f(Progress{Stage: "done", Steps: steps, Step: steps, Elapsed: res.Total})
+	}
+	return res, nil
+}
+
+// a1111SamplerName maps our sampler names to the names A1111 metadata uses.
+func a1111SamplerName(name string, karras bool) string {
+	n := map[string]string{
+		"euler": "Euler", "euler_a": "Euler a", "pndm": "PLMS", "ddim": "DDIM",
+		"lcm": "LCM", "dpmpp_2m": "DPM++ 2M",
+	}[strings.ToLower(name)]
+	if n == "" {
+		n = name
+	}
+	if karras {
+		n += " Karras"
+	}
+	return n
+}
