@@ -2,10 +2,16 @@
 // includes this file.
 #extension GL_EXT_shader_16bit_storage : require
 
+// The workgroup's x size is specialization constant 0: kernels declare
+// layout(local_size_x_id = 0) and read the size as WG, never as
+// gl_WorkGroupSize, because spirv-opt (glslc -O, shaderc 2023.2) folds
+// WG to its default of 1 before specialization.
+layout(constant_id = 0) const uint WG = 64;
+
 // Flat invocation index over a 2-D grid of 1-D workgroups: the backend splits
 // big element counts over x and y because x is limited to 65535 groups.
 uint flat_id() {
-	return (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * gl_WorkGroupSize.x + gl_LocalInvocationID.x;
+	return (gl_WorkGroupID.y * gl_NumWorkGroups.x + gl_WorkGroupID.x) * WG + gl_LocalInvocationID.x;
 }
 
 // Flat workgroup index over the same 2-D grid (one workgroup per row).

@@ -27,7 +27,7 @@ void main() {
 	uint base = gi * len;
 	uint c0 = (gi % p.groups) * p.cpg;
 	uint t = gl_LocalInvocationID.x;
-	uint wg = gl_WorkGroupSize.x;
+	uint wg = WG;
 	float s = 0.0;
 	for (uint i = t; i < len; i += wg) {
 		s += x[base + i];

@@ -21,7 +21,7 @@ void main() {
 	}
 	uint base = row * p.d;
 	uint t = gl_LocalInvocationID.x;
-	uint wg = gl_WorkGroupSize.x;
+	uint wg = WG;
 	float s = 0.0;
 	for (uint i = t; i < p.d; i += wg) {
 		s += x[base + i];

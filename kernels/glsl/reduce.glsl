@@ -8,7 +8,7 @@ float wg_sum(float v) {
 	barrier();
 	red_buf[t] = v;
 	barrier();
-	for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1u) {
+	for (uint s = WG / 2u; s > 0u; s >>= 1u) {
 		if (t < s) {
 			red_buf[t] += red_buf[t + s];
 		}
@@ -22,7 +22,7 @@ float wg_max(float v) {
 	barrier();
 	red_buf[t] = v;
 	barrier();
-	for (uint s = gl_WorkGroupSize.x / 2u; s > 0u; s >>= 1u) {
+	for (uint s = WG / 2u; s > 0u; s >>= 1u) {
 		if (t < s) {
 			red_buf[t] = max(red_buf[t], red_buf[t + s]);
 		}

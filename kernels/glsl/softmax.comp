@@ -17,7 +17,7 @@ void main() {
 	}
 	uint base = row * p.d;
 	uint t = gl_LocalInvocationID.x;
-	uint wg = gl_WorkGroupSize.x;
+	uint wg = WG;
 	float m = -1.0 / 0.0;
 	for (uint i = t; i < p.d; i += wg) {
 		m = max(m, x[base + i]);

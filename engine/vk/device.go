@@ -1,0 +1,283 @@
+// Package vk is zimage's Vulkan compute backend: it implements
+// engine.Backend by dispatching the precompiled SPIR-V kernels of package
+// kernels. It is the only package that imports the Vulkan binding.
+//
+// A Device records ops into command buffers and submits them on Flush, Read
+// and Write (and when a batch grows large); every op is ordered after the
+// ones it depends on by a memory barrier. No goroutines are started, and
+// Close frees every Vulkan object.
+package vk
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vulkan-go/vulkan"
+)
+
+// Tuning selects the kernel family used for the heavy ops.
+type Tuning int
+
+const (
+	// TuningAuto picks from the device: register-blocked kernels on CPU
+	// devices (lavapipe), shared-memory tiles on GPUs.
+	TuningAuto Tuning = iota
+	// TuningCPU forces the register-blocked kernels.
+	TuningCPU
+	// TuningGPU forces the shared-memory tiled kernels.
+	TuningGPU
+)
+
+func (t Tuning) String() string {
+	switch t {
+	case TuningCPU:
+		return "cpu"
+	case TuningGPU:
+		return "gpu"
+	}
+	return "auto"
+}
+
+// Options configures Open. The zero value opens device 0; use
+// DefaultOptions to honour ZIMAGE_DEVICE and prefer GPUs.
+type Options struct {
+	// DeviceIndex picks a device by its ListDevices index; -1 = default.
+	DeviceIndex int
+	// DeviceName picks the first device whose name contains it
+	// (case-insensitive); it wins over DeviceIndex.
+	DeviceName string
+	// Budget caps accounted device memory in bytes; 0 = unlimited.
+	Budget int64
+	// Profile records GPU timestamps per dispatch and sums them per kernel
+	// (also enabled by ZIMAGE_PROFILE=1); see Profile and Close.
+	Profile bool
+	// Tuning forces a kernel family (tests use it to cover every variant).
+	Tuning Tuning
+	// MaxBatch is the number of dispatches recorded before a batch is
+	// submitted without waiting; 0 = 512.
+	MaxBatch int
+}
+
+// DefaultOptions selects the device from ZIMAGE_DEVICE (an index or a name
+// substring) or else the first discrete GPU, integrated GPU, then any.
+func DefaultOptions() Options { return Options{DeviceIndex: -1} }
+
+// MemoryHeap is one of a device's memory heaps.
+type MemoryHeap struct {
+	Size        int64
+	DeviceLocal bool
+}
+
+// DeviceInfo describes a physical device.
+type DeviceInfo struct {
+	Index                   int
+	Name                    string
+	Type                    string // "discrete-gpu", "integrated-gpu", "virtual-gpu", "cpu" or "other"
+	VendorID, DeviceID      uint32
+	APIVersion              string
+	Driver                  string
+	Heaps                   []MemoryHeap
+	SubgroupSize            int
+	FP16Storage             bool // storageBuffer16BitAccess: F16 tensors usable
+	FP16Arithmetic          bool // shaderFloat16 (unused by the kernels so far)
+	MaxStorageBufferRange   int64
+	MaxAllocationSize       int64
+	MaxSharedMemory         int
+	MaxWorkgroupInvocations int
+	MinStorageBufferAlign   int64
+	TimestampPeriod         float64 // nanoseconds per timestamp tick
+	apiVersion              uint32
+}
+
+func (i DeviceInfo) String() string {
+	var mem int64
+	for _, h := range i.Heaps {
+		if h.DeviceLocal {
+			mem += h.Size
+		}
+	}
+	return fmt.Sprintf("#%d %s (%s, Vulkan %s, %.1f GiB device-local, subgroup %d, fp16 storage %v)",
+		i.Index, i.Name, i.Type, i.APIVersion, float64(mem)/(1<<30), i.SubgroupSize, i.FP16Storage)
+}
+
+var (
+	loaderOnce sync.Once
+	loaderErr  error
+)
+
+// loadVulkan initialises the binding's process-wide loader once.
+func loadVulkan() error {
+	loaderOnce.Do(func() {
+		if err := vulkan.SetDefaultGetInstanceProcAddr(); err != nil {
+			loaderErr = fmt.Errorf("vk: cannot load libvulkan.so (install libvulkan1 and libvulkan-dev): %w", err)
+			return
+		}
+		if err := vulkan.Init(); err != nil {
+			loaderErr = fmt.Errorf("vk: initialising the Vulkan loader: %w", err)
+		}
+	})
+	return loaderErr
+}
+
+func newInstance() (vulkan.Instance, error) {
+	if err := loadVulkan(); err != nil {
+		return nil, err
+	}
+	app := vulkan.ApplicationInfo{
+		SType:            vulkan.StructureTypeApplicationInfo,
+		PApplicationName: "zimage\x00",
+		PEngineName:      "zimage\x00",
+		ApiVersion:       vulkan.MakeVersion(1, 2, 0),
+	}
+	ci := vulkan.InstanceCreateInfo{SType: vulkan.StructureTypeInstanceCreateInfo, PApplicationInfo: &app}
+	var inst vulkan.Instance
+	if err := check("vkCreateInstance", vulkan.CreateInstance(&ci, nil, &inst)); err != nil {
+		return nil, err
+	}
+	if err := vulkan.InitInstance(inst); err != nil {
+		vulkan.DestroyInstance(inst, nil)
+		return nil, fmt.Errorf("vk: loading instance functions: %w", err)
+	}
+	return inst, nil
+}
+
+func physicalDevices(inst vulkan.Instance) ([]vulkan.PhysicalDevice, error) {
+	var n uint32
+	if err := check("vkEnumeratePhysicalDevices", vulkan.EnumeratePhysicalDevices(inst, &n, nil)); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, ErrNoDevice
+	}
+	pds := make([]vulkan.PhysicalDevice, n)
+	if err := check("vkEnumeratePhysicalDevices", vulkan.EnumeratePhysicalDevices(inst, &n, pds)); err != nil {
+		return nil, err
+	}
+	return pds[:n], nil
+}
+
+func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) (DeviceInfo, error) {
+	var props vulkan.PhysicalDeviceProperties
+	vulkan.GetPhysicalDeviceProperties(pd, &props)
+	props.Deref()
+	props.Limits.Deref()
+	lim := props.Limits
+	info := DeviceInfo{
+		Index:                   index,
+		Name:                    cString(props.DeviceName[:]),
+		VendorID:                props.VendorID,
+		DeviceID:                props.DeviceID,
+		APIVersion:              fmt.Sprintf("%d.%d.%d", props.ApiVersion>>22, (props.ApiVersion>>12)&0x3ff, props.ApiVersion&0xfff),
+		MaxStorageBufferRange:   int64(lim.MaxStorageBufferRange),
+		MaxSharedMemory:         int(lim.MaxComputeSharedMemorySize),
+		MaxWorkgroupInvocations: int(lim.MaxComputeWorkGroupInvocations),
+		MinStorageBufferAlign:   int64(lim.MinStorageBufferOffsetAlignment),
+		TimestampPeriod:         float64(lim.TimestampPeriod),
+		apiVersion:              props.ApiVersion,
+	}
+	switch props.DeviceType {
+	case vulkan.PhysicalDeviceTypeDiscreteGpu:
+		info.Type = "discrete-gpu"
+	case vulkan.PhysicalDeviceTypeIntegratedGpu:
+		info.Type = "integrated-gpu"
+	case vulkan.PhysicalDeviceTypeVirtualGpu:
+		info.Type = "virtual-gpu"
+	case vulkan.PhysicalDeviceTypeCpu:
+		info.Type = "cpu"
+	default:
+		info.Type = "other"
+	}
+	var mp vulkan.PhysicalDeviceMemoryProperties
+	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
+	mp.Deref()
+	for i := uint32(0); i < mp.MemoryHeapCount; i++ {
+		h := mp.MemoryHeaps[i]
+		h.Deref()
+		info.Heaps = append(info.Heaps, MemoryHeap{Size: int64(h.Size),
+			DeviceLocal: vulkan.MemoryHeapFlagBits(h.Flags)&vulkan.MemoryHeapDeviceLocalBit != 0})
+	}
+	ex, err := queryExtra(inst, pd, props.ApiVersion)
+	if err != nil {
+		return info, err
+	}
+	info.SubgroupSize = ex.SubgroupSize
+	info.FP16Storage = ex.Storage16
+	info.FP16Arithmetic = ex.ShaderFloat16
+	info.MaxAllocationSize = ex.MaxAllocation
+	info.Driver = strings.TrimSpace(ex.DriverName + " " + ex.DriverInfo)
+	return info, nil
+}
+
+func cString(b []byte) string {
+	if i := strings.IndexByte(string(b), 0); i >= 0 {
+		return string(b[:i])
+	}
+	return string(b)
+}
+
+// ListDevices describes every Vulkan device the loader finds.
+func ListDevices() ([]DeviceInfo, error) {
+	inst, err := newInstance()
+	if err != nil {
+		return nil, err
+	}
+	defer vulkan.DestroyInstance(inst, nil)
+	pds, err := physicalDevices(inst)
+	if err != nil {
+		return nil, err
+	}
+	infos := make([]DeviceInfo, len(pds))
+	for i, pd := range pds {
+		if infos[i], err = describe(inst, pd, i); err != nil {
+			return nil, err
+		}
+	}
+	return infos, nil
+}
+
+// pickDevice applies Options (and ZIMAGE_DEVICE) to the device list.
+func pickDevice(infos []DeviceInfo, opts Options) (int, error) {
+	index, name := opts.DeviceIndex, opts.DeviceName
+	if index < 0 && name == "" {
+		if env := strings.TrimSpace(os.Getenv("ZIMAGE_DEVICE")); env != "" {
+			if n, err := strconv.Atoi(env); err == nil {
+				index = n
+			} else {
+				name = env
+			}
+		}
+	}
+	if name != "" {
+		for i, d := range infos {
+			if strings.Contains(strings.ToLower(d.Name), strings.ToLower(name)) {
+				return i, nil
+			}
+		}
+		return 0, fmt.Errorf("vk: no device name contains %q (devices: %s)", name, deviceNames(infos))
+	}
+	if index >= 0 {
+		if index >= len(infos) {
+			return 0, fmt.Errorf("vk: device index %d out of range (devices: %s)", index, deviceNames(infos))
+		}
+		return index, nil
+	}
+	for _, typ := range []string{"discrete-gpu", "integrated-gpu", "virtual-gpu"} {
+		for i, d := range infos {
+			if d.Type == typ {
+				return i, nil
+			}
+		}
+	}
+	return 0, nil
+}
+
+func deviceNames(infos []DeviceInfo) string {
+	s := make([]string, len(infos))
+	for i, d := range infos {
+		s[i] = fmt.Sprintf("%d %q", i, d.Name)
+	}
+	return strings.Join(s, ", ")
+}

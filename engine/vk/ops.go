@@ -1,0 +1,247 @@
+package vk
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/kernels"
+)
+
+// Workgroup sizes: elementwise kernels use 256 invocations, row reductions
+// 256 (a power of two, as reduce.glsl needs), and the register-blocked
+// kernels 64 so that small problems still spread over several workgroups.
+const (
+	wgElem   = 256
+	wgReduce = 256
+	wgReg    = 64
+)
+
+// opCtx collects the bindings of one dispatch, copying misaligned views to
+// aligned temporaries, and frees the temporaries once the work is recorded.
+type opCtx struct {
+	d     *Device
+	op    string
+	binds []binding
+	temps []*engine.Tensor
+	post  []func() error // run after the dispatch (copy-backs)
+	err   error
+}
+
+func (d *Device) newOp(op string) *opCtx {
+	return &opCtx{d: d, op: op, err: d.usable()}
+}
+
+func (c *opCtx) fail(err error) {
+	if c.err == nil {
+		c.err = err
+	}
+}
+
+// check records a shape or dtype error.
+func (c *opCtx) check(err error) {
+	if err != nil {
+		c.fail(err)
+	}
+}
+
+// dtype requires t to have one of the dtypes, and F16 storage support.
+func (c *opCtx) dtype(t *engine.Tensor, want ...engine.DType) {
+	if c.err != nil {
+		return
+	}
+	if t == nil {
+		c.fail(fmt.Errorf("vk: %s: nil tensor", c.op))
+		return
+	}
+	if err := engine.WantDType(c.op, t, want...); err != nil {
+		c.fail(err)
+		return
+	}
+	if t.DType == engine.F16 && !c.d.info.FP16Storage {
+		c.fail(fmt.Errorf("vk: %s: %s is F16 but %s lacks 16-bit storage buffers", c.op, t.Name, c.d.info.Name))
+	}
+}
+
+// rawBinding is t's byte range in its block.
+func (c *opCtx) rawBinding(t *engine.Tensor, write bool) (binding, *allocation, error) {
+	al, err := c.d.storage(c.op, t)
+	if err != nil {
+		return binding{}, nil, err
+	}
+	off := al.off + int64(t.Offset*t.DType.Size())
+	return binding{buf: al.blk.buf, off: off, size: t.Bytes(), write: write}, al, nil
+}
+
+func (c *opCtx) bindable(t *engine.Tensor, bd binding) error {
+	if lim := c.d.info.MaxStorageBufferRange; lim > 0 && bd.size > lim {
+		return &RangeError{Op: c.op, Tensor: t.Name, Bytes: bd.size, Limit: lim, What: "maxStorageBufferRange"}
+	}
+	return nil
+}
+
+func (c *opCtx) aligned(bd binding) bool {
+	a := max(c.d.info.MinStorageBufferAlign, 4)
+	return bd.off%a == 0 && bd.off%16 == 0
+}
+
+// in binds t as an input, through an aligned copy if it is a misaligned view.
+func (c *opCtx) in(t *engine.Tensor) {
+	if c.err != nil {
+		return
+	}
+	bd, _, err := c.rawBinding(t, false)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if !c.aligned(bd) {
+		tmp, err := c.d.Alloc(t.Name+".aligned", t.DType, t.Shape)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.temps = append(c.temps, tmp)
+		if err := c.d.copyRaw(c.op, tmp, t); err != nil {
+			c.fail(err)
+			return
+		}
+		c.in(tmp)
+		return
+	}
+	if err := c.bindable(t, bd); err != nil {
+		c.fail(err)
+		return
+	}
+	c.binds = append(c.binds, bd)
+}
+
+// opt binds t, or the dummy buffer when t is nil (an absent bias).
+func (c *opCtx) opt(t *engine.Tensor) uint32 {
+	if t == nil {
+		if c.err == nil {
+			c.binds = append(c.binds, binding{buf: c.d.dummy.blk.buf, off: c.d.dummy.off, size: c.d.dummy.size})
+		}
+		return 0
+	}
+	c.in(t)
+	return 1
+}
+
+// out binds t as the output; a misaligned view is computed into a
+// temporary and copied back after the dispatch.
+func (c *opCtx) out(t *engine.Tensor) {
+	if c.err != nil {
+		return
+	}
+	bd, _, err := c.rawBinding(t, true)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	if !c.aligned(bd) {
+		tmp, err := c.d.Alloc(t.Name+".aligned", t.DType, t.Shape)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		c.temps = append(c.temps, tmp)
+		c.post = append(c.post, func() error { return c.d.copyRaw(c.op, t, tmp) })
+		c.out(tmp)
+		return
+	}
+	if err := c.bindable(t, bd); err != nil {
+		c.fail(err)
+		return
+	}
+	c.binds = append(c.binds, bd)
+}
+
+// run records the dispatch and frees temporaries.
+func (c *opCtx) run(k *kernels.Kernel, spec []uint32, push unsafe.Pointer, pushSize uintptr, groups [3]uint32) error {
+	defer func() {
+		for _, t := range c.temps {
+			c.d.Free(t)
+		}
+	}()
+	if c.err != nil {
+		return c.err
+	}
+	if err := c.d.rec.dispatch(k, spec, push, pushSize, groups, c.binds); err != nil {
+		return c.d.fail(fmt.Errorf("vk: %s: %w", c.op, err))
+	}
+	for _, f := range c.post {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// grid spreads n invocations over workgroups of wg, using y when x would
+// exceed the device limit (kernels rebuild the flat index).
+func (d *Device) grid(n, wg int) [3]uint32 {
+	groups := (n + wg - 1) / wg
+	return d.groupGrid(groups, 1)
+}
+
+// groupGrid lays out groups workgroups over x and y, with z as given.
+func (d *Device) groupGrid(groups, z int) [3]uint32 {
+	if groups < 1 {
+		return [3]uint32{0, 0, 0}
+	}
+	maxX := int(min(d.maxGroups[0], 65535))
+	x := min(groups, maxX)
+	y := (groups + x - 1) / x
+	return [3]uint32{uint32(x), uint32(y), uint32(z)}
+}
+
+// copyRaw records dst = src (same element count, any dtypes), using element
+// offsets so that neither needs an aligned binding.
+func (d *Device) copyRaw(op string, dst, src *engine.Tensor) error {
+	if dst.NumElem() != src.NumElem() {
+		return &engine.ShapeError{Op: op, Tensor: dst.Name, Got: dst.Shape.String(), Want: src.Shape.String()}
+	}
+	c := d.newOp(op)
+	c.dtype(src, engine.F32, engine.F16)
+	c.dtype(dst, engine.F32, engine.F16)
+	if c.err != nil {
+		return c.err
+	}
+	k := copyKernel(src.DType, dst.DType)
+	var offs [2]uint32
+	for i, t := range []*engine.Tensor{src, dst} {
+		al, err := d.storage(op, t)
+		if err != nil {
+			return err
+		}
+		c.binds = append(c.binds, binding{buf: al.blk.buf, off: al.off, size: al.size, write: i == 1})
+		offs[i] = uint32(t.Offset)
+	}
+	n := src.NumElem()
+	p := kernels.CopyParams{N: uint32(n), SrcOff: offs[0], DstOff: offs[1]}
+	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+}
+
+func copyKernel(src, dst engine.DType) *kernels.Kernel {
+	switch {
+	case src == engine.F32 && dst == engine.F32:
+		return kernels.CopyF32F32
+	case src == engine.F16 && dst == engine.F32:
+		return kernels.CopyF16F32
+	case src == engine.F32 && dst == engine.F16:
+		return kernels.CopyF32F16
+	}
+	return kernels.CopyF16F16
+}
+
+// Copy copies x into dst of the same shape, converting dtypes.
+func (d *Device) Copy(dst, x *engine.Tensor) error {
+	if dst == nil || x == nil {
+		return fmt.Errorf("vk: copy: nil tensor")
+	}
+	if !dst.Shape.Equal(x.Shape) {
+		return &engine.ShapeError{Op: "copy", Tensor: dst.Name, Got: dst.Shape.String(), Want: x.Shape.String()}
+	}
+	return d.copyRaw("copy "+x.Name, dst, x)
+}

@@ -1,0 +1,60 @@
+package vk
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/kernels"
+)
+
+// conv2d_reg.comp's tile: TO output channels x TP output pixels.
+const regTO, regTP = 16, 16
+
+// Conv2d: x [N, C, H, W], w [O, C, KH, KW], bias [O] or nil ->
+// dst [N, O, OH, OW], as an implicit GEMM (no im2col buffer).
+func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) error {
+	if dst == nil || x == nil || w == nil {
+		return fmt.Errorf("vk: conv2d: nil tensor")
+	}
+	c := d.newOp("conv2d " + w.Name)
+	s, err := engine.Conv2dShape(x, w, p)
+	if err != nil {
+		return err
+	}
+	c.check(engine.WantShape(c.op, dst, s...))
+	o := w.Shape[0]
+	if bias != nil {
+		c.check(engine.WantShape(c.op, bias, o))
+		c.dtype(bias, engine.F32)
+	}
+	c.dtype(x, engine.F32)
+	c.dtype(w, engine.F32, engine.F16)
+	c.dtype(dst, engine.F32)
+	c.in(x)
+	c.in(w)
+	hasBias := c.opt(bias)
+	c.out(dst)
+	if c.err != nil {
+		return c.err
+	}
+	n, ch, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
+	kh, kw := w.Shape[2], w.Shape[3]
+	oh, ow := s[2], s[3]
+	pp := kernels.Conv2dParams{C: uint32(ch), H: uint32(h), W: uint32(wd), O: uint32(o),
+		Oh: uint32(oh), Ow: uint32(ow), HasBias: hasBias}
+	var kern *kernels.Kernel
+	var groups [3]uint32
+	local := uint32(wgReg)
+	if d.tuning == TuningGPU {
+		kern = pickW(w.DType, kernels.Conv2dTileF32, kernels.Conv2dTileF16)
+		groups = [3]uint32{uint32((oh*ow + tileMN - 1) / tileMN), uint32((o + tileMN - 1) / tileMN), uint32(n)}
+		local = 256
+	} else {
+		kern = pickW(w.DType, kernels.Conv2dRegF32, kernels.Conv2dRegF16)
+		tiles := ((ow + regTP - 1) / regTP) * oh * ((o + regTO - 1) / regTO)
+		groups = d.groupGrid((tiles+wgReg-1)/wgReg, n)
+	}
+	spec := []uint32{local, uint32(kh), uint32(kw), uint32(p.Stride), uint32(p.Pad)}
+	return c.run(kern, spec, unsafe.Pointer(&pp), unsafe.Sizeof(pp), groups)
+}

@@ -1,0 +1,111 @@
+package vk
+
+import (
+	"fmt"
+	"unsafe"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/kernels"
+)
+
+// Register-blocked matmul tile (matmul_reg.comp's TM x TN) and the shared
+// memory tile (matmul_tile.comp's 64x64, 16x16 invocations).
+const (
+	regTM, regTN = 16, 16
+	tileMN       = 64
+)
+
+// matmul records C[z] = alpha*A[z]·B[z] (+bias) for z < batch, choosing
+// the kernel family from the device tuning and the shape.
+func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB bool, p kernels.MatMulParams) error {
+	vec := k%4 == 0 && (transB || n%4 == 0)
+	var kern *kernels.Kernel
+	var groups [3]uint32
+	var spec []uint32
+	switch {
+	case d.tuning == TuningGPU:
+		kern = pickW(wdt, kernels.MatMulTileF32, kernels.MatMulTileF16)
+		groups = [3]uint32{uint32((n + tileMN - 1) / tileMN), uint32((m + tileMN - 1) / tileMN), uint32(batch)}
+	case vec:
+		kern = pickW(wdt, kernels.MatMulRegF32, kernels.MatMulRegF16)
+		tiles := ((m + regTM - 1) / regTM) * ((n + regTN - 1) / regTN)
+		groups = d.groupGrid((tiles+wgReg-1)/wgReg, batch)
+		spec = []uint32{wgReg}
+	default:
+		kern = pickW(wdt, kernels.MatMulScalarF32, kernels.MatMulScalarF16)
+		tiles := ((m + 3) / 4) * ((n + 3) / 4)
+		groups = d.groupGrid((tiles+wgReg-1)/wgReg, batch)
+		spec = []uint32{wgReg}
+	}
+	return c.run(kern, spec, unsafe.Pointer(&p), unsafe.Sizeof(p), groups)
+}
+
+func pickW(dt engine.DType, f32, f16 *kernels.Kernel) *kernels.Kernel {
+	if dt == engine.F16 {
+		return f16
+	}
+	return f32
+}
+
+// Linear: x [..., K], w [N, K], bias [N] or nil -> dst [..., N].
+func (d *Device) Linear(dst, x, w, bias *engine.Tensor) error {
+	if dst == nil || x == nil || w == nil {
+		return fmt.Errorf("vk: linear: nil tensor")
+	}
+	c := d.newOp("linear " + w.Name)
+	s, err := engine.LinearShape(x, w)
+	if err != nil {
+		return err
+	}
+	c.check(engine.WantShape(c.op, dst, s...))
+	n, k := w.Shape[0], w.Shape[1]
+	if bias != nil {
+		c.check(engine.WantShape(c.op, bias, n))
+		c.dtype(bias, engine.F32)
+	}
+	c.dtype(x, engine.F32)
+	c.dtype(w, engine.F32, engine.F16)
+	c.dtype(dst, engine.F32)
+	c.in(x)
+	c.in(w)
+	hasBias := c.opt(bias)
+	c.out(dst)
+	if c.err != nil {
+		return c.err
+	}
+	m := x.NumElem() / k
+	p := kernels.MatMulParams{M: uint32(m), N: uint32(n), K: uint32(k), StrideA: uint32(m * k), StrideC: uint32(m * n),
+		TransB: 1, HasBias: hasBias, Alpha: 1}
+	return d.matmul(c, w.DType, 1, m, n, k, true, p)
+}
+
+// MatMul: a [B, M, K], b [B, K, N] (transB: [B, N, K]) -> dst [B, M, N],
+// dst = alpha * a·b.
+func (d *Device) MatMul(dst, a, b *engine.Tensor, transB bool, alpha float32) error {
+	if dst == nil || a == nil || b == nil {
+		return fmt.Errorf("vk: matmul: nil tensor")
+	}
+	c := d.newOp("matmul " + a.Name + " x " + b.Name)
+	s, err := engine.MatMulShape(a, b, transB)
+	if err != nil {
+		return err
+	}
+	c.check(engine.WantShape(c.op, dst, s...))
+	c.dtype(a, engine.F32)
+	c.dtype(b, engine.F32, engine.F16)
+	c.dtype(dst, engine.F32)
+	c.in(a)
+	c.in(b)
+	c.opt(nil)
+	c.out(dst)
+	if c.err != nil {
+		return c.err
+	}
+	batch, m, k, n := a.Shape[0], a.Shape[1], a.Shape[2], s[2]
+	p := kernels.MatMulParams{M: uint32(m), N: uint32(n), K: uint32(k), StrideA: uint32(m * k),
+		StrideB: uint32(k * n), StrideC: uint32(m * n), Alpha: alpha}
+	if transB {
+		p.TransB = 1
+	}
+	return d.matmul(c, b.DType, batch, m, n, k, transB, p)
+}

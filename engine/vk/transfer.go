@@ -1,0 +1,265 @@
+package vk
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/vulkan-go/vulkan"
+	"github.com/x448/float16"
+	"github.com/zimage/zimage/engine"
+)
+
+// stagingChunk bounds the host-visible staging buffer used where tensor
+// memory is not host-visible; bigger transfers go in chunks.
+const stagingChunk = 64 << 20
+
+// stager is a host-visible buffer for uploads and downloads.
+type stager struct {
+	dev       vulkan.Device
+	typeIndex uint32
+	blk       *block
+}
+
+func newStager(dev vulkan.Device, pd vulkan.PhysicalDevice) (*stager, error) {
+	bits, err := memoryTypeBits(dev)
+	if err != nil {
+		return nil, err
+	}
+	var mp vulkan.PhysicalDeviceMemoryProperties
+	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
+	mp.Deref()
+	host := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
+	ti := pickMemoryType(&mp, bits, host|vulkan.MemoryPropertyHostCachedBit)
+	if ti < 0 {
+		ti = pickMemoryType(&mp, bits, host)
+	}
+	if ti < 0 {
+		return nil, fmt.Errorf("vk: no host-visible coherent memory for staging")
+	}
+	return &stager{dev: dev, typeIndex: uint32(ti)}, nil
+}
+
+func (s *stager) get(size int64) (*block, error) {
+	size = min(alignUp(size, allocAlign), stagingChunk)
+	if s.blk != nil && s.blk.size >= size {
+		return s.blk, nil
+	}
+	if s.blk != nil {
+		s.blk.destroy(s.dev)
+		s.blk = nil
+	}
+	b, err := newBlock(s.dev, s.typeIndex, size, true)
+	if err != nil {
+		return nil, fmt.Errorf("vk: staging buffer of %d bytes: %w", size, err)
+	}
+	s.blk = b
+	return b, nil
+}
+
+func (s *stager) destroy() {
+	if s.blk != nil {
+		s.blk.destroy(s.dev)
+		s.blk = nil
+	}
+}
+
+// usable reports why the device cannot take more work, if it cannot.
+func (d *Device) usable() error {
+	if d.closed {
+		return ErrClosed
+	}
+	return d.lost
+}
+
+// storage returns t's allocation, checking it belongs to this device.
+func (d *Device) storage(op string, t *engine.Tensor) (*allocation, error) {
+	if t == nil {
+		return nil, fmt.Errorf("vk: %s: nil tensor", op)
+	}
+	al, ok := t.Storage.(*allocation)
+	if !ok || al == nil || al.owner != d.mem {
+		return nil, fmt.Errorf("vk: %s: tensor %s was not allocated by this device", op, t.Name)
+	}
+	if al.freed {
+		return nil, fmt.Errorf("vk: %s: tensor %s was freed", op, t.Name)
+	}
+	end := int64(t.Offset+t.NumElem()) * int64(t.DType.Size())
+	if t.Offset < 0 || end > al.size {
+		return nil, fmt.Errorf("vk: %s: view %s (offset %d, %v) exceeds its storage of %d bytes", op, t.Name, t.Offset, t.Shape, al.size)
+	}
+	return al, nil
+}
+
+// Alloc returns an uninitialised tensor in device memory.
+func (d *Device) Alloc(name string, dt engine.DType, shape engine.Shape) (*engine.Tensor, error) {
+	if err := d.usable(); err != nil {
+		return nil, err
+	}
+	if err := shape.Valid(); err != nil {
+		return nil, fmt.Errorf("vk: alloc %s: %w", name, err)
+	}
+	if dt != engine.F32 && dt != engine.F16 {
+		return nil, fmt.Errorf("vk: alloc %s: unsupported dtype %v", name, dt)
+	}
+	al, err := d.mem.alloc(name, int64(shape.NumElem())*int64(dt.Size()))
+	if err != nil {
+		return nil, err
+	}
+	return &engine.Tensor{Name: name, DType: dt, Shape: shape.Clone(), Storage: al}, nil
+}
+
+// Free releases t's memory. Work already recorded that uses it stays
+// correct: later users of the same bytes are ordered after it by barriers,
+// host writes flush first, and blocks are only destroyed when idle.
+func (d *Device) Free(t *engine.Tensor) {
+	if t == nil || t.IsView() || d.closed {
+		return
+	}
+	if al, ok := t.Storage.(*allocation); ok && al != nil && al.owner == d.mem {
+		d.mem.release(al)
+	}
+}
+
+// Write stores host values into t, converting to t's dtype.
+func (d *Device) Write(t *engine.Tensor, data []float32) error {
+	if t == nil {
+		return fmt.Errorf("vk: write: nil tensor")
+	}
+	if len(data) != t.NumElem() {
+		return fmt.Errorf("vk: write %s%v: %d values, want %d", t.Name, t.Shape, len(data), t.NumElem())
+	}
+	raw := make([]byte, t.Bytes())
+	if t.DType == engine.F16 {
+		for i, v := range data {
+			binary.LittleEndian.PutUint16(raw[2*i:], float16.Fromfloat32(v).Bits())
+		}
+	} else {
+		for i, v := range data {
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+		}
+	}
+	return d.writeBytes("write", t, raw)
+}
+
+// WriteRaw stores little-endian elements of type src into t, converting.
+func (d *Device) WriteRaw(t *engine.Tensor, data []byte, src engine.DType) error {
+	if t == nil {
+		return fmt.Errorf("vk: write: nil tensor")
+	}
+	if src != engine.F32 && src != engine.F16 {
+		return fmt.Errorf("vk: write %s: unsupported source dtype %v", t.Name, src)
+	}
+	if len(data) != t.NumElem()*src.Size() {
+		return fmt.Errorf("vk: write %s%v: %d bytes of %v, want %d", t.Name, t.Shape, len(data), src, t.NumElem()*src.Size())
+	}
+	if src == t.DType {
+		return d.writeBytes("write", t, data)
+	}
+	raw := make([]byte, t.Bytes())
+	if src == engine.F16 { // F16 -> F32
+		for i := 0; i < t.NumElem(); i++ {
+			v := float16.Frombits(binary.LittleEndian.Uint16(data[2*i:])).Float32()
+			binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(v))
+		}
+	} else { // F32 -> F16
+		for i := 0; i < t.NumElem(); i++ {
+			v := math.Float32frombits(binary.LittleEndian.Uint32(data[4*i:]))
+			binary.LittleEndian.PutUint16(raw[2*i:], float16.Fromfloat32(v).Bits())
+		}
+	}
+	return d.writeBytes("write", t, raw)
+}
+
+// writeBytes copies raw (t's dtype) into t after running pending work, which
+// may still read or write these bytes.
+func (d *Device) writeBytes(op string, t *engine.Tensor, raw []byte) error {
+	if err := d.usable(); err != nil {
+		return err
+	}
+	al, err := d.storage(op, t)
+	if err != nil {
+		return err
+	}
+	if err := d.Flush(); err != nil {
+		return err
+	}
+	off := al.off + int64(t.Offset*t.DType.Size())
+	if d.mem.mapped {
+		copy(unsafe.Slice((*byte)(unsafe.Add(al.blk.ptr, off)), len(raw)), raw)
+		return nil
+	}
+	for len(raw) > 0 {
+		n := min(int64(len(raw)), stagingChunk)
+		st, err := d.staging.get(n)
+		if err != nil {
+			return err
+		}
+		copy(unsafe.Slice((*byte)(st.ptr), n), raw[:n])
+		if err := d.rec.copyBuffer(st.buf, 0, al.blk.buf, off, alignUp(n, 4)); err != nil {
+			return err
+		}
+		if err := d.Flush(); err != nil {
+			return err
+		}
+		raw, off = raw[n:], off+n
+	}
+	return nil
+}
+
+// Read runs pending work and returns t's elements as float32.
+func (d *Device) Read(t *engine.Tensor) ([]float32, error) {
+	raw, err := d.readBytes(t)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float32, t.NumElem())
+	if t.DType == engine.F16 {
+		for i := range out {
+			out[i] = float16.Frombits(binary.LittleEndian.Uint16(raw[2*i:])).Float32()
+		}
+	} else {
+		for i := range out {
+			out[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
+		}
+	}
+	return out, nil
+}
+
+func (d *Device) readBytes(t *engine.Tensor) ([]byte, error) {
+	if err := d.usable(); err != nil {
+		return nil, err
+	}
+	al, err := d.storage("read", t)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.Flush(); err != nil {
+		return nil, err
+	}
+	off := al.off + int64(t.Offset*t.DType.Size())
+	raw := make([]byte, t.Bytes())
+	if d.mem.mapped {
+		copy(raw, unsafe.Slice((*byte)(unsafe.Add(al.blk.ptr, off)), len(raw)))
+		return raw, nil
+	}
+	for done := int64(0); done < int64(len(raw)); {
+		n := min(int64(len(raw))-done, stagingChunk)
+		st, err := d.staging.get(n)
+		if err != nil {
+			return nil, err
+		}
+		// Copies need 4-byte multiples; the allocation's alignment leaves
+		// room for the rounding.
+		if err := d.rec.copyBuffer(al.blk.buf, off+done, st.buf, 0, alignUp(n, 4)); err != nil {
+			return nil, err
+		}
+		if err := d.Flush(); err != nil {
+			return nil, err
+		}
+		copy(raw[done:done+n], unsafe.Slice((*byte)(st.ptr), n))
+		done += n
+	}
+	return raw, nil
+}
