@@ -1,0 +1,147 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/zimage/zimage"
+	"github.com/zimage/zimage/engine/vk"
+	"github.com/zimage/zimage/internal/testref"
+)
+
+func run(args ...string) (code int, stdout, stderr string) {
+	var o, e bytes.Buffer
+	code = Main(append([]string{"zimage"}, args...), &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestUsageErrorsExitTwoWithOneLine(t *testing.T) {
+	model := t.TempDir()
+	cases := map[string][]string{
+		"--width":     {"generate", "-m", model, "-p", "x", "-W", "100"},
+		"--height":    {"generate", "-m", model, "-p", "x", "-H", "32"},
+		"--steps":     {"generate", "-m", model, "-p", "x", "--steps", "0"},
+		"--cfg":       {"generate", "-m", model, "-p", "x", "--cfg", "99"},
+		"--sampler":   {"generate", "-m", model, "-p", "x", "--sampler", "heun++"},
+		"--vram":      {"generate", "-m", model, "-p", "x", "--vram", "lots"},
+		"--offload":   {"generate", "-m", model, "-p", "x", "--offload", "disk"},
+		"--output":    {"generate", "-m", model, "-p", "x", "-o", "/nonexistent/dir/a.png"},
+		"--model":     {"generate", "-m", "/nonexistent/model", "-p", "x"},
+		"--preset":    {"generate", "-m", model, "-p", "x", "--preset", "5:4"},
+		"--seed":      {"generate", "-m", model, "-p", "x", "--seed", "-5"},
+		"-bogus":      {"generate", "-m", model, "-p", "x", "--bogus"},
+		"--tile-size": {"generate", "-m", model, "-p", "x", "--tile-size", "12"},
+		"--arch":      {"make-model", "--arch", "sd3", "-o", model},
+	}
+	for flag, args := range cases {
+		code, _, stderr := run(args...)
+		if code != 2 {
+			t.Errorf("%v: exit %d, want 2 (stderr %q)", args, code, stderr)
+		}
+		if lines := strings.Count(strings.TrimSpace(stderr), "\n"); lines != 0 || !strings.Contains(stderr, flag) {
+			t.Errorf("%v: want one line naming %s, got %q", args, flag, stderr)
+		}
+	}
+}
+
+func TestRuntimeErrorExitsOne(t *testing.T) {
+	dir := t.TempDir() // exists, but is no model
+	code, _, stderr := run("generate", "-m", dir, "-p", "x", "-o", filepath.Join(dir, "a.png"))
+	if code != 1 || strings.Count(strings.TrimSpace(stderr), "\n") > 1 || !strings.Contains(stderr, "model_index.json") {
+		t.Fatalf("exit %d, stderr %q; want 1 and a message naming model_index.json", code, stderr)
+	}
+}
+
+func TestInfoBadFile(t *testing.T) {
+	bad := filepath.Join(t.TempDir(), "bad.safetensors")
+	os.WriteFile(bad, []byte("abc"), 0o644)
+	code, _, stderr := run("info", bad)
+	if code != 1 || !strings.Contains(stderr, "bad.safetensors") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestTokenizeJSON checks the tokenize tool against the reference ids of
+// every tokenizer of every model.
+func TestTokenizeJSON(t *testing.T) {
+	for _, m := range testref.Models {
+		r := testref.Open(t, m)
+		prompts, _ := r.JSON["prompts"].([]any)
+		for _, p := range prompts {
+			pm := p.(map[string]any)
+			code, out, stderr := run("tokenize", "-m", r.Dir, "--json", pm["text"].(string))
+			if code != 0 {
+				t.Fatalf("%s: exit %d: %s", m, code, stderr)
+			}
+			var got []tokenizeResult
+			if err := json.Unmarshal([]byte(out), &got); err != nil {
+				t.Fatalf("%s: %v in %q", m, err, out)
+			}
+			toks := pm["tokenizers"].(map[string]any)
+			if len(got) != len(toks) {
+				t.Fatalf("%s: %d tokenizers, want %d", m, len(got), len(toks))
+			}
+			for _, g := range got {
+				want := toks[g.Tokenizer].(map[string]any)
+				ids, _ := json.Marshal(want["ids_unpadded_ftfy"])
+				gids, _ := json.Marshal(g.IDs)
+				if string(ids) != string(gids) {
+					t.Errorf("%s %s %q: ids %s, want %s", m, g.Tokenizer, pm["text"], gids, ids)
+				}
+				n := int(want["n_tokens_untruncated_ftfy"].(float64))
+				if wantTrunc := max(0, n-77); g.Truncated != wantTrunc {
+					t.Errorf("%s %s: truncated %d, want %d", m, g.Tokenizer, g.Truncated, wantTrunc)
+				}
+			}
+		}
+	}
+}
+
+// TestGenerateWritesPNGWithMetadata runs the command end to end on a
+// reference model with the reference's noise, and reads the A1111
+// parameters back from the PNG.
+func TestGenerateWritesPNGWithMetadata(t *testing.T) {
+	if _, err := vk.ListDevices(); err != nil {
+		t.Skipf("no Vulkan: %v", err)
+	}
+	r := testref.Open(t, "tiny-sdxl-turbo")
+	out := t.TempDir()
+	code, stdout, stderr := run("generate", "-m", r.Dir, "-p", "a photo of an astronaut riding a horse on mars",
+		"-W", "96", "-H", "64", "--steps", "1", "--cfg", "0", "--seed", "3",
+		"--noise", filepath.Join(r.Dir, "noise", "s1_g0_64x96.safetensors"),
+		"-o", filepath.Join(out, "{prompt}-{seed}.png"), "--json", "--quiet")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if stderr != "" {
+		t.Errorf("--quiet printed %q", stderr)
+	}
+	var sum genSummary
+	if err := json.Unmarshal([]byte(stdout), &sum); err != nil {
+		t.Fatalf("--json output %q: %v", stdout, err)
+	}
+	want := filepath.Join(out, "a-photo-of-an-astronaut-riding-a-horse-on-mars-3.png")
+	if len(sum.Images) != 1 || sum.Images[0].Path != want || sum.Width != 96 || sum.Height != 64 {
+		t.Fatalf("summary %+v", sum)
+	}
+	f, err := os.Open(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	text, err := zimage.ReadPNGText(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := zimage.ParseParameters(text["parameters"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Seed != 3 || p.Steps != 1 || p.Width != 96 || p.Height != 64 || p.Sampler != "Euler a" || p.Model != "tiny-sdxl-turbo" {
+		t.Fatalf("parameters %+v", p)
+	}
+}
