@@ -57,6 +57,12 @@ func ldmTablesFor(t *testing.T, c *Checkpoint) map[string]*nameTable {
 // back. Like the real files, SD 2.x gets the OpenCLIP layer and projection
 // that diffusers drops, and every file gets a few non-weight tensors.
 func singleFileTensors(t *testing.T, c *Checkpoint) []safetensors.WriteTensor {
+	return ldmTensors(t, c, true)
+}
+
+// ldmTensors is singleFileTensors; without data only names, dtypes and
+// shapes are filled (for safetensors.EncodeHeader).
+func ldmTensors(t *testing.T, c *Checkpoint, data bool) []safetensors.WriteTensor {
 	t.Helper()
 	tables := ldmTablesFor(t, c)
 	var out []safetensors.WriteTensor
@@ -77,46 +83,62 @@ func singleFileTensors(t *testing.T, c *Checkpoint) []safetensors.WriteTensor {
 			if !ok {
 				t.Fatalf("%s: no single-file name for %q", name, key)
 			}
-			w := safetensors.WriteTensor{Name: file, DType: e.DType, Shape: append([]int(nil), e.Shape...), Data: e.Bytes()}
+			w := safetensors.WriteTensor{Name: file, DType: e.DType, Shape: append([]int(nil), e.Shape...)}
+			bytes := func() []byte {
+				if data {
+					return e.Bytes()
+				}
+				return []byte{}
+			}
+			w.Data = bytes()
 			switch conv {
 			case convLinearFrom1x1:
 				w.Shape = append(w.Shape, 1, 1)
 			case convTranspose:
 				w.Shape = []int{e.Shape[1], e.Shape[0]}
-				w.Data = transpose(e.Bytes(), e.Shape[0], e.Shape[1], e.DType.Size())
+				if data {
+					w.Data = transpose(e.Bytes(), e.Shape[0], e.Shape[1], e.DType.Size())
+				}
 			case convSplitQKV:
 				f := fusedBy[file]
 				if f == nil {
 					f = &fused{dtype: e.DType, shape: append([]int{3 * e.Shape[0]}, e.Shape[1:]...)}
 					fusedBy[file] = f
 				}
-				f.parts[part] = e.Bytes()
+				f.parts[part] = w.Data
 				continue
 			}
 			out = append(out, w)
 		}
 	}
 	for file, f := range fusedBy {
-		var data []byte
+		var joined []byte
 		for i, p := range f.parts {
 			if p == nil {
 				t.Fatalf("%s: part %d of the fused tensor missing", file, i)
 			}
-			data = append(data, p...)
+			joined = append(joined, p...)
 		}
-		out = append(out, safetensors.WriteTensor{Name: file, DType: f.dtype, Shape: f.shape, Data: data})
+		out = append(out, safetensors.WriteTensor{Name: file, DType: f.dtype, Shape: f.shape, Data: joined})
 	}
 	f32 := func(name string, shape ...int) safetensors.WriteTensor {
 		n := 4
 		for _, d := range shape {
 			n *= d
 		}
+		if !data {
+			n = 0
+		}
 		return safetensors.WriteTensor{Name: name, DType: safetensors.F32, Shape: shape, Data: make([]byte, n)}
 	}
 	out = append(out, f32("alphas_cumprod", 1000), f32("model_ema.decay"))
 	switch c.Arch {
 	case SD1:
-		out = append(out, safetensors.WriteTensor{Name: ldmCLIP + "text_model.embeddings.position_ids", DType: safetensors.I64, Shape: []int{1, 77}, Data: make([]byte, 8*77)})
+		ids := safetensors.WriteTensor{Name: ldmCLIP + "text_model.embeddings.position_ids", DType: safetensors.I64, Shape: []int{1, 77}, Data: []byte{}}
+		if data {
+			ids.Data = make([]byte, 8*77)
+		}
+		out = append(out, ids)
 	case SD2:
 		last := c.TextEncoders[0].Config.NumHiddenLayers - 1
 		from := fmt.Sprintf("%stransformer.resblocks.%d.", ldmOpenCLIP, last)

@@ -1,0 +1,216 @@
+package model
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/zimage/zimage/model/safetensors"
+)
+
+// ComponentInfo summarises one component's weights.
+type ComponentInfo struct {
+	Name    string // "unet", "vae", "text_encoder", "text_encoder_2"
+	Class   string
+	Tensors int
+	Params  int64
+	DTypes  map[safetensors.DType]int // tensor count per stored dtype
+	// FileBytes is the size of the weights as stored.
+	FileBytes int64
+	// DeviceBytes is what the pipeline uploads: matrices as F16, vectors as
+	// F32 (see Weights.Param); for the VAE only the decoder half.
+	DeviceBytes int64
+}
+
+// Info describes a checkpoint for `zimage info`.
+type Info struct {
+	Path       string
+	Format     Format
+	Arch       Arch
+	Pipeline   string // model_index.json _class_name
+	Scheduler  string
+	Components []ComponentInfo
+	Params     int64
+	FileBytes  int64
+	// DeviceWeightBytes sums the components' DeviceBytes.
+	DeviceWeightBytes int64
+	// ActivationBytes estimates the peak activation memory of one 512x512
+	// image with classifier-free guidance (see activationBytes512).
+	ActivationBytes int64
+	// DeviceBytes = DeviceWeightBytes + ActivationBytes: the device memory
+	// a fully resident run at 512x512 needs (offloading needs less).
+	DeviceBytes int64
+	Warnings    []string
+}
+
+// InfoSize is the image side the memory estimate assumes.
+const InfoSize = 512
+
+// Info summarises the checkpoint without reading tensor data.
+func (c *Checkpoint) Info() *Info {
+	in := &Info{Path: c.Path, Format: c.Format, Arch: c.Arch, Warnings: c.Warnings}
+	if c.Index != nil {
+		in.Pipeline = c.Index.ClassName
+	}
+	if c.Scheduler != nil {
+		in.Scheduler = c.Scheduler.ClassName
+	}
+	add := func(name, class string, src *Source, used func(key string) bool) {
+		ci := ComponentInfo{Name: name, Class: class, DTypes: map[safetensors.DType]int{}}
+		for _, k := range src.Keys() {
+			e := src.Entry(k)
+			n := int64(e.NumElem())
+			ci.Tensors++
+			ci.Params += n
+			ci.DTypes[e.DType]++
+			ci.FileBytes += n * int64(e.DType.Size())
+			if used == nil || used(k) {
+				// Weights.Param's storage rule: F16 for rank >= 2, F32 below.
+				if len(e.Shape) >= 2 {
+					ci.DeviceBytes += 2 * n
+				} else {
+					ci.DeviceBytes += 4 * n
+				}
+			}
+		}
+		in.Components = append(in.Components, ci)
+		in.Params += ci.Params
+		in.FileBytes += ci.FileBytes
+		in.DeviceWeightBytes += ci.DeviceBytes
+	}
+	for _, te := range c.TextEncoders {
+		add(te.Name, te.Class, te.Source, nil)
+	}
+	add("unet", c.UNet.Class, c.UNet.Source, nil)
+	add("vae", c.VAE.Class, c.VAE.Source, func(k string) bool {
+		return strings.HasPrefix(k, "decoder.") || strings.HasPrefix(k, "post_quant_conv.")
+	})
+	in.ActivationBytes = c.activationBytes512()
+	in.DeviceBytes = in.DeviceWeightBytes + in.ActivationBytes
+	return in
+}
+
+// activationBytes512 estimates the largest F32 working set of the three
+// stages at InfoSize x InfoSize with 2 rows (guidance: negative and
+// positive prompt); stages run one after another, so the peak is the
+// largest of them. The counts follow sched's budget estimates, plus one
+// head's attention score matrix where attention is widest:
+//   - text encoder: 77 tokens x (8 x hidden + 2 x intermediate) per row;
+//   - UNet: the skip connections of every level plus ~18 tensors of the
+//     first level's width at latent size, and a tokens x tokens score matrix
+//     at the first attention level;
+//   - VAE decoder: four tensors at the widest full- or half-resolution
+//     stage, and the mid block's score matrix at latent size.
+func (c *Checkpoint) activationBytes512() int64 {
+	const rows, f32 = 2, 4
+	var text int64
+	for _, te := range c.TextEncoders {
+		cfg := te.Config
+		text = max(text, rows*77*f32*int64(8*cfg.HiddenSize+2*cfg.IntermediateSize))
+	}
+
+	vcfg := c.VAE.Config
+	scale := 1 << max(len(vcfg.BlockOutChannels)-1, 0)
+	lat := InfoSize / scale
+
+	var unet int64
+	if u := c.UNet.Config; len(u.BlockOutChannels) > 0 {
+		var skips, scores int64
+		hw := int64(lat * lat)
+		for i, ch := range u.BlockOutChannels {
+			skips += int64(u.LayersPerBlock+1) * int64(ch) * hw
+			if scores == 0 && i < len(u.DownBlockTypes) && strings.HasPrefix(u.DownBlockTypes[i], "CrossAttn") {
+				scores = hw * hw
+			}
+			hw /= 4
+		}
+		work := int64(lat*lat) * int64(u.BlockOutChannels[0]) * 18
+		unet = rows * f32 * (skips + work + scores)
+	}
+
+	var vae int64
+	if len(vcfg.BlockOutChannels) > 0 {
+		widest := 0
+		for _, ch := range vcfg.BlockOutChannels {
+			widest = max(widest, ch)
+		}
+		full := int64(InfoSize*InfoSize) * int64(vcfg.BlockOutChannels[0])
+		half := int64(InfoSize*InfoSize/4) * int64(widest)
+		tokens := int64(lat * lat)
+		vae = f32 * (4*max(full, half) + tokens*tokens)
+	}
+	return max(text, unet, vae)
+}
+
+// String renders the summary as `zimage info` prints it.
+func (in *Info) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "path:          %s\n", in.Path)
+	fmt.Fprintf(&b, "format:        %s\n", in.Format)
+	fmt.Fprintf(&b, "architecture:  %s\n", in.Arch)
+	if in.Pipeline != "" {
+		fmt.Fprintf(&b, "pipeline:      %s\n", in.Pipeline)
+	}
+	if in.Scheduler != "" {
+		fmt.Fprintf(&b, "scheduler:     %s\n", in.Scheduler)
+	}
+	b.WriteString("\n")
+	tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "component\tclass\ttensors\tparams\tdtypes\tstored\tdevice\t")
+	for _, c := range in.Components {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t\n", c.Name, c.Class, c.Tensors, FormatCount(c.Params),
+			formatDTypes(c.DTypes), FormatBytes(c.FileBytes), FormatBytes(c.DeviceBytes))
+	}
+	fmt.Fprintf(tw, "total\t\t\t%s\t\t%s\t%s\t\n", FormatCount(in.Params), FormatBytes(in.FileBytes), FormatBytes(in.DeviceWeightBytes))
+	tw.Flush()
+	fmt.Fprintf(&b, "\nestimated device memory at %dx%d: %s (weights %s as F16/F32 + activations ~%s, guidance batch of 2, all weights resident)\n",
+		InfoSize, InfoSize, FormatBytes(in.DeviceBytes), FormatBytes(in.DeviceWeightBytes), FormatBytes(in.ActivationBytes))
+	if len(in.Warnings) > 0 {
+		b.WriteString("\nwarnings:\n")
+		for _, w := range in.Warnings {
+			fmt.Fprintf(&b, "  - %s\n", w)
+		}
+	}
+	return b.String()
+}
+
+func formatDTypes(m map[safetensors.DType]int) string {
+	names := make([]string, 0, len(m))
+	for d := range m {
+		names = append(names, string(d))
+	}
+	sort.Strings(names)
+	parts := make([]string, len(names))
+	for i, n := range names {
+		parts[i] = fmt.Sprintf("%s:%d", n, m[safetensors.DType(n)])
+	}
+	return strings.Join(parts, " ")
+}
+
+// FormatBytes renders a byte count with a binary unit ("1.5 GiB").
+func FormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, i := float64(n), -1
+	for v >= unit && i < 4 {
+		v /= unit
+		i++
+	}
+	return fmt.Sprintf("%.1f %ciB", v, "KMGTP"[i])
+}
+
+// FormatCount renders a parameter count ("865.9M").
+func FormatCount(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fB", float64(n)/1e9)
+	case n >= 1e6:
+		return fmt.Sprintf("%.1fM", float64(n)/1e6)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fK", float64(n)/1e3)
+	}
+	return fmt.Sprint(n)
+}
