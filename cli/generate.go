@@ -12,6 +12,7 @@ import (
 	ucli "github.com/urfave/cli/v2"
 
 	"github.com/zimage/zimage"
+	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/sched"
 	"github.com/zimage/zimage/sched/sampler"
 )
@@ -128,10 +129,10 @@ func runGenerate(c *ucli.Context) error {
 	}
 	for _, s := range res.Stages {
 		sum.Stages[s.Name] = s.Duration.Seconds()
-		bar.printf("  %-8s %7.2fs  peak device %s\n", s.Name, s.Duration.Seconds(), sched.FormatBytes(s.PeakDev))
+		bar.printf("  %-8s %7.2fs  peak device %s\n", s.Name, s.Duration.Seconds(), model.FormatBytes(s.PeakDev))
 	}
 	bar.printf("  total    %7.2fs  peak device %s, peak host RSS %s\n", res.Total.Seconds(),
-		sched.FormatBytes(res.PeakDevice), sched.FormatBytes(res.PeakHostRSS))
+		model.FormatBytes(res.PeakDevice), model.FormatBytes(res.PeakHostRSS))
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
 		enc.SetIndent("", "  ")

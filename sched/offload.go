@@ -82,7 +82,7 @@ func (s *Streamer) Need(bl *model.Block) error {
 	need := bl.Bytes()
 	if s.limit > 0 && need > s.limit {
 		return fmt.Errorf("sched: block %s needs %s of weights, more than the %s the budget leaves for weights",
-			bl.Name, FormatBytes(need), FormatBytes(s.limit))
+			bl.Name, model.FormatBytes(need), model.FormatBytes(s.limit))
 	}
 	for s.limit > 0 && s.inUse+need > s.limit && len(s.resident) > 0 {
 		old := s.resident[0]
@@ -139,20 +139,6 @@ func LargestBlock(blocks []*model.Block) int64 {
 		n = max(n, b.Bytes())
 	}
 	return n
-}
-
-// FormatBytes renders a byte count with a binary unit, e.g. "1.50 GiB".
-func FormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	f, u := float64(n), 0
-	for f >= unit && u < 4 {
-		f /= unit
-		u++
-	}
-	return fmt.Sprintf("%.2f %s", f, []string{"B", "KiB", "MiB", "GiB", "TiB"}[u])
 }
 
 // PeakRSS is the process's resident-set high-water mark in bytes (Linux

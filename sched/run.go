@@ -194,7 +194,7 @@ func (r *runner) plan() error {
 		if budget == 0 || mode == OffloadNone {
 			if budget > 0 && total+reserve > budget {
 				return 0, fmt.Errorf("sched: offload none: weights need %s plus about %s of activations, over the %s budget (use --offload layer or auto)",
-					FormatBytes(total), FormatBytes(reserve), FormatBytes(budget))
+					model.FormatBytes(total), model.FormatBytes(reserve), model.FormatBytes(budget))
 			}
 			return 0, nil
 		}
@@ -204,7 +204,7 @@ func (r *runner) plan() error {
 		room := budget - reserve
 		if big := LargestBlock(blocks); room < big {
 			return 0, fmt.Errorf("sched: a %s budget cannot run this model: its largest block needs %s of weights plus about %s of activations",
-				FormatBytes(budget), FormatBytes(big), FormatBytes(reserve))
+				model.FormatBytes(budget), model.FormatBytes(big), model.FormatBytes(reserve))
 		}
 		return room, nil
 	}

@@ -158,8 +158,8 @@ func TestOffloadBitIdentical(t *testing.T) {
 	if string(full.Images[0].Pix) != string(streamed.Images[0].Pix) {
 		t.Error("offloaded run differs from the resident run")
 	}
-	t.Logf("budget %s (UNet weights %s): peak %s, uploaded %s", FormatBytes(budget), FormatBytes(unet),
-		FormatBytes(streamed.PeakDev), FormatBytes(streamed.Uploaded))
+	t.Logf("budget %s (UNet weights %s): peak %s, uploaded %s", model.FormatBytes(budget), model.FormatBytes(unet),
+		model.FormatBytes(streamed.PeakDev), model.FormatBytes(streamed.Uploaded))
 	if b.MemStats().InUse != 0 {
 		t.Errorf("%d bytes still allocated after the run", b.MemStats().InUse)
 	}
