@@ -34,6 +34,9 @@ func (a Arch) String() string {
 	return "unknown"
 }
 
+// MarshalText writes the name, so JSON shows "SDXL" rather than a number.
+func (a Arch) MarshalText() ([]byte, error) { return []byte(a.String()), nil }
+
 // Format is the on-disk layout of a checkpoint.
 type Format uint8
 
@@ -51,6 +54,9 @@ func (f Format) String() string {
 	}
 	return "unknown"
 }
+
+// MarshalText writes the name.
+func (f Format) MarshalText() ([]byte, error) { return []byte(f.String()), nil }
 
 // OpenOptions tune OpenCheckpoint.
 type OpenOptions struct {

@@ -350,3 +350,17 @@ func minus(a, b []string) []string {
 	}
 	return out
 }
+
+// TestOpenFolderConfigDir: ConfigDir's files replace the folder's whole.
+func TestOpenFolderConfigDir(t *testing.T) {
+	conf := t.TempDir()
+	os.MkdirAll(filepath.Join(conf, "scheduler"), 0o755)
+	writeJSON(t, filepath.Join(conf, "scheduler", "scheduler_config.json"), map[string]any{"_class_name": "EulerDiscreteScheduler", "num_train_timesteps": 1000})
+	c := openTest(t, testref.Dir(t, "tiny-sd15"), OpenOptions{ConfigDir: conf})
+	if s := c.Scheduler; s.ClassName != "EulerDiscreteScheduler" || s.BetaSchedule != "" || s.StepsOffset != 0 {
+		t.Errorf("scheduler not replaced whole: %+v", s)
+	}
+	if c.UNet.Config.CrossAttentionDim.At(0) != 32 {
+		t.Errorf("unet config without an override changed: %+v", c.UNet.Config)
+	}
+}

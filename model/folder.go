@@ -38,7 +38,7 @@ func openFolder(dir string, opts OpenOptions) (_ *Checkpoint, err error) {
 		}
 		return nil, err
 	}
-	if _, err := overrideJSON(opts, "model_index.json", c.Index); err != nil {
+	if _, err := replaceFromDir(opts, "model_index.json", &c.Index); err != nil {
 		return nil, err
 	}
 	c.ForceZerosForEmptyPrompt = c.Index.ForceZerosForEmptyPrompt
@@ -93,7 +93,7 @@ func openFolder(dir string, opts OpenOptions) (_ *Checkpoint, err error) {
 		}
 		c.warnf("no scheduler/scheduler_config.json: using the %s default (%s)", c.Arch, c.Scheduler.ClassName)
 	}
-	if _, err := overrideJSON(opts, "scheduler/scheduler_config.json", c.Scheduler); err != nil {
+	if _, err := replaceFromDir(opts, "scheduler/scheduler_config.json", &c.Scheduler); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -11,37 +11,37 @@ import (
 
 // ComponentInfo summarises one component's weights.
 type ComponentInfo struct {
-	Name    string // "unet", "vae", "text_encoder", "text_encoder_2"
-	Class   string
-	Tensors int
-	Params  int64
-	DTypes  map[safetensors.DType]int // tensor count per stored dtype
+	Name    string                    `json:"name"` // "unet", "vae", "text_encoder", "text_encoder_2"
+	Class   string                    `json:"class"`
+	Tensors int                       `json:"tensors"`
+	Params  int64                     `json:"params"`
+	DTypes  map[safetensors.DType]int `json:"dtypes"` // tensor count per stored dtype
 	// FileBytes is the size of the weights as stored.
-	FileBytes int64
+	FileBytes int64 `json:"file_bytes"`
 	// DeviceBytes is what the pipeline uploads: matrices as F16, vectors as
 	// F32 (see Weights.Param); for the VAE only the decoder half.
-	DeviceBytes int64
+	DeviceBytes int64 `json:"device_bytes"`
 }
 
 // Info describes a checkpoint for `zimage info`.
 type Info struct {
-	Path       string
-	Format     Format
-	Arch       Arch
-	Pipeline   string // model_index.json _class_name
-	Scheduler  string
-	Components []ComponentInfo
-	Params     int64
-	FileBytes  int64
+	Path       string          `json:"path"`
+	Format     Format          `json:"format"`
+	Arch       Arch            `json:"arch"`
+	Pipeline   string          `json:"pipeline"` // model_index.json _class_name
+	Scheduler  string          `json:"scheduler"`
+	Components []ComponentInfo `json:"components"`
+	Params     int64           `json:"params"`
+	FileBytes  int64           `json:"file_bytes"`
 	// DeviceWeightBytes sums the components' DeviceBytes.
-	DeviceWeightBytes int64
+	DeviceWeightBytes int64 `json:"device_weight_bytes"`
 	// ActivationBytes estimates the peak activation memory of one 512x512
 	// image with classifier-free guidance (see activationBytes512).
-	ActivationBytes int64
+	ActivationBytes int64 `json:"activation_bytes"`
 	// DeviceBytes = DeviceWeightBytes + ActivationBytes: the device memory
 	// a fully resident run at 512x512 needs (offloading needs less).
-	DeviceBytes int64
-	Warnings    []string
+	DeviceBytes int64    `json:"device_bytes"`
+	Warnings    []string `json:"warnings"`
 }
 
 // InfoSize is the image side the memory estimate assumes.

@@ -2,6 +2,7 @@ package model
 
 import (
 	"bufio"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -51,6 +52,10 @@ func TestInfoTiny(t *testing.T) {
 			}
 			if !strings.Contains(b.String(), "single file") {
 				t.Errorf("single-file info:\n%s", b)
+			}
+			js, err := json.Marshal(b)
+			if err != nil || !strings.Contains(string(js), `"arch":"`+ref.Arch.String()+`"`) || !strings.Contains(string(js), `"format":"single file"`) {
+				t.Errorf("json %s, %v", js, err)
 			}
 		})
 	}
