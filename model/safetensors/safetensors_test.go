@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -267,5 +268,36 @@ func TestOpenErrors(t *testing.T) {
 	}
 	if _, err := Open(dir); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("directory: %v", err)
+	}
+}
+
+// BenchmarkOpenSDXLHeader opens a sparse file with a header the size of an
+// SDXL single file's (2,500 tensors, ~300 KB of JSON): the cost of Open,
+// which reads nothing but the header.
+func BenchmarkOpenSDXLHeader(b *testing.B) {
+	var ts []WriteTensor
+	for i := range 2500 {
+		ts = append(ts, WriteTensor{Name: fmt.Sprintf("model.diffusion_model.output_blocks.%d.1.transformer_blocks.%d.attn2.to_k.weight", i/100, i%100),
+			DType: F16, Shape: []int{320, 320}})
+	}
+	hdr, n, err := EncodeHeader(ts, map[string]string{"format": "pt"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	path := filepath.Join(b.TempDir(), "sparse.safetensors")
+	if err := os.WriteFile(path, hdr, 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if err := os.Truncate(path, int64(len(hdr))+n); err != nil {
+		b.Skip(err)
+	}
+	b.SetBytes(int64(len(hdr)))
+	b.ResetTimer()
+	for range b.N {
+		f, err := Open(path)
+		if err != nil {
+			b.Fatal(err)
+		}
+		f.Close()
 	}
 }
