@@ -113,11 +113,11 @@ func (c *unetCall) run(t *testing.T, b engine.Backend, u *UNet) []float32 {
 	return got
 }
 
-// fp32Bound is the README's suggestion for an fp32 implementation against
+// unetFp32Bound is the README's suggestion for an fp32 implementation against
 // the fp32 reference: max |diff| <= 1e-4 (max|ref| + 1). The ref backend
 // computes in float32 from the same F16 weights, so only summation order
 // differs from torch.
-func fp32Bound(want []float32) float64 {
+func unetFp32Bound(want []float32) float64 {
 	d := testref.Compare(want, want)
 	return 1e-4 * (d.MaxRef + 1)
 }
@@ -148,39 +148,47 @@ func unetBackends() []unetBackend {
 			t.Cleanup(func() { b.Close() })
 			return b
 		},
-		bound: func(_ *testref.Refs, _ string, want []float32) float64 { return fp32Bound(want) },
+		bound: func(_ *testref.Refs, _ string, want []float32) float64 { return unetFp32Bound(want) },
+	}, {
+		// The Vulkan kernels also accumulate in float32 (the Backend
+		// contract), so the same fp32 bound applies.
+		name:  "vk",
+		open:  func(t *testing.T) engine.Backend { return openUNetVulkan(t) },
+		bound: func(_ *testref.Refs, _ string, want []float32) float64 { return unetFp32Bound(want) },
 	}}
 }
 
 func TestUNetMatchesReference(t *testing.T) {
 	for _, be := range unetBackends() {
-		for _, model := range testref.Models {
-			t.Run(be.name+"/"+model, func(t *testing.T) {
-				r := testref.Open(t, model)
-				u, cfg, _ := openTinyUNet(t, model)
-				b := be.open(t)
-				cases, _ := r.JSON["unet_cases"].([]any)
-				if len(cases) == 0 {
-					t.Fatal("refs.json has no unet_cases")
-				}
-				for _, cv := range cases {
-					cs := cv.(map[string]any)
-					id := cs["id"].(string)
-					p := "unet." + id
-					ts, _ := r.Floats(t, p+".timestep")
-					call := readUNetCall(t, r, p, p+".sample", float64(ts[0]), cfg.AdditionEmbedType != nil)
-					got := call.run(t, b, u)
-					want, _ := r.Floats(t, p+".out")
-					d := testref.Compare(got, want)
-					bound := be.bound(r, id, want)
-					t.Logf("%s: max|diff| %.3g (bound %.3g; reference fp16 vs fp32 %.3g), rel MSE %.3g",
-						id, d.MaxAbs, bound, unetFp16Bound(r, id), d.RelMSE)
-					if d.Mismatched || d.NonFinite > 0 || d.MaxAbs > bound {
-						t.Errorf("%s: max|diff| %.3g > %.3g (non-finite %d, length mismatch %v)", id, d.MaxAbs, bound, d.NonFinite, d.Mismatched)
+		t.Run(be.name, func(t *testing.T) {
+			b := be.open(t)
+			for _, model := range testref.Models {
+				t.Run(model, func(t *testing.T) {
+					r := testref.Open(t, model)
+					u, cfg, _ := openTinyUNet(t, model)
+					cases, _ := r.JSON["unet_cases"].([]any)
+					if len(cases) == 0 {
+						t.Fatal("refs.json has no unet_cases")
 					}
-				}
-			})
-		}
+					for _, cv := range cases {
+						cs := cv.(map[string]any)
+						id := cs["id"].(string)
+						p := "unet." + id
+						ts, _ := r.Floats(t, p+".timestep")
+						call := readUNetCall(t, r, p, p+".sample", float64(ts[0]), cfg.AdditionEmbedType != nil)
+						got := call.run(t, b, u)
+						want, _ := r.Floats(t, p+".out")
+						d := testref.Compare(got, want)
+						bound := be.bound(r, id, want)
+						t.Logf("%s: max|diff| %.3g (bound %.3g; reference fp16 vs fp32 %.3g), rel MSE %.3g",
+							id, d.MaxAbs, bound, unetFp16Bound(r, id), d.RelMSE)
+						if d.Mismatched || d.NonFinite > 0 || d.MaxAbs > bound {
+							t.Errorf("%s: max|diff| %.3g > %.3g (non-finite %d, length mismatch %v)", id, d.MaxAbs, bound, d.NonFinite, d.Mismatched)
+						}
+					}
+				})
+			}
+		})
 	}
 }
 
@@ -189,30 +197,32 @@ func TestUNetMatchesReference(t *testing.T) {
 func TestUNetCFGBatch(t *testing.T) {
 	const run = "run.s4_g7.5_64x96"
 	for _, be := range unetBackends() {
-		for _, model := range testref.Models {
-			t.Run(be.name+"/"+model, func(t *testing.T) {
-				r := testref.Open(t, model)
-				u, cfg, _ := openTinyUNet(t, model)
-				b := be.open(t)
-				ts := runTimestep(t, r, "s4_g7.5_64x96", 0)
-				call := readUNetCall(t, r, run+".unet", run+".step0.unet_in", ts, cfg.AdditionEmbedType != nil)
-				if call.sampleShape[0] != 2 {
-					t.Fatalf("step0.unet_in is %v, want batch 2", call.sampleShape)
-				}
-				got := call.run(t, b, u)
-				want, _ := r.Floats(t, run+".step0.unet_out")
-				d := testref.Compare(got, want)
-				bound := be.bound(r, "", want)
-				t.Logf("batch 2 at t=%g: max|diff| %.3g (bound %.3g), rel MSE %.3g", ts, d.MaxAbs, bound, d.RelMSE)
-				if d.Mismatched || d.NonFinite > 0 || d.MaxAbs > bound {
-					t.Errorf("max|diff| %.3g > %.3g (non-finite %d, length mismatch %v)", d.MaxAbs, bound, d.NonFinite, d.Mismatched)
-				}
-			})
-		}
+		t.Run(be.name, func(t *testing.T) {
+			b := be.open(t)
+			for _, model := range testref.Models {
+				t.Run(model, func(t *testing.T) {
+					r := testref.Open(t, model)
+					u, cfg, _ := openTinyUNet(t, model)
+					ts := unetRunTimestep(t, r, "s4_g7.5_64x96", 0)
+					call := readUNetCall(t, r, run+".unet", run+".step0.unet_in", ts, cfg.AdditionEmbedType != nil)
+					if call.sampleShape[0] != 2 {
+						t.Fatalf("step0.unet_in is %v, want batch 2", call.sampleShape)
+					}
+					got := call.run(t, b, u)
+					want, _ := r.Floats(t, run+".step0.unet_out")
+					d := testref.Compare(got, want)
+					bound := be.bound(r, "", want)
+					t.Logf("batch 2 at t=%g: max|diff| %.3g (bound %.3g), rel MSE %.3g", ts, d.MaxAbs, bound, d.RelMSE)
+					if d.Mismatched || d.NonFinite > 0 || d.MaxAbs > bound {
+						t.Errorf("max|diff| %.3g > %.3g (non-finite %d, length mismatch %v)", d.MaxAbs, bound, d.NonFinite, d.Mismatched)
+					}
+				})
+			}
+		})
 	}
 }
 
-func runTimestep(t *testing.T, r *testref.Refs, id string, step int) float64 {
+func unetRunTimestep(t *testing.T, r *testref.Refs, id string, step int) float64 {
 	runs, _ := r.JSON["runs"].([]any)
 	for _, rv := range runs {
 		m := rv.(map[string]any)
@@ -224,13 +234,13 @@ func runTimestep(t *testing.T, r *testref.Refs, id string, step int) float64 {
 	return 0
 }
 
-// orderResidency records the order in which blocks are needed.
-type orderResidency struct {
+// unetOrderResidency records the order in which blocks are needed.
+type unetOrderResidency struct {
 	AllResident
 	order []*Block
 }
 
-func (o *orderResidency) Need(b *Block) error {
+func (o *unetOrderResidency) Need(b *Block) error {
 	o.order = append(o.order, b)
 	return o.AllResident.Need(b)
 }
@@ -244,7 +254,7 @@ func TestUNetBlocks(t *testing.T) {
 	b := ref.New()
 	defer b.Close()
 	call := readUNetCall(t, r, "unet.lat6x10_t333.5", "unet.lat6x10_t333.5.sample", 333.5, true)
-	res := &orderResidency{AllResident: AllResident{B: b}}
+	res := &unetOrderResidency{AllResident: AllResident{B: b}}
 	rec := engine.NewRec(b)
 	x := rec.Write("sample", call.sample, call.sampleShape...)
 	ctx := rec.Write("ctx", call.context, call.ctxShape...)

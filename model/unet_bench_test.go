@@ -1,0 +1,102 @@
+package model
+
+import (
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/zimage/zimage/engine"
+)
+
+// Full-size UNet calls with synthetic F16 weights (the real configs from
+// shared/real_configs) on the Vulkan device. Slow on lavapipe (tens of
+// seconds per call): run with
+//
+//	go test ./model -run '^$' -bench UNet -benchtime=1x
+//
+// Metrics: s/op is the wall time of one call (inputs resident, weights
+// resident, pipelines compiled by a tiny warm-up call); GFLOP/s counts
+// convolutions, linears and attention matmuls (UNet.FLOPs); act-MB is the
+// peak of device memory above the resident weights and inputs during the
+// call; weights-MB the resident F16 weights. ZIMAGE_PROFILE=1 prints the
+// per-kernel time table when the device closes.
+
+func BenchmarkUNetSDTurbo64(b *testing.B)    { benchUNet(b, "stabilityai-sd-turbo", 64, 64, 1) }
+func BenchmarkUNetSDTurbo64CFG(b *testing.B) { benchUNet(b, "stabilityai-sd-turbo", 64, 64, 2) }
+func BenchmarkUNetSDXLTurbo64(b *testing.B)  { benchUNet(b, "stabilityai-sdxl-turbo", 64, 64, 1) }
+func BenchmarkUNetSDXLTurbo128(b *testing.B) { benchUNet(b, "stabilityai-sdxl-turbo", 128, 128, 1) }
+
+func benchUNet(b *testing.B, model string, h, w, batch int) {
+	const ctxLen = 77
+	u := loadFullSizeUNet(b, model)
+	dev := openUNetVulkan(b)
+	b.Logf("%s on %s", model, dev.Name())
+
+	res := AllResident{B: dev}
+	start := time.Now()
+	for _, bl := range u.Blocks() {
+		if err := res.Need(bl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Logf("uploaded %.0f MB of synthetic weights in %.1f s", float64(u.Bytes())/1e6, time.Since(start).Seconds())
+
+	rec := engine.NewRec(dev)
+	in := func(h, w int) (x, ctx *engine.Tensor, added *AddedCond) {
+		r := rand.New(rand.NewPCG(1, 2))
+		randn := func(n int) []float32 {
+			v := make([]float32, n)
+			for i := range v {
+				v[i] = float32(r.NormFloat64())
+			}
+			return v
+		}
+		x = rec.Write("sample", randn(batch*u.Config.InChannels*h*w), batch, u.Config.InChannels, h, w)
+		ctx = rec.Write("ctx", randn(batch*ctxLen*u.crossDim), batch, ctxLen, u.crossDim)
+		if u.AddEmbedding != nil {
+			added = &AddedCond{TextEmbeds: rec.Write("text_embeds", randn(batch*u.textEmbDim), batch, u.textEmbDim),
+				TimeIDs: [][6]float64{{float64(8 * h), float64(8 * w), 0, 0, float64(8 * h), float64(8 * w)}}}
+		}
+		return x, ctx, added
+	}
+	call := func(x, ctx *engine.Tensor, added *AddedCond) {
+		out := u.Forward(rec, res, x, 999, ctx, added)
+		if err := rec.Err(); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := dev.Read(out); err != nil {
+			b.Fatal(err)
+		}
+		rec.Free(out)
+	}
+	free := func(x, ctx *engine.Tensor, added *AddedCond) {
+		rec.Free(x, ctx)
+		if added != nil {
+			rec.Free(added.TextEmbeds)
+		}
+	}
+
+	// Warm-up on a tiny latent: compiles every pipeline the big call uses.
+	x, ctx, added := in(8, 8)
+	call(x, ctx, added)
+	free(x, ctx, added)
+
+	x, ctx, added = in(h, w)
+	defer free(x, ctx, added)
+	if err := dev.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	dev.ResetProfile()
+	base := dev.MemStats().InUse
+	dev.ResetPeak()
+	b.ResetTimer()
+	for range b.N {
+		call(x, ctx, added)
+	}
+	b.StopTimer()
+	sec := b.Elapsed().Seconds() / float64(b.N)
+	b.ReportMetric(sec, "s/op")
+	b.ReportMetric(u.FLOPs(h, w, batch, ctxLen)/sec/1e9, "GFLOP/s")
+	b.ReportMetric(float64(dev.MemStats().Peak-base)/1e6, "act-MB")
+	b.ReportMetric(float64(u.Bytes())/1e6, "weights-MB")
+}
