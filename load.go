@@ -133,10 +133,16 @@ func (p *Pipeline) allBlocks() []*model.Block {
 func describeModel(ck *model.Checkpoint) modelInfo {
 	name := strings.TrimSuffix(filepath.Base(filepath.Clean(ck.Path)), filepath.Ext(ck.Path))
 	info := modelInfo{Name: name, Arch: strings.ToLower(ck.Arch.String())}
-	// Turbo models (adversarial diffusion distillation) sample with
-	// trailing timesteps, which the classic checkpoints do not use.
-	info.Turbo = strings.Contains(strings.ToLower(name), "turbo") ||
-		(ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing")
+	// Turbo models (adversarial diffusion distillation) ship schedulers
+	// with trailing timesteps, which the classic checkpoints do not use. A
+	// single file carries no scheduler (model.OpenCheckpoint assumes the
+	// family's turbo one), so there only the name can tell; a classic SD 2.x
+	// or SDXL file gets the classic leading spacing back.
+	byName := strings.Contains(strings.ToLower(name), "turbo")
+	info.Turbo = byName || (ck.Format == model.FormatDiffusers && ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing")
+	if ck.Format == model.FormatSingleFile && !byName && ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing" {
+		ck.Scheduler.TimestepSpacing = "leading"
+	}
 	// diffusers' default size: the UNet's sample_size in latent pixels.
 	info.BaseSize = 512
 	if s := ck.UNet.Config.SampleSize; s > 0 {
