@@ -200,3 +200,45 @@ func checkGolden(t *testing.T, b engine.Backend, name string, img image.Image) {
 		t.Errorf("%s: PSNR %.1f dB vs the lavapipe golden, want >= 50 on other devices", name, db)
 	}
 }
+
+// TestConcurrentGenerate: a Pipeline serializes concurrent requests, and
+// each gets the image it would get alone.
+func TestConcurrentGenerate(t *testing.T) {
+	r := testref.Open(t, "tiny-sd-turbo")
+	p, err := zimage.Load(r.Dir, zimage.WithBackend(ref.New()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	seeds := []uint64{1, 2, 3}
+	alone := map[uint64][]byte{}
+	for _, s := range seeds {
+		res, err := p.Generate(context.Background(), zimage.Request{Prompt: "a red cube", Seed: s})
+		if err != nil {
+			t.Fatal(err)
+		}
+		alone[s] = res.Images[0].Pix
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(seeds))
+	for i, s := range seeds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res, err := p.Generate(context.Background(), zimage.Request{Prompt: "a red cube", Seed: s})
+			if err == nil && !bytes.Equal(res.Images[0].Pix, alone[s]) {
+				err = fmt.Errorf("seed %d: concurrent result differs from the serial one", s)
+			}
+			errs[i] = err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if !bytes.Equal(alone[1], alone[1]) || bytes.Equal(alone[1], alone[2]) {
+		t.Error("different seeds gave the same image")
+	}
+}

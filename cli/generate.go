@@ -102,6 +102,9 @@ func runGenerate(c *ucli.Context) error {
 		return err
 	}
 	defer p.Close()
+	for _, w := range p.Warnings {
+		bar.printf("warning: %s\n", w)
+	}
 	if err := applyPreset(c, p, &req); err != nil {
 		return err
 	}
