@@ -2,10 +2,12 @@ package model
 
 import (
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/engine/vk"
 )
 
 // Full-size UNet calls with synthetic F16 weights (the real configs from
@@ -99,4 +101,32 @@ func benchUNet(b *testing.B, model string, h, w, batch int) {
 	b.ReportMetric(u.FLOPs(h, w, batch, ctxLen)/sec/1e9, "GFLOP/s")
 	b.ReportMetric(float64(dev.MemStats().Peak-base)/1e6, "act-MB")
 	b.ReportMetric(float64(u.Bytes())/1e6, "weights-MB")
+	logKernelRates(b, dev, u.FLOPCount(h, w, batch, ctxLen), b.N)
+}
+
+// logKernelRates prints the GFLOP/s of each kind of kernel when the device
+// profiles (ZIMAGE_PROFILE=1): where the time goes.
+func logKernelRates(b *testing.B, dev *vk.Device, f UNetFLOPs, n int) {
+	rows, err := dev.Profile()
+	if err != nil || rows == nil {
+		return
+	}
+	var conv, lin, attn, other time.Duration
+	for _, r := range rows {
+		switch {
+		case strings.HasPrefix(r.Kernel, "conv2d"):
+			conv += r.Total
+		case strings.HasPrefix(r.Kernel, "matmul"), strings.HasPrefix(r.Kernel, "linear"):
+			lin += r.Total
+		case strings.HasPrefix(r.Kernel, "attention"):
+			attn += r.Total
+		default:
+			other += r.Total
+		}
+	}
+	rate := func(flop float64, d time.Duration) float64 { return flop * float64(n) / d.Seconds() / 1e9 }
+	b.Logf("per call: conv %.0f GFLOP in %.1f s (%.1f GFLOP/s), linear %.0f GFLOP in %.1f s (%.1f GFLOP/s), "+
+		"attention %.0f GFLOP in %.1f s (%.1f GFLOP/s), other kernels %.1f s",
+		f.Conv/1e9, conv.Seconds()/float64(n), rate(f.Conv, conv), f.Linear/1e9, lin.Seconds()/float64(n), rate(f.Linear, lin),
+		f.Attention/1e9, attn.Seconds()/float64(n), rate(f.Attention, attn), other.Seconds()/float64(n))
 }

@@ -371,8 +371,13 @@ func TestUNetRejectsUnsupported(t *testing.T) {
 // full-size SD-Turbo call at a 64x64 latent.
 func TestUNetFLOPs(t *testing.T) {
 	u := loadFullSizeUNet(t, "stabilityai-sd-turbo")
-	got := u.FLOPs(64, 64, 1, 77) / 1e9
-	t.Logf("SD-Turbo UNet, 64x64 latent: %.1f GFLOP, %.0f MB of F16 weights", got, float64(u.Bytes())/1e6)
+	f := u.FLOPCount(64, 64, 1, 77)
+	got := f.Total() / 1e9
+	t.Logf("SD-Turbo UNet, 64x64 latent: %.1f GFLOP (conv %.1f, linear %.1f, attention %.1f), %.0f MB of F16 weights",
+		got, f.Conv/1e9, f.Linear/1e9, f.Attention/1e9, float64(u.Bytes())/1e6)
+	if u.FLOPs(64, 64, 1, 77) != f.Total() {
+		t.Error("FLOPs and FLOPCount disagree")
+	}
 	if got < 790 || got > 820 {
 		t.Errorf("SD-Turbo UNet FLOPs %.1f G, want about 804 G", got)
 	}
