@@ -273,15 +273,16 @@ func (m *CLIPText) embed(rec *engine.Rec, ids [][]int32, bsz, seq int) *engine.T
 		rec.Free(x)
 		return rec.Fail(fmt.Errorf("model: text encoder token embedding: %w", err))
 	}
-	pos := m.Embeddings.PositionEmbedding.T
-	if seq < pos.Shape[0] {
-		var err error
-		if pos, err = pos.SliceRows(0, seq); err != nil {
-			rec.Free(x)
-			return rec.Fail(err)
-		}
+	// Position embeddings are stored F16 like every matrix; Embedding
+	// gathers (and widens) the first seq rows for the F32 add.
+	positions := make([]int32, seq)
+	for i := range positions {
+		positions[i] = int32(i)
 	}
-	if rec.AddInPlace(x, pos) == nil { // [B, L, D] + [L, D]
+	pos := rec.Embedding("text_model.embeddings.position", m.Embeddings.PositionEmbedding.T, positions)
+	rec.AddInPlace(x, pos) // [B, L, D] += [L, D]
+	rec.Free(pos)
+	if rec.Err() != nil {
 		rec.Free(x)
 		return nil
 	}

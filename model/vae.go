@@ -188,7 +188,7 @@ func (v *VAEDecoder) Blocks() []*Block { return v.blocks }
 // leaves latents to the caller, and fails (rather than returning a black
 // image later) when the output holds NaN or Inf.
 func (v *VAEDecoder) Decode(rec *engine.Rec, res Residency, latents *engine.Tensor) *engine.Tensor {
-	img := v.decode(rec, res, latents, true)
+	img := v.decode(rec, res, latents, true, nil)
 	if img != nil {
 		if err := checkFinite(rec.B, img, "VAE decoder output"); err != nil {
 			rec.Free(img)
@@ -201,7 +201,7 @@ func (v *VAEDecoder) Decode(rec *engine.Rec, res Residency, latents *engine.Tens
 // DecodeRaw decodes z that is already in the decoder's space (latents /
 // scaling_factor + shift_factor: what diffusers passes to vae.decode).
 func (v *VAEDecoder) DecodeRaw(rec *engine.Rec, res Residency, z *engine.Tensor) *engine.Tensor {
-	img := v.decode(rec, res, z, false)
+	img := v.decode(rec, res, z, false, nil)
 	if img != nil {
 		if err := checkFinite(rec.B, img, "VAE decoder output"); err != nil {
 			rec.Free(img)
@@ -214,7 +214,9 @@ func (v *VAEDecoder) DecodeRaw(rec *engine.Rec, res Residency, z *engine.Tensor)
 // Scale is the factor from the image to the latent: 2^(blocks-1).
 func (v *VAEDecoder) Scale() int { return 1 << (len(v.UpBlocks) - 1) }
 
-func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, scaled bool) *engine.Tensor {
+// decode runs the decoder; tn (nil outside tiled decoding) takes over the
+// GroupNorms.
+func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, scaled bool, tn *tileNorm) *engine.Tensor {
 	if rec.Err() != nil {
 		return nil
 	}
@@ -253,11 +255,11 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		return nil
 	}
 	mb := v.MidBlock
-	h = mb.Resnets[0].forward(rec, h)
+	h = mb.Resnets[0].forward(rec, h, tn)
 	for _, a := range mb.Attentions {
-		h = a.forward(rec, h)
+		h = a.forward(rec, h, tn)
 	}
-	h = mb.Resnets[1].forward(rec, h)
+	h = mb.Resnets[1].forward(rec, h, tn)
 
 	for i, ub := range v.UpBlocks {
 		if !v.need(rec, res, v.blocks[2+i]) {
@@ -265,7 +267,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 			return nil
 		}
 		for _, r := range ub.Resnets {
-			h = r.forward(rec, h) // [B, C_i, H_i, W_i]
+			h = r.forward(rec, h, tn) // [B, C_i, H_i, W_i]
 		}
 		for _, up := range ub.Upsamplers {
 			u := rec.Upsample2x("upsample", h) // [B, C_i, 2H_i, 2W_i]
@@ -279,7 +281,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		rec.Free(h)
 		return nil
 	}
-	n := v.ConvNormOut.Forward(rec, h, true) // GroupNorm + SiLU
+	n := tn.norm(rec, v.ConvNormOut, h, true) // GroupNorm + SiLU
 	rec.Free(h)
 	img := v.ConvOut.Forward(rec, n) // [B, 3, H, W]
 	rec.Free(n)
@@ -302,11 +304,11 @@ func (v *VAEDecoder) need(rec *engine.Rec, res Residency, bl *Block) bool {
 }
 
 // forward consumes x [B, in, H, W] and returns [B, out, H, W].
-func (r *VAEResnet) forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
-	h := r.Norm1.Forward(rec, x, true)
+func (r *VAEResnet) forward(rec *engine.Rec, x *engine.Tensor, tn *tileNorm) *engine.Tensor {
+	h := tn.norm(rec, r.Norm1, x, true)
 	t := r.Conv1.Forward(rec, h)
 	rec.Free(h)
-	h = r.Norm2.Forward(rec, t, true)
+	h = tn.norm(rec, r.Norm2, t, true)
 	rec.Free(t)
 	t = r.Conv2.Forward(rec, h)
 	rec.Free(h)
@@ -322,13 +324,13 @@ func (r *VAEResnet) forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
 
 // forward consumes x [B, C, H, W] and returns x + attention(norm(x)) with
 // one head over all H*W pixels.
-func (a *VAEAttention) forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
+func (a *VAEAttention) forward(rec *engine.Rec, x *engine.Tensor, tn *tileNorm) *engine.Tensor {
 	if rec.Err() != nil {
 		rec.Free(x)
 		return nil
 	}
 	b, c, hh, ww := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
-	n := a.GroupNorm.Forward(rec, x, false)
+	n := tn.norm(rec, a.GroupNorm, x, false)
 	tok := rec.Permute("mid_block.attentions.0.tokens", rec.Reshape(n, b, c, hh*ww), 0, 2, 1) // [B, HW, C]
 	rec.Free(n)
 	q := a.ToQ.Forward(rec, tok)
