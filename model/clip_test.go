@@ -6,33 +6,85 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/ref"
+	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
 )
 
-// cvBackend is a backend the CLIP and VAE tests run on.
+// cvBackend is a backend the CLIP and VAE tests run on; open returns the
+// backend and what to do when the test ends.
 type cvBackend struct {
 	name string
-	open func(t testing.TB) engine.Backend
+	open func(t testing.TB) (engine.Backend, func())
 }
 
-// cvBackends lists the backends to test: the reference always; Vulkan is
-// added by vk_test hooks when that backend is available.
+// cvBackends lists the backends to test: the pure-Go reference, and
+// Vulkan when a device is present (one device per test binary: opening
+// one and compiling its pipelines is the slow part).
 var cvBackends = []cvBackend{
-	{"ref", func(t testing.TB) engine.Backend { return ref.New() }},
+	{"ref", func(t testing.TB) (engine.Backend, func()) {
+		b := ref.New()
+		return b, func() { b.Close() }
+	}},
+	{"vk", func(t testing.TB) (engine.Backend, func()) {
+		cvVulkanOnce.Do(func() { cvVulkan, cvVulkanErr = vk.Open(vk.DefaultOptions()) })
+		if errors.Is(cvVulkanErr, vk.ErrNoDevice) {
+			t.Skip("no Vulkan device")
+		}
+		if cvVulkanErr != nil {
+			t.Fatal(cvVulkanErr)
+		}
+		// The device outlives the test: free what the test left behind.
+		before := cvVulkan.MemStats().InUse
+		return cvVulkan, func() {
+			if n := cvVulkan.MemStats().InUse; n != before {
+				t.Logf("vk: %d bytes still allocated after the test (weights are freed with the device)", n-before)
+			}
+		}
+	}},
 }
 
-// forEachBackend runs f once per backend as a subtest.
-func forEachBackend(t *testing.T, f func(t *testing.T, b engine.Backend)) {
+var (
+	cvVulkanOnce sync.Once
+	cvVulkan     *vk.Device
+	cvVulkanErr  error
+)
+
+// forEachBackend runs f once per backend as a subtest, with a residency
+// on that backend whose uploads are evicted when the subtest ends (the
+// networks are shared between backends).
+func forEachBackend(t *testing.T, f func(t *testing.T, b engine.Backend, res Residency)) {
 	for _, cb := range cvBackends {
 		t.Run(cb.name, func(t *testing.T) {
-			b := cb.open(t)
-			t.Cleanup(func() { b.Close() })
-			f(t, b)
+			b, done := cb.open(t)
+			t.Cleanup(done)
+			res := &evictingResidency{b: b}
+			t.Cleanup(res.evictAll)
+			f(t, b, res)
 		})
+	}
+}
+
+// evictingResidency is AllResident that remembers its blocks to evict them.
+type evictingResidency struct {
+	b      engine.Backend
+	blocks []*Block
+}
+
+func (r *evictingResidency) Need(bl *Block) error {
+	if !bl.Resident() {
+		r.blocks = append(r.blocks, bl)
+	}
+	return bl.Upload(r.b)
+}
+
+func (r *evictingResidency) evictAll() {
+	for _, bl := range r.blocks {
+		bl.Evict(r.b)
 	}
 }
 
@@ -131,9 +183,8 @@ func TestCLIPTextSD(t *testing.T) {
 		t.Run(model, func(t *testing.T) {
 			r := testref.Open(t, model)
 			m := loadTestCLIP(t, model, "text_encoder")
-			forEachBackend(t, func(t *testing.T, b engine.Backend) {
+			forEachBackend(t, func(t *testing.T, b engine.Backend, res Residency) {
 				rec := engine.NewRec(b)
-				res := AllResident{B: b}
 				for i := range numPrompts(r) {
 					out := m.Forward(rec, res, refIDs(t, r, "tokenizer", i))
 					if err := rec.Err(); err != nil {
@@ -167,9 +218,8 @@ func TestCLIPTextSDXL(t *testing.T) {
 	if te1.TextProjection != nil || te2.TextProjection == nil {
 		t.Fatalf("projection: te1 %v, te2 %v; want only te2", te1.TextProjection != nil, te2.TextProjection != nil)
 	}
-	forEachBackend(t, func(t *testing.T, b engine.Backend) {
+	forEachBackend(t, func(t *testing.T, b engine.Backend, res Residency) {
 		rec := engine.NewRec(b)
-		res := AllResident{B: b}
 		for i := range numPrompts(r) {
 			o1 := te1.Forward(rec, res, refIDs(t, r, "tokenizer", i))
 			o2 := te2.Encode(rec, res, refIDs(t, r, "tokenizer_2", i), CLIPWant{Penultimate: true, TextEmbeds: true})

@@ -48,10 +48,9 @@ type VAEResnet struct {
 // VAEAttention is the mid block's single-head self-attention over all
 // pixels, with a residual connection.
 type VAEAttention struct {
-	GroupNorm      *GroupNorm
-	ToQ, ToK, ToV  *Linear
-	ToOut          *Linear // to_out.0
-	Channels, Head int
+	GroupNorm     *GroupNorm
+	ToQ, ToK, ToV *Linear
+	ToOut         *Linear // to_out.0
 }
 
 // vaeEps is the GroupNorm epsilon diffusers' Decoder hard-codes.
@@ -124,13 +123,18 @@ func LoadVAEDecoder(src *Source, cfg *VAEConfig) (*VAEDecoder, error) {
 	v.MidBlock = &VAEMidBlock{Resnets: []*VAEResnet{loadVAEResnet(mw.Sub("resnets.0"), top, top, g)}}
 	if c.MidBlockAddAttention == nil || *c.MidBlockAddAttention {
 		aw := mw.Sub("attentions.0")
+		q, k, val, out := "to_q", "to_k", "to_v", "to_out.0"
+		if !aw.Has("to_q.weight") && aw.Has("query.weight") {
+			// diffusers before 0.14 named them so, and files such as SD
+			// 1.5's VAE still do (diffusers renames them on load).
+			q, k, val, out = "query", "key", "value", "proj_attn"
+		}
 		v.MidBlock.Attentions = []*VAEAttention{{
 			GroupNorm: loadGroupNorm(aw.Sub("group_norm"), g, top, vaeEps),
-			ToQ:       loadLinear(aw.Sub("to_q"), top, top, true),
-			ToK:       loadLinear(aw.Sub("to_k"), top, top, true),
-			ToV:       loadLinear(aw.Sub("to_v"), top, top, true),
-			ToOut:     loadLinear(aw.Sub("to_out.0"), top, top, true),
-			Channels:  top, Head: 1,
+			ToQ:       loadLinear(aw.Sub(q), top, top, true),
+			ToK:       loadLinear(aw.Sub(k), top, top, true),
+			ToV:       loadLinear(aw.Sub(val), top, top, true),
+			ToOut:     loadLinear(aw.Sub(out), top, top, true),
 		}}
 	}
 	v.MidBlock.Resnets = append(v.MidBlock.Resnets, loadVAEResnet(mw.Sub("resnets.1"), top, top, g))

@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/ref"
+	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
 )
 
@@ -31,33 +33,46 @@ func benchVAEConfig(b *testing.B, model string) *VAEConfig {
 	return &cfg
 }
 
-// benchBackend opens the backend to benchmark on. The pure-Go reference
-// takes most of an hour per 512x512 decode, so it runs only when asked for
-// with ZIMAGE_BENCH_REF=1.
-func benchBackend(b *testing.B) engine.Backend {
-	if os.Getenv("ZIMAGE_BENCH_REF") == "" {
-		b.Skip("no Vulkan backend yet; set ZIMAGE_BENCH_REF=1 to benchmark the reference backend")
+// benchBackend returns the Vulkan device (shared with the tests), or the
+// pure-Go reference when ZIMAGE_BENCH_REF=1 (most of an hour per 512x512
+// decode), and what to call when done.
+func benchBackend(b *testing.B) (engine.Backend, func()) {
+	if os.Getenv("ZIMAGE_BENCH_REF") != "" {
+		r := ref.New()
+		return r, func() { r.Close() }
 	}
-	return ref.New()
+	cvVulkanOnce.Do(func() { cvVulkan, cvVulkanErr = vk.Open(vk.DefaultOptions()) })
+	if errors.Is(cvVulkanErr, vk.ErrNoDevice) {
+		b.Skip("no Vulkan device; set ZIMAGE_BENCH_REF=1 to benchmark the reference backend")
+	}
+	if cvVulkanErr != nil {
+		b.Fatal(cvVulkanErr)
+	}
+	return cvVulkan, func() {}
 }
 
 // BenchmarkVAEDecode decodes with the full-size SD (2.x/turbo) VAE
-// architecture, seeded random weights, at 512² (whole and tiled) and at
-// 1024² and 2048² (tiled), reporting seconds per decode and the device's
-// peak memory (weights included) and activations alone.
+// architecture, seeded random weights and N(0,1) latents, at 512² (whole
+// and tiled) and at 1024² and 2048² (tiled; "local" without the GroupNorm
+// statistics pass), reporting seconds per decode, the device's peak memory
+// (weights included) and the activations' share of it.
 func BenchmarkVAEDecode(b *testing.B) {
 	cfg := benchVAEConfig(b, "reconstructed/stabilityai-sd-turbo")
 	for _, c := range []struct {
-		px   int
-		tile int // latent pixels; 0 = whole
-	}{{512, 0}, {512, 32}, {1024, 64}, {2048, 64}} {
+		px    int
+		tile  int // latent pixels; 0 = whole
+		local bool
+	}{{256, 0, false}, {512, 0, false}, {512, 40, false}, {512, 40, true}, {1024, 64, false}, {1024, 64, true}, {2048, 64, false}, {2048, 64, true}} {
 		name := fmt.Sprintf("%dpx/whole", c.px)
 		if c.tile > 0 {
 			name = fmt.Sprintf("%dpx/tile%d", c.px, c.tile)
 		}
+		if c.local {
+			name += "-local"
+		}
 		b.Run(name, func(b *testing.B) {
-			be := benchBackend(b)
-			defer be.Close()
+			be, done := benchBackend(b)
+			defer done()
 			v, err := LoadVAEDecoder(NewSyntheticSource("vae", 1), cfg)
 			if err != nil {
 				b.Fatal(err)
@@ -69,6 +84,7 @@ func BenchmarkVAEDecode(b *testing.B) {
 					b.Fatal(err)
 				}
 				weights += bl.Bytes()
+				defer bl.Evict(be)
 			}
 			h := c.px / 8
 			rec := engine.NewRec(be)
@@ -76,6 +92,7 @@ func BenchmarkVAEDecode(b *testing.B) {
 			if err := rec.Err(); err != nil {
 				b.Fatal(err)
 			}
+			defer rec.Free(z)
 			be.ResetPeak()
 			base := be.MemStats().InUse
 			b.ResetTimer()
@@ -83,11 +100,14 @@ func BenchmarkVAEDecode(b *testing.B) {
 			for range b.N {
 				var img *engine.Tensor
 				if c.tile > 0 {
-					img = v.DecodeTiled(rec, res, z, TileOptions{Size: c.tile, Overlap: c.tile / 4})
+					img = v.DecodeTiled(rec, res, z, TileOptions{Size: c.tile, Overlap: c.tile / 4, LocalNorm: c.local})
 				} else {
 					img = v.Decode(rec, res, z)
 				}
-				if err := rec.Err(); err != nil {
+				var re *vk.RangeError
+				if err := rec.Err(); errors.As(err, &re) {
+					b.Skipf("does not fit this device: %v", err)
+				} else if err != nil {
 					b.Fatal(err)
 				}
 				rec.Free(img)
@@ -98,7 +118,11 @@ func BenchmarkVAEDecode(b *testing.B) {
 			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")
 			b.ReportMetric(float64(peak-base)/(1<<20), "act-MiB")
 			b.ReportMetric(float64(weights)/(1<<20), "weights-MiB")
-			rec.Free(z)
+			side := h // what the device decodes at once
+			if c.tile > 0 {
+				side = min(h, c.tile)
+			}
+			b.ReportMetric(float64(VAEDecodeBytes(cfg, 1, side, side))/(1<<20), "est-act-MiB")
 		})
 	}
 }

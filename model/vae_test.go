@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"testing"
 
 	"github.com/zimage/zimage/engine"
@@ -100,9 +101,8 @@ func TestVAEDecode(t *testing.T) {
 		t.Run(model, func(t *testing.T) {
 			r := testref.Open(t, model)
 			v := loadTestVAE(t, model)
-			forEachBackend(t, func(t *testing.T, b engine.Backend) {
+			forEachBackend(t, func(t *testing.T, b engine.Backend, res Residency) {
 				rec := engine.NewRec(b)
-				res := AllResident{B: b}
 				decode := func(input, image, uint8s string, raw bool, fp16 float64) {
 					lat, shape := r.Floats(t, input)
 					z := rec.Write(input, lat, shape...)
@@ -293,4 +293,41 @@ func TestImageToRGBA(t *testing.T) {
 	if _, err := ImageToRGBA(px, 3, 2); err == nil {
 		t.Errorf("wrong size: no error")
 	}
+}
+
+// TestVAELegacyAttentionNames loads a VAE whose mid-block attention uses
+// the names of diffusers before 0.14 (query, key, value, proj_attn), as SD
+// 1.5's published VAE still does, and checks it decodes the same.
+func TestVAELegacyAttentionNames(t *testing.T) {
+	const model = "tiny-sd15"
+	r := testref.Open(t, model)
+	var cfg VAEConfig
+	fs := openComponent(t, model, "vae", &cfg)
+	legacy := NewSource("vae")
+	rename := map[string]string{"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
+	const pre = "decoder.mid_block.attentions.0."
+	f := fs.Files[0]
+	for _, name := range f.Names() {
+		key := name
+		for from, to := range rename {
+			if strings.HasPrefix(name, pre+from+".") {
+				key = pre + to + strings.TrimPrefix(name, pre+from)
+			}
+		}
+		legacy.AddTensor(key, f.Tensor(name), "legacy")
+	}
+	v, err := LoadVAEDecoder(legacy, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := ref.New()
+	defer b.Close()
+	rec := engine.NewRec(b)
+	lat, shape := r.Floats(t, "vae.lat8x8.latent")
+	z := rec.Write("z", lat, shape...)
+	img := v.Decode(rec, AllResident{B: b}, z)
+	if err := rec.Err(); err != nil {
+		t.Fatal(err)
+	}
+	checkClose(t, b, img, r, "vae.lat8x8.image", fp16Section(r, "vae_decode", "lat8x8", ""))
 }

@@ -31,7 +31,7 @@ import (
 //
 // Measured on the tiny test VAEs (random weights, N(0,1) latents), PSNR of
 // tiled vs untiled decodes: 256x256 with 24-latent tiles overlapping by 8:
-// 44-50 dB with the statistics pass, 40-41 dB without; 256x384: 37-44 dB vs
+// 44-50 dB with the statistics pass, about 40 dB without; 256x384: 37-44 dB vs
 // 33-38 dB; 16-latent tiles at 256x256: 35 dB vs 32 dB. With the exact
 // whole-image statistics, 16-latent tiles reach 45 dB: the rest of the
 // difference is the statistics, not attention or padding. Smaller tiles
@@ -389,13 +389,43 @@ func smootherstep(t float64) float64 {
 // from 16 to 256) whose decode fits budgetBytes of activations (weights not
 // included), from the decoder's shapes; 16 when even that does not fit.
 func AutoTileSize(budgetBytes int64, cfg *VAEConfig) int {
+	return AutoTileSizeLimit(budgetBytes, 0, cfg)
+}
+
+// AutoTileSizeLimit is AutoTileSize on a device that cannot bind a tensor
+// over maxTensorBytes (Vulkan's maxStorageBufferRange; 0: no limit).
+func AutoTileSizeLimit(budgetBytes, maxTensorBytes int64, cfg *VAEConfig) int {
 	best := 16
 	for s := 16; s <= 256; s += 8 {
-		if VAEDecodeBytes(cfg, 1, s, s) <= budgetBytes {
+		if VAEDecodeBytes(cfg, 1, s, s) <= budgetBytes &&
+			(maxTensorBytes <= 0 || VAEMaxTensorBytes(cfg, 1, s, s) <= maxTensorBytes) {
 			best = s
 		}
 	}
 	return best
+}
+
+// VAEMaxTensorBytes is the largest single activation the decoder allocates
+// for [batch, C, h, w] latents: with block_out_channels (128, 256, 512, 512)
+// the second-to-last block's upsampled output, 256 channels at full
+// resolution (256 MiB at 512x512, over the 128 MiB a Vulkan device may
+// bind as one buffer).
+func VAEMaxTensorBytes(cfg *VAEConfig, batch, h, w int) int64 {
+	c := vaeDefaults(cfg)
+	n := len(c.BlockOutChannels)
+	pixels := int64(batch) * int64(h) * int64(w)
+	big := int64(c.BlockOutChannels[n-1]) * pixels
+	prev := c.BlockOutChannels[n-1]
+	for i := range n {
+		out := c.BlockOutChannels[n-1-i]
+		big = max(big, int64(max(prev, out))*pixels)
+		if i < n-1 {
+			pixels *= 4
+			big = max(big, int64(out)*pixels)
+		}
+		prev = out
+	}
+	return 4 * big
 }
 
 // VAEDecodeBytes estimates the peak device bytes of activations when Decode

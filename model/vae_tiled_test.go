@@ -290,3 +290,49 @@ func TestDecodeTiledFlatMemory(t *testing.T) {
 		prev = s
 	}
 }
+
+// allocSpy records the largest tensor a backend is asked for.
+type allocSpy struct {
+	engine.Backend
+	largest int64
+}
+
+func (s *allocSpy) Alloc(name string, dt engine.DType, shape engine.Shape) (*engine.Tensor, error) {
+	s.largest = max(s.largest, int64(shape.NumElem())*int64(dt.Size()))
+	return s.Backend.Alloc(name, dt, shape)
+}
+
+// TestVAEMaxTensorBytes checks the largest-activation estimate against the
+// allocations of a real decode, its value for the SD VAE at 512x512, and
+// that AutoTileSizeLimit keeps tiles under a binding limit.
+func TestVAEMaxTensorBytes(t *testing.T) {
+	v := loadTestVAE(t, "tiny-sd-turbo")
+	r := ref.New()
+	defer r.Close()
+	spy := &allocSpy{Backend: r}
+	res := AllResident{B: r} // weights are not activations: upload outside the spy
+	for _, bl := range v.Blocks() {
+		if err := res.Need(bl); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec := engine.NewRec(spy)
+	z := rec.Write("z", randLatents(3, 4*8*12), 1, 4, 8, 12)
+	img := v.Decode(rec, res, z)
+	if err := rec.Err(); err != nil {
+		t.Fatal(err)
+	}
+	rec.Free(z, img)
+	if want := VAEMaxTensorBytes(&v.Config, 1, 8, 12); spy.largest != want {
+		t.Errorf("largest allocation %d bytes, VAEMaxTensorBytes %d", spy.largest, want)
+	}
+	sd := &VAEConfig{BlockOutChannels: []int{128, 256, 512, 512}, LayersPerBlock: 2}
+	if got := VAEMaxTensorBytes(sd, 1, 64, 64); got != 256<<20 {
+		t.Errorf("SD VAE at 512x512: largest tensor %d bytes, want 256 MiB", got)
+	}
+	s := AutoTileSizeLimit(1<<40, 128<<20, sd)
+	if VAEMaxTensorBytes(sd, 1, s, s) > 128<<20 || VAEMaxTensorBytes(sd, 1, s+8, s+8) <= 128<<20 {
+		t.Errorf("AutoTileSizeLimit under 128 MiB: %d", s)
+	}
+	t.Logf("SD VAE tile under a 128 MiB binding limit: %d latent pixels", s)
+}
