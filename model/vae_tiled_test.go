@@ -336,3 +336,37 @@ func TestVAEMaxTensorBytes(t *testing.T) {
 	}
 	t.Logf("SD VAE tile under a 128 MiB binding limit: %d latent pixels", s)
 }
+
+// TestDecodeTiledBackends runs the same small tiled decode (statistics pass
+// included: host reads, broadcast multiply-add) on every backend and
+// compares with the reference backend's.
+func TestDecodeTiledBackends(t *testing.T) {
+	v := loadTestVAE(t, "tiny-sdxl-turbo")
+	const h, w = 8, 20
+	opt := TileOptions{Size: 8, Overlap: 2}
+	var want []float32
+	forEachBackend(t, func(t *testing.T, b engine.Backend, res Residency) {
+		rec := engine.NewRec(b)
+		z := rec.Write("z", randLatents(5, 4*h*w), 1, 4, h, w)
+		img := v.DecodeTiled(rec, res, z, opt)
+		if err := rec.Err(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.Read(img)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.Free(z, img)
+		if want == nil {
+			want = got
+			return
+		}
+		// Same bound as against the reference tensors: float32 sums in a
+		// different order.
+		d := testref.Compare(got, want)
+		if d.NonFinite > 0 || d.MaxAbs > 1e-4*(d.MaxRef+1) {
+			t.Errorf("tiled decode vs the reference backend: max |diff| %.3g, %d non-finite", d.MaxAbs, d.NonFinite)
+		}
+		t.Logf("tiled decode vs the reference backend: max |diff| %.3g", d.MaxAbs)
+	})
+}
