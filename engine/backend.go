@@ -135,3 +135,10 @@ type Backend interface {
 	// Copy copies x into dst of the same shape, converting dtypes.
 	Copy(dst, x *Tensor) error
 }
+
+// TensorLimiter is implemented by backends that cannot bind a tensor larger
+// than some size (Vulkan's maxStorageBufferRange: 128 MiB on many GPUs).
+// Callers that can split work (the tiled VAE decoder) size it to fit.
+type TensorLimiter interface {
+	MaxTensorBytes() int64
+}

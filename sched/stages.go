@@ -291,6 +291,15 @@ func (r *runner) decode() error {
 // tileSize returns the VAE tile in latent pixels, or 0 to decode whole.
 func (r *runner) tileSize() int {
 	h, w := r.p.Height/8, r.p.Width/8
+	cfg := &r.m.VAE.Config
+	var limit int64 // largest tensor the device can bind, 0 = none
+	if l, ok := r.b.(engine.TensorLimiter); ok {
+		limit = l.MaxTensorBytes()
+	}
+	room := int64(1) << 62
+	if r.p.Budget > 0 {
+		room = r.p.Budget - BlocksBytes(r.m.VAE.Blocks())
+	}
 	switch r.p.Tiling {
 	case TilingOff:
 		return 0
@@ -298,21 +307,18 @@ func (r *runner) tileSize() int {
 		if r.p.Tile > 0 {
 			return r.p.Tile
 		}
-		return min(64, max(h, w))
+		return min(model.AutoTileSizeLimit(room, limit, cfg), max(h, w))
 	}
 	if r.p.Tile > 0 {
 		return r.p.Tile
 	}
-	// Auto: decode whole when it fits; the untiled decoder's activations grow
-	// with the image while tiles keep them flat.
-	full := r.vaeActivationBytes()
-	if r.p.Budget > 0 && full+BlocksBytes(r.m.VAE.Blocks()) > r.p.Budget {
-		return model.AutoTileSize(r.p.Budget-BlocksBytes(r.m.VAE.Blocks()), &r.m.VAE.Config)
+	// Auto: decode whole when it fits the budget and the device's binding
+	// limit; tiles keep the activations flat at any size.
+	fits := r.vaeActivationBytes() <= room && (limit <= 0 || model.VAEMaxTensorBytes(cfg, 1, h, w) <= limit)
+	if fits {
+		return 0
 	}
-	if h*w > 128*128 { // above 1024x1024 pixels
-		return 64
-	}
-	return 0
+	return model.AutoTileSizeLimit(room, limit, cfg)
 }
 
 func tileOverlap(tile int) int { return max(2, tile/4) }
