@@ -44,13 +44,13 @@ var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF
 var spvConv2dRegF32 []byte
 
 // Conv2dRegF32 is glsl/conv2d_reg.comp with W_T=float, W4_T=vec4.
-var Conv2dRegF32 = &Kernel{Name: "conv2d_reg_f32", SPIRV: spvConv2dRegF32, Bindings: 4, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dRegF32 = &Kernel{Name: "conv2d_reg_f32", SPIRV: spvConv2dRegF32, Bindings: 4, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
 
 //go:embed spv/conv2d_reg_f16.spv
 var spvConv2dRegF16 []byte
 
 // Conv2dRegF16 is glsl/conv2d_reg.comp with W_T=float16_t, W4_T=f16vec4.
-var Conv2dRegF16 = &Kernel{Name: "conv2d_reg_f16", SPIRV: spvConv2dRegF16, Bindings: 4, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dRegF16 = &Kernel{Name: "conv2d_reg_f16", SPIRV: spvConv2dRegF16, Bindings: 4, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
 
 //go:embed spv/conv2d_tile_f32.spv
 var spvConv2dTileF32 []byte

@@ -32,10 +32,20 @@ func (d *Device) newOp(op string) *opCtx {
 	return &opCtx{d: d, op: op, err: d.usable()}
 }
 
+// fail records the first error and frees the temporaries at once: no
+// dispatch of this op will use them.
 func (c *opCtx) fail(err error) {
 	if c.err == nil {
 		c.err = err
 	}
+	c.release()
+}
+
+func (c *opCtx) release() {
+	for _, t := range c.temps {
+		c.d.Free(t)
+	}
+	c.temps = nil
 }
 
 // check records a shape or dtype error.
@@ -159,11 +169,7 @@ func (c *opCtx) out(t *engine.Tensor) {
 
 // run records the dispatch and frees temporaries.
 func (c *opCtx) run(k *kernels.Kernel, spec []uint32, push unsafe.Pointer, pushSize uintptr, groups [3]uint32) error {
-	defer func() {
-		for _, t := range c.temps {
-			c.d.Free(t)
-		}
-	}()
+	defer c.release()
 	if c.err != nil {
 		return c.err
 	}

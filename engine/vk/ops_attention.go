@@ -44,14 +44,21 @@ func (d *Device) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32
 	return c.run(kernels.AttentionScalar, []uint32{wgReg, uint32(dim), 1}, unsafe.Pointer(&p), unsafe.Sizeof(p), groups)
 }
 
-// attentionQB is the queries per invocation: enough to reuse each loaded
-// key and value, few enough to keep q and the accumulators in registers.
+// attentionQB is the queries per invocation: each loaded key and value is
+// reused QB times, but the kernel's unrolled code (QB x D/4 vec4 registers)
+// grows with it, and so does LLVM's compile time on lavapipe. Measured on
+// lavapipe (1024 tokens, GFLOP/s per CPU-second x 2 cores; first-use
+// compile): D=40: QB 4 13.9, 8 18.0 (5 s); D=64: 4 12.3, 8 19.5 (13 s),
+// 16 25.4 (32 s); D=80: 2 7.3, 4 14.1 (12 s), 8 20.6 (20 s); D=160 is not
+// unrolled by the driver (compiles in 0.6 s): 2 5.2, 4 6.8.
 func attentionQB(dim int) int {
 	switch {
 	case dim <= 64:
+		return 8
+	case dim <= 80:
 		return 4
 	case dim <= 128:
 		return 2
 	}
-	return 1
+	return 4
 }

@@ -55,6 +55,16 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 		tiles := ((ow + regTP - 1) / regTP) * oh * ((o + regTO - 1) / regTO)
 		groups = d.groupGrid((tiles+wgReg-1)/wgReg, n)
 	}
-	spec := []uint32{local, uint32(kh), uint32(kw), uint32(p.Stride), uint32(p.Pad)}
+	spec := []uint32{local, uint32(kh), uint32(kw), uint32(p.Stride), uint32(p.Pad), uint32(convCB(kh, kw))}
 	return c.run(kern, spec, unsafe.Pointer(&pp), unsafe.Sizeof(pp), groups)
+}
+
+// convCB is conv2d_reg's input channels per accumulator pass. Measured on
+// lavapipe: one channel for 3x3 (9 taps per pass), four for 1x1; more
+// channels per pass spill more than they save.
+func convCB(kh, kw int) int {
+	if kh*kw >= 4 {
+		return 1
+	}
+	return 4
 }

@@ -254,9 +254,11 @@ func (d *Device) Embedding(dst, table *engine.Tensor, ids []int32) error {
 	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&ids[0])), 4*len(ids)))
 	bd, _, err := c.rawBinding(idt, false)
 	if err != nil {
+		c.fail(err)
 		return err
 	}
 	if err := d.rec.updateBuffer(bd.buf, bd.off, raw); err != nil {
+		c.fail(err)
 		return d.fail(err)
 	}
 	c.in(table)

@@ -14,3 +14,4 @@ layout(constant_id = 1) const uint KH = 3;
 layout(constant_id = 2) const uint KW = 3;
 layout(constant_id = 3) const uint STRIDE = 1;
 layout(constant_id = 4) const uint PAD = 1;
+layout(constant_id = 5) const uint CB = 1; // input channels per block (conv2d_reg)

@@ -55,27 +55,53 @@ void main() {
 		}
 	}
 	int iy0 = int(oy * STRIDE) - int(PAD);
-	for (uint c = 0u; c < p.c; c++) {
-		uint xplane = (n * p.c + c) * p.h * p.w;
-		for (uint ky = 0u; ky < KH; ky++) {
-			int iy = iy0 + int(ky);
-			if (iy < 0 || iy >= int(p.h)) {
-				continue;
+	// Rows outside the image read row 0 and are zeroed by rowok.
+	uint xrowoff[KH];
+	bool rowok[KH];
+	for (uint ky = 0u; ky < KH; ky++) {
+		int iy = iy0 + int(ky);
+		rowok[ky] = iy >= 0 && iy < int(p.h);
+		xrowoff[ky] = uint(clamp(iy, 0, int(p.h) - 1)) * p.w;
+	}
+	for (uint c0 = 0u; c0 < p.c; c0 += CB) {
+		// All the input this tile needs from channels c0..c0+CB-1, then
+		// each accumulator takes its CB*KH*KW taps in one chain: touching
+		// an accumulator once per block keeps spills (llvmpipe has far
+		// fewer registers than TO*TP accumulators) to a minimum. Channels
+		// past C read channel C-1 with zero weights.
+		float seg[CB][KH][SEG];
+		uint wcol[CB];
+		bool chok[CB];
+		for (uint cb = 0u; cb < CB; cb++) {
+			uint c = min(c0 + cb, p.c - 1u);
+			chok[cb] = c0 + cb < p.c;
+			wcol[cb] = c * khw;
+			uint xplane = (n * p.c + c) * p.h * p.w;
+			for (uint ky = 0u; ky < KH; ky++) {
+				for (uint s = 0u; s < SEG; s++) {
+					float v = x[xplane + xrowoff[ky] + xcol[s]];
+					seg[cb][ky][s] = (xok[s] && rowok[ky]) ? v : 0.0;
+				}
 			}
-			uint xrow = xplane + uint(iy) * p.w;
-			float seg[SEG];
-			for (uint s = 0u; s < SEG; s++) {
-				float v = x[xrow + xcol[s]];
-				seg[s] = xok[s] ? v : 0.0;
+		}
+		for (uint i = 0u; i < TO; i++) {
+			float wv[CB][KH * KW];
+			for (uint cb = 0u; cb < CB; cb++) {
+				for (uint t = 0u; t < KH * KW; t++) {
+					float w = float(wt[wrow[i] + wcol[cb] + t]);
+					wv[cb][t] = chok[cb] ? w : 0.0;
+				}
 			}
-			uint woff = c * khw + ky * KW;
-			for (uint kx = 0u; kx < KW; kx++) {
-				for (uint i = 0u; i < TO; i++) {
-					float wv = float(wt[wrow[i] + woff + kx]);
-					for (uint j = 0u; j < TP; j++) {
-						acc[i][j] += wv * seg[j * STRIDE + kx];
+			for (uint j = 0u; j < TP; j++) {
+				float a = acc[i][j];
+				for (uint cb = 0u; cb < CB; cb++) {
+					for (uint ky = 0u; ky < KH; ky++) {
+						for (uint kx = 0u; kx < KW; kx++) {
+							a += wv[cb][ky * KW + kx] * seg[cb][ky][j * STRIDE + kx];
+						}
 					}
 				}
+				acc[i][j] = a;
 			}
 		}
 	}

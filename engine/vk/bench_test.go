@@ -1,0 +1,167 @@
+package vk
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/zimage/zimage/engine"
+)
+
+// Benchmarks at Stable Diffusion shapes. Each iteration records the op and
+// waits for it (Flush), so times include one submit. Pipelines are built
+// before the timer starts; whether Mesa's shader cache was warm does not
+// matter after that.
+
+func benchTensor(b testing.TB, d *Device, name string, dt engine.DType, shape ...int) *engine.Tensor {
+	b.Helper()
+	t, err := d.Alloc(name, dt, shape)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { d.Free(t) })
+	r := rand.New(rand.NewPCG(1, 2))
+	v := make([]float32, t.NumElem())
+	for i := range v {
+		v[i] = r.Float32()*2 - 1
+	}
+	if err := d.Write(t, v); err != nil {
+		b.Fatal(err)
+	}
+	return t
+}
+
+// runBench times op, reporting GFLOP/s for flops per call.
+func runBench(b *testing.B, d *Device, flops float64, op func() error) {
+	b.Helper()
+	if err := op(); err != nil { // warm-up: pipeline creation
+		b.Fatal(err)
+	}
+	if err := d.Flush(); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	cpu0 := processCPU()
+	for i := 0; i < b.N; i++ {
+		if err := op(); err != nil {
+			b.Fatal(err)
+		}
+		if err := d.Flush(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	cpu := processCPU() - cpu0
+	if flops > 0 {
+		b.ReportMetric(flops*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		// On a CPU device (lavapipe) other processes steal cores and inflate
+		// the wall time; the process's CPU time, spread over the cores the
+		// driver uses, estimates the uncontended rate.
+		if d.Info().Type == "cpu" && cpu > 0 {
+			cores := float64(runtime.NumCPU())
+			b.ReportMetric(flops*float64(b.N)/(cpu.Seconds()/cores)/1e9, "cpuGFLOP/s")
+		}
+	}
+}
+
+func BenchmarkMatMul(b *testing.B) {
+	d := device(b)
+	for _, c := range []struct {
+		m, n, k int
+		transB  bool
+		wdt     engine.DType
+	}{
+		{4096, 4096, 320, false, engine.F32}, // attention-sized product, plain B
+		{4096, 4096, 320, true, engine.F32},  // q·kᵀ layout
+		{4096, 4096, 320, true, engine.F16},
+	} {
+		b.Run(fmt.Sprintf("%dx%dx%d_transB=%v_%v", c.m, c.n, c.k, c.transB, c.wdt), func(b *testing.B) {
+			a := benchTensor(b, d, "a", engine.F32, 1, c.m, c.k)
+			bs := []int{1, c.k, c.n}
+			if c.transB {
+				bs = []int{1, c.n, c.k}
+			}
+			bt := benchTensor(b, d, "b", c.wdt, bs...)
+			dst := benchTensor(b, d, "c", engine.F32, 1, c.m, c.n)
+			runBench(b, d, 2*float64(c.m)*float64(c.n)*float64(c.k), func() error {
+				return d.MatMul(dst, a, bt, c.transB, 1)
+			})
+		})
+	}
+}
+
+func BenchmarkLinear(b *testing.B) {
+	d := device(b)
+	for _, c := range []struct{ m, k, n int }{
+		{4096, 320, 320},  // attention projections at 64x64 latents
+		{4096, 320, 2560}, // GEGLU feed-forward up
+		{4096, 1280, 320}, // feed-forward down
+	} {
+		b.Run(fmt.Sprintf("%dx%d_to_%d_F16", c.m, c.k, c.n), func(b *testing.B) {
+			x := benchTensor(b, d, "x", engine.F32, c.m, c.k)
+			w := benchTensor(b, d, "w", engine.F16, c.n, c.k)
+			bias := benchTensor(b, d, "bias", engine.F32, c.n)
+			dst := benchTensor(b, d, "y", engine.F32, c.m, c.n)
+			runBench(b, d, 2*float64(c.m)*float64(c.n)*float64(c.k), func() error {
+				return d.Linear(dst, x, w, bias)
+			})
+		})
+	}
+}
+
+func BenchmarkConv2d(b *testing.B) {
+	d := device(b)
+	for _, c := range []struct{ c, o, hw, k, stride int }{
+		{320, 320, 64, 3, 1}, // UNet down block 0
+		{512, 512, 64, 3, 1}, // VAE decoder mid block
+		{320, 320, 64, 3, 2}, // downsampler
+		{512, 512, 64, 1, 1}, // 1x1 (shortcut-like)
+	} {
+		b.Run(fmt.Sprintf("%dto%d_%dx%d_k%d_s%d_F16", c.c, c.o, c.hw, c.hw, c.k, c.stride), func(b *testing.B) {
+			pad := c.k / 2
+			x := benchTensor(b, d, "x", engine.F32, 1, c.c, c.hw, c.hw)
+			w := benchTensor(b, d, "w", engine.F16, c.o, c.c, c.k, c.k)
+			bias := benchTensor(b, d, "bias", engine.F32, c.o)
+			p := engine.Conv2dParams{Stride: c.stride, Pad: pad}
+			oh := (c.hw+2*pad-c.k)/c.stride + 1
+			dst := benchTensor(b, d, "y", engine.F32, 1, c.o, oh, oh)
+			flops := 2 * float64(c.o*oh*oh) * float64(c.c*c.k*c.k)
+			runBench(b, d, flops, func() error { return d.Conv2d(dst, x, w, bias, p) })
+		})
+	}
+}
+
+func BenchmarkAttention(b *testing.B) {
+	d := device(b)
+	for _, c := range []struct {
+		lq, lk, heads, dim int
+		causal             bool
+	}{
+		{4096, 4096, 5, 64, false}, // SD 1.x/2.x self-attention at 64x64
+		{4096, 77, 5, 64, false},   // cross-attention
+		{1024, 1024, 10, 64, false},
+		{77, 77, 20, 64, true}, // OpenCLIP-H text encoder
+	} {
+		b.Run(fmt.Sprintf("q%d_k%d_h%dx%d_causal=%v", c.lq, c.lk, c.heads, c.dim, c.causal), func(b *testing.B) {
+			q := benchTensor(b, d, "q", engine.F32, 1, c.lq, c.heads*c.dim)
+			k := benchTensor(b, d, "k", engine.F32, 1, c.lk, c.heads*c.dim)
+			v := benchTensor(b, d, "v", engine.F32, 1, c.lk, c.heads*c.dim)
+			dst := benchTensor(b, d, "o", engine.F32, 1, c.lq, c.heads*c.dim)
+			flops := 4 * float64(c.lq) * float64(c.lk) * float64(c.heads*c.dim)
+			runBench(b, d, flops, func() error { return d.Attention(dst, q, k, v, c.heads, 0.125, c.causal) })
+		})
+	}
+}
+
+// processCPU is the user+system CPU time of this process (all threads,
+// lavapipe's workers included).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
