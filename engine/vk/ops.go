@@ -221,7 +221,13 @@ func (d *Device) copyRaw(op string, dst, src *engine.Tensor) error {
 		if err != nil {
 			return err
 		}
-		c.binds = append(c.binds, binding{buf: al.blk.buf, off: al.off, size: al.size, write: i == 1})
+		// Bind from the allocation's (aligned) start to the view's end and
+		// address the view by its element offset.
+		bd := binding{buf: al.blk.buf, off: al.off, size: alignUp(int64(t.Offset+t.NumElem())*int64(t.DType.Size()), 4), write: i == 1}
+		if err := c.bindable(t, bd); err != nil {
+			return err
+		}
+		c.binds = append(c.binds, bd)
 		offs[i] = uint32(t.Offset)
 	}
 	n := src.NumElem()
