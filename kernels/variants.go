@@ -47,13 +47,17 @@ var Variants = []Variant{
 	{"attention_scalar", "attention_scalar.comp", nil},
 
 	{"group_norm", "group_norm.comp", nil},
+	{"group_norm_vec4", "group_norm.comp", []string{"VEC4=1"}},
 	{"layer_norm", "layer_norm.comp", nil},
 	{"softmax", "softmax.comp", nil},
 
 	{"unary", "unary.comp", nil},
+	{"unary_vec4", "unary.comp", []string{"VEC4=1"}},
 	{"geglu", "geglu.comp", nil},
 	{"binary", "binary.comp", nil},
+	{"binary_vec4", "binary.comp", []string{"VEC4=1"}},
 	{"scale", "scale.comp", nil},
+	{"scale_vec4", "scale.comp", []string{"VEC4=1"}},
 	{"upsample2x", "upsample2x.comp", nil},
 	{"concat", "concat.comp", nil},
 	{"permute", "permute.comp", nil},

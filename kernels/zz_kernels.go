@@ -82,6 +82,12 @@ var spvGroupNorm []byte
 // GroupNorm is glsl/group_norm.comp.
 var GroupNorm = &Kernel{Name: "group_norm", SPIRV: spvGroupNorm, Bindings: 4, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
 
+//go:embed spv/group_norm_vec4.spv
+var spvGroupNormVec4 []byte
+
+// GroupNormVec4 is glsl/group_norm.comp with VEC4=1.
+var GroupNormVec4 = &Kernel{Name: "group_norm_vec4", SPIRV: spvGroupNormVec4, Bindings: 4, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
+
 //go:embed spv/layer_norm.spv
 var spvLayerNorm []byte
 
@@ -100,6 +106,12 @@ var spvUnary []byte
 // Unary is glsl/unary.comp.
 var Unary = &Kernel{Name: "unary", SPIRV: spvUnary, Bindings: 2, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
 
+//go:embed spv/unary_vec4.spv
+var spvUnaryVec4 []byte
+
+// UnaryVec4 is glsl/unary.comp with VEC4=1.
+var UnaryVec4 = &Kernel{Name: "unary_vec4", SPIRV: spvUnaryVec4, Bindings: 2, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
+
 //go:embed spv/geglu.spv
 var spvGEGLU []byte
 
@@ -112,11 +124,23 @@ var spvBinary []byte
 // Binary is glsl/binary.comp.
 var Binary = &Kernel{Name: "binary", SPIRV: spvBinary, Bindings: 3, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
 
+//go:embed spv/binary_vec4.spv
+var spvBinaryVec4 []byte
+
+// BinaryVec4 is glsl/binary.comp with VEC4=1.
+var BinaryVec4 = &Kernel{Name: "binary_vec4", SPIRV: spvBinaryVec4, Bindings: 3, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
+
 //go:embed spv/scale.spv
 var spvScale []byte
 
 // Scale is glsl/scale.comp.
 var Scale = &Kernel{Name: "scale", SPIRV: spvScale, Bindings: 2, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
+
+//go:embed spv/scale_vec4.spv
+var spvScaleVec4 []byte
+
+// ScaleVec4 is glsl/scale.comp with VEC4=1.
+var ScaleVec4 = &Kernel{Name: "scale_vec4", SPIRV: spvScaleVec4, Bindings: 2, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
 
 //go:embed spv/upsample2x.spv
 var spvUpsample2x []byte
@@ -187,12 +211,16 @@ var All = []*Kernel{
 	AttentionReg,
 	AttentionScalar,
 	GroupNorm,
+	GroupNormVec4,
 	LayerNorm,
 	Softmax,
 	Unary,
+	UnaryVec4,
 	GEGLU,
 	Binary,
+	BinaryVec4,
 	Scale,
+	ScaleVec4,
 	Upsample2x,
 	Concat,
 	Permute,

@@ -165,3 +165,29 @@ func processCPU() time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkMemoryBound times the bandwidth-bound ops at VAE decoder sizes
+// (GB/s of tensor bytes read and written).
+func BenchmarkMemoryBound(b *testing.B) {
+	d := device(b)
+	for _, s := range []engine.Shape{{1, 512, 64, 64}, {1, 128, 512, 512}} {
+		x := benchTensor(b, d, "x", engine.F32, s...)
+		y := benchTensor(b, d, "y", engine.F32, s...)
+		gamma := benchTensor(b, d, "gamma", engine.F32, s[1])
+		beta := benchTensor(b, d, "beta", engine.F32, s[1])
+		bytes := float64(2 * x.Bytes())
+		for _, c := range []struct {
+			name string
+			op   func() error
+		}{
+			{"GroupNormSiLU", func() error { return d.GroupNorm(y, x, gamma, beta, 32, 1e-6, true) }},
+			{"SiLU", func() error { return d.Unary(y, x, engine.SiLU) }},
+			{"Add", func() error { return d.Binary(y, x, y, engine.Add) }},
+		} {
+			b.Run(fmt.Sprintf("%s_%v", c.name, s), func(b *testing.B) {
+				runBench(b, d, 0, c.op)
+				b.ReportMetric(bytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+			})
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/vulkan-go/vulkan"
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/kernels"
 )
 
 func TestBudget(t *testing.T) {
@@ -157,11 +158,11 @@ func TestProfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(rows) != 1 || rows[0].Kernel != "unary" || rows[0].Dispatches != 3 || rows[0].Total <= 0 {
+	if len(rows) != 1 || rows[0].Kernel != kernels.UnaryVec4.Name || rows[0].Dispatches != 3 || rows[0].Total <= 0 {
 		t.Errorf("profile = %+v, want 3 unary dispatches with time", rows)
 	}
 	var buf bytes.Buffer
-	if err := pd.WriteProfile(&buf); err != nil || !strings.Contains(buf.String(), "unary") {
+	if err := pd.WriteProfile(&buf); err != nil || !strings.Contains(buf.String(), kernels.UnaryVec4.Name) {
 		t.Errorf("WriteProfile: %v\n%s", err, buf.String())
 	}
 	pd.ResetProfile()

@@ -33,8 +33,12 @@ func (d *Device) Unary(dst, x *engine.Tensor, op engine.UnaryOp) error {
 		return c.err
 	}
 	n := x.NumElem()
+	k := kernels.Unary
+	if n%4 == 0 {
+		k, n = kernels.UnaryVec4, n/4
+	}
 	p := kernels.UnaryParams{N: uint32(n), Op: uint32(op)}
-	return c.run(kernels.Unary, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
 }
 
 // GEGLU: x [..., 2N] -> dst [..., N] = x[..., :N] * gelu(x[..., N:]).
@@ -117,11 +121,15 @@ func (d *Device) Binary(dst, a, b *engine.Tensor, op engine.BinaryOp) error {
 		flat |= 2
 	}
 	n := dst.NumElem()
+	k := kernels.Binary
+	if (flat == 3 && n%4 == 0) || ds[3]%4 == 0 {
+		k, n = kernels.BinaryVec4, n/4
+	}
 	p := kernels.BinaryParams{N: uint32(n), Op: uint32(op), Flat: flat,
 		D1: uint32(ds[1]), D2: uint32(ds[2]), D3: uint32(ds[3]),
 		Sa0: sa[0], Sa1: sa[1], Sa2: sa[2], Sa3: sa[3],
 		Sb0: sb[0], Sb1: sb[1], Sb2: sb[2], Sb3: sb[3]}
-	return c.run(kernels.Binary, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
 }
 
 // Scale: dst = alpha*x + beta; dst may be x.
@@ -136,8 +144,12 @@ func (d *Device) Scale(dst, x *engine.Tensor, alpha, beta float32) error {
 		return c.err
 	}
 	n := x.NumElem()
+	k := kernels.Scale
+	if n%4 == 0 {
+		k, n = kernels.ScaleVec4, n/4
+	}
 	p := kernels.ScaleParams{N: uint32(n), Alpha: alpha, Beta: beta}
-	return c.run(kernels.Scale, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
 }
 
 // Upsample2x: nearest-neighbour x [N, C, H, W] -> dst [N, C, 2H, 2W].

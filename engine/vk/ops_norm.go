@@ -38,7 +38,11 @@ func (d *Device) GroupNorm(dst, x, gamma, beta *engine.Tensor, groups int, eps f
 	if silu {
 		p.Silu = 1
 	}
-	return c.run(kernels.GroupNorm, []uint32{wgReduce}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.groupGrid(count, 1))
+	k := kernels.GroupNorm
+	if p.S%4 == 0 {
+		k = kernels.GroupNormVec4
+	}
+	return c.run(k, []uint32{wgReduce}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.groupGrid(count, 1))
 }
 
 // LayerNorm normalises over the last dim; gamma/beta [D].

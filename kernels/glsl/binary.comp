@@ -22,32 +22,57 @@ layout(push_constant) uniform BinaryParams {
 	uint sb2;
 	uint sb3;
 } p;
+// With VEC4 each invocation handles 4 consecutive elements and n counts
+// vec4s; the backend uses it when d3 % 4 == 0 (so the 4 elements share
+// i0..i2) or when both operands are flat. An operand with sa3 == 0 is then
+// one broadcast scalar; otherwise its 4 elements are one aligned vec4.
+#if VEC4
+layout(std430, binding = 0) readonly buffer A { vec4 a[]; };
+layout(std430, binding = 1) readonly buffer B { vec4 b[]; };
+layout(std430, binding = 2) writeonly buffer Y { vec4 y[]; };
+#define VT vec4
+#define ELEM(buf, idx, s3) ((s3) == 0u ? vec4(buf[(idx) / 4u][(idx) % 4u]) : buf[(idx) / 4u])
+#define FIRST (4u * i)
+#else
 layout(std430, binding = 0) readonly buffer A { float a[]; };
 layout(std430, binding = 1) readonly buffer B { float b[]; };
 layout(std430, binding = 2) writeonly buffer Y { float y[]; };
+#define VT float
+#define ELEM(buf, idx, s3) buf[idx]
+#define FIRST i
+#endif
 
 void main() {
 	uint i = flat_id();
 	if (i >= p.n) {
 		return;
 	}
-	uint ia = i, ib = i;
-	if (p.flat_ != 3u) {
-		uint i3 = i % p.d3;
-		uint r = i / p.d3;
+	VT va, vb;
+	if (p.flat_ == 3u) {
+		va = a[i];
+		vb = b[i];
+	} else {
+		uint e = FIRST;
+		uint i3 = e % p.d3;
+		uint r = e / p.d3;
 		uint i2 = r % p.d2;
 		r /= p.d2;
 		uint i1 = r % p.d1;
 		uint i0 = r / p.d1;
-		if ((p.flat_ & 1u) == 0u) {
-			ia = i0 * p.sa0 + i1 * p.sa1 + i2 * p.sa2 + i3 * p.sa3;
+		if ((p.flat_ & 1u) != 0u) {
+			va = a[i];
+		} else {
+			uint ia = i0 * p.sa0 + i1 * p.sa1 + i2 * p.sa2 + i3 * p.sa3;
+			va = ELEM(a, ia, p.sa3);
 		}
-		if ((p.flat_ & 2u) == 0u) {
-			ib = i0 * p.sb0 + i1 * p.sb1 + i2 * p.sb2 + i3 * p.sb3;
+		if ((p.flat_ & 2u) != 0u) {
+			vb = b[i];
+		} else {
+			uint ib = i0 * p.sb0 + i1 * p.sb1 + i2 * p.sb2 + i3 * p.sb3;
+			vb = ELEM(b, ib, p.sb3);
 		}
 	}
-	float va = a[ia], vb = b[ib];
-	float r;
+	VT r;
 	switch (p.op) {
 	case 0: r = va + vb; break;
 	case 1: r = va - vb; break;

@@ -20,13 +20,15 @@ uint flat_group() {
 }
 
 // erf by Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7), enough for float32.
-float erf_approx(float x) {
-	float s = sign(x);
-	float a = abs(x);
-	float t = 1.0 / (1.0 + 0.3275911 * a);
-	float y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a);
-	return s * y;
-}
+#define ERF_APPROX(T) \
+	T erf_approx(T x) { \
+		T a = abs(x); \
+		T t = 1.0 / (1.0 + 0.3275911 * a); \
+		T y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t * exp(-a * a); \
+		return sign(x) * y; \
+	}
+ERF_APPROX(float)
+ERF_APPROX(vec4)
 
 float gelu_erf(float x) { return 0.5 * x * (1.0 + erf_approx(x * 0.70710678118654752)); }
 

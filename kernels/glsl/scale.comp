@@ -7,8 +7,14 @@ layout(push_constant) uniform ScaleParams {
 	float alpha;
 	float beta;
 } p;
+// With VEC4, n counts vec4s.
+#if VEC4
+layout(std430, binding = 0) readonly buffer X { vec4 x[]; };
+layout(std430, binding = 1) writeonly buffer Y { vec4 y[]; };
+#else
 layout(std430, binding = 0) readonly buffer X { float x[]; };
 layout(std430, binding = 1) writeonly buffer Y { float y[]; };
+#endif
 
 void main() {
 	uint i = flat_id();
