@@ -49,6 +49,7 @@ var Variants = []Variant{
 	{"group_norm", "group_norm.comp", nil},
 	{"group_norm_vec4", "group_norm.comp", []string{"VEC4=1"}},
 	{"layer_norm", "layer_norm.comp", nil},
+	{"layer_norm_rows", "layer_norm_rows.comp", nil},
 	{"softmax", "softmax.comp", nil},
 
 	{"unary", "unary.comp", nil},
@@ -59,7 +60,9 @@ var Variants = []Variant{
 	{"scale", "scale.comp", nil},
 	{"scale_vec4", "scale.comp", []string{"VEC4=1"}},
 	{"upsample2x", "upsample2x.comp", nil},
+	{"upsample2x_vec4", "upsample2x.comp", []string{"VEC4=1"}},
 	{"concat", "concat.comp", nil},
+	{"concat_vec4", "concat.comp", []string{"VEC4=1"}},
 	{"permute", "permute.comp", nil},
 	{"embedding_f32", "embedding.comp", f32W},
 	{"embedding_f16", "embedding.comp", f16W},

@@ -94,6 +94,12 @@ var spvLayerNorm []byte
 // LayerNorm is glsl/layer_norm.comp.
 var LayerNorm = &Kernel{Name: "layer_norm", SPIRV: spvLayerNorm, Bindings: 4, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
 
+//go:embed spv/layer_norm_rows.spv
+var spvLayerNormRows []byte
+
+// LayerNormRows is glsl/layer_norm_rows.comp.
+var LayerNormRows = &Kernel{Name: "layer_norm_rows", SPIRV: spvLayerNormRows, Bindings: 4, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
+
 //go:embed spv/softmax.spv
 var spvSoftmax []byte
 
@@ -148,11 +154,23 @@ var spvUpsample2x []byte
 // Upsample2x is glsl/upsample2x.comp.
 var Upsample2x = &Kernel{Name: "upsample2x", SPIRV: spvUpsample2x, Bindings: 2, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
 
+//go:embed spv/upsample2x_vec4.spv
+var spvUpsample2xVec4 []byte
+
+// Upsample2xVec4 is glsl/upsample2x.comp with VEC4=1.
+var Upsample2xVec4 = &Kernel{Name: "upsample2x_vec4", SPIRV: spvUpsample2xVec4, Bindings: 2, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
+
 //go:embed spv/concat.spv
 var spvConcat []byte
 
 // Concat is glsl/concat.comp.
 var Concat = &Kernel{Name: "concat", SPIRV: spvConcat, Bindings: 3, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
+
+//go:embed spv/concat_vec4.spv
+var spvConcatVec4 []byte
+
+// ConcatVec4 is glsl/concat.comp with VEC4=1.
+var ConcatVec4 = &Kernel{Name: "concat_vec4", SPIRV: spvConcatVec4, Bindings: 3, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
 
 //go:embed spv/permute.spv
 var spvPermute []byte
@@ -213,6 +231,7 @@ var All = []*Kernel{
 	GroupNorm,
 	GroupNormVec4,
 	LayerNorm,
+	LayerNormRows,
 	Softmax,
 	Unary,
 	UnaryVec4,
@@ -222,7 +241,9 @@ var All = []*Kernel{
 	Scale,
 	ScaleVec4,
 	Upsample2x,
+	Upsample2xVec4,
 	Concat,
+	ConcatVec4,
 	Permute,
 	EmbeddingF32,
 	EmbeddingF16,

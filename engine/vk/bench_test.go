@@ -191,3 +191,35 @@ func BenchmarkMemoryBound(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkLayout times the data-movement ops at UNet and VAE shapes (GB/s
+// of tensor bytes read and written).
+func BenchmarkLayout(b *testing.B) {
+	d := device(b)
+	x := benchTensor(b, d, "x", engine.F32, 1, 320, 64, 64)
+	xt := benchTensor(b, d, "xt", engine.F32, 1, 64*64, 320)
+	up := benchTensor(b, d, "up", engine.F32, 1, 320, 128, 128)
+	cat := benchTensor(b, d, "cat", engine.F32, 1, 640, 64, 64)
+	g := benchTensor(b, d, "g", engine.F32, 320)
+	bytes := float64(2 * x.Bytes())
+	xt4, err := xt.Reshape(1, 64, 64, 320)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, c := range []struct {
+		name  string
+		bytes float64
+		op    func() error
+	}{
+		{"Permute_NCHW_to_NHWC", bytes, func() error { return d.Permute(xt4, x, []int{0, 2, 3, 1}) }},
+		{"LayerNorm_4096x320", bytes, func() error { return d.LayerNorm(xt, xt, g, g, 1e-5) }},
+		{"Upsample2x_320x64x64", 5 * float64(x.Bytes()), func() error { return d.Upsample2x(up, x) }},
+		{"Concat_320+320x64x64", 2 * bytes, func() error { return d.Concat(cat, x, x) }},
+		{"Copy_F32_320x64x64", bytes, func() error { return d.Copy(xt, xt) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			runBench(b, d, 0, c.op)
+			b.ReportMetric(c.bytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+		})
+	}
+}

@@ -170,8 +170,12 @@ func (d *Device) Upsample2x(dst, x *engine.Tensor) error {
 		return c.err
 	}
 	n := dst.NumElem()
+	k := kernels.Upsample2x
+	if x.Shape[3]%2 == 0 {
+		k, n = kernels.Upsample2xVec4, n/4
+	}
 	p := kernels.Upsample2xParams{N: uint32(n), H: uint32(x.Shape[2]), W: uint32(x.Shape[3])}
-	return c.run(kernels.Upsample2x, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
 }
 
 // Concat joins a [N, Ca, ...] and b [N, Cb, ...] on axis 1.
@@ -194,9 +198,13 @@ func (d *Device) Concat(dst, a, b *engine.Tensor) error {
 	if c.err != nil {
 		return c.err
 	}
-	n := dst.NumElem()
-	p := kernels.ConcatParams{N: uint32(n), Sa: uint32(a.NumElem() / a.Shape[0]), Sb: uint32(b.NumElem() / b.Shape[0])}
-	return c.run(kernels.Concat, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+	n, sa, sb := dst.NumElem(), a.NumElem()/a.Shape[0], b.NumElem()/b.Shape[0]
+	k := kernels.Concat
+	if sa%4 == 0 && sb%4 == 0 {
+		k, n, sa, sb = kernels.ConcatVec4, n/4, sa/4, sb/4
+	}
+	p := kernels.ConcatParams{N: uint32(n), Sa: uint32(sa), Sb: uint32(sb)}
+	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
 }
 
 // Permute: dst dims are x's dims reordered by perm (up to 4 dims).

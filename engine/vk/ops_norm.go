@@ -70,6 +70,10 @@ func (d *Device) LayerNorm(dst, x, gamma, beta *engine.Tensor, eps float32) erro
 	}
 	rows := x.NumElem() / dim
 	p := kernels.LayerNormParams{Rows: uint32(rows), D: uint32(dim), Eps: eps}
+	if d.tuning == TuningCPU && dim%4 == 0 && rows >= 64 {
+		// One invocation per row: no barriers (slow on llvmpipe).
+		return c.run(kernels.LayerNormRows, []uint32{wgReg}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(rows, wgReg))
+	}
 	return c.run(kernels.LayerNorm, []uint32{rowWG(dim)}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.groupGrid(rows, 1))
 }
 

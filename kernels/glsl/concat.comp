@@ -8,9 +8,16 @@ layout(push_constant) uniform ConcatParams {
 	uint sa;
 	uint sb;
 } p;
-layout(std430, binding = 0) readonly buffer A { float a[]; };
-layout(std430, binding = 1) readonly buffer B { float b[]; };
-layout(std430, binding = 2) writeonly buffer Y { float y[]; };
+// With VEC4 every count (n, sa, sb) is in vec4s: used when sa and sb are
+// multiples of 4.
+#if VEC4
+#define VT vec4
+#else
+#define VT float
+#endif
+layout(std430, binding = 0) readonly buffer A { VT a[]; };
+layout(std430, binding = 1) readonly buffer B { VT b[]; };
+layout(std430, binding = 2) writeonly buffer Y { VT y[]; };
 
 void main() {
 	uint i = flat_id();

@@ -8,7 +8,13 @@ layout(push_constant) uniform Upsample2xParams {
 	uint w;
 } p;
 layout(std430, binding = 0) readonly buffer X { float x[]; };
+#if VEC4
+// Each invocation writes 4 outputs (2 inputs, each twice); n counts vec4s
+// and W must be even.
+layout(std430, binding = 1) writeonly buffer Y { vec4 y[]; };
+#else
 layout(std430, binding = 1) writeonly buffer Y { float y[]; };
+#endif
 
 void main() {
 	uint i = flat_id();
@@ -16,9 +22,20 @@ void main() {
 		return;
 	}
 	uint w2 = 2u * p.w;
-	uint ox = i % w2;
-	uint r = i / w2;
+#if VEC4
+	uint e = 4u * i;
+#else
+	uint e = i;
+#endif
+	uint ox = e % w2;
+	uint r = e / w2;
 	uint oy = r % (2u * p.h);
 	uint plane = r / (2u * p.h);
-	y[i] = x[(plane * p.h + oy / 2u) * p.w + ox / 2u];
+	uint src = (plane * p.h + oy / 2u) * p.w + ox / 2u;
+#if VEC4
+	float a = x[src], b = x[src + 1u];
+	y[i] = vec4(a, a, b, b);
+#else
+	y[i] = x[src];
+#endif
 }
