@@ -36,6 +36,12 @@ func (d *Device) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32
 	}
 	if dim%4 == 0 {
 		qb := attentionQB(dim)
+		if d.tuning == TuningGPU {
+			// GPUs keep per-thread arrays in registers: one query per
+			// invocation keeps q and the accumulators there, and the
+			// invocations of a warp read the same key (a broadcast load).
+			qb = 1
+		}
 		tiles := ((lq + qb - 1) / qb) * heads
 		groups := d.groupGrid((tiles+wgReg-1)/wgReg, b)
 		return c.run(kernels.AttentionReg, []uint32{wgReg, uint32(dim), uint32(qb)}, unsafe.Pointer(&p), unsafe.Sizeof(p), groups)
