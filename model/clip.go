@@ -187,7 +187,7 @@ func (m *CLIPText) Encode(rec *engine.Rec, res Residency, ids [][]int32, want CL
 	if !needFinal {
 		layers-- // only hidden_states[-2] is wanted: the last layer is not needed
 	}
-	if !m.need(rec, res, m.blocks[0]) {
+	if !needBlock(rec, res, "text encoder", m.blocks[0]) {
 		return nil
 	}
 	x := m.embed(rec, ids, bsz, seq) // [B, L, D]
@@ -197,7 +197,7 @@ func (m *CLIPText) Encode(rec *engine.Rec, res Residency, ids [][]int32, want CL
 
 	out := &CLIPOutput{}
 	for i := range layers {
-		if !m.need(rec, res, m.blocks[1+i]) {
+		if !needBlock(rec, res, "text encoder", m.blocks[1+i]) {
 			break
 		}
 		if i == len(m.Layers)-1 && want.Penultimate {
@@ -220,7 +220,7 @@ func (m *CLIPText) Encode(rec *engine.Rec, res Residency, ids [][]int32, want CL
 		return out
 	}
 
-	if !m.need(rec, res, m.blocks[len(m.blocks)-1]) {
+	if !needBlock(rec, res, "text encoder", m.blocks[len(m.blocks)-1]) {
 		rec.Free(x)
 		out.Free(rec)
 		return nil
@@ -287,17 +287,6 @@ func (m *CLIPText) embed(rec *engine.Rec, ids [][]int32, bsz, seq int) *engine.T
 		return nil
 	}
 	return x
-}
-
-func (m *CLIPText) need(rec *engine.Rec, res Residency, bl *Block) bool {
-	if rec.Err() != nil {
-		return false
-	}
-	if err := res.Need(bl); err != nil {
-		rec.Fail(fmt.Errorf("model: text encoder block %s: %w", bl.Name, err))
-		return false
-	}
-	return true
 }
 
 func (m *CLIPText) checkIDs(ids [][]int32) (bsz, seq int, err error) {

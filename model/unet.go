@@ -359,18 +359,6 @@ func (u *UNet) Bytes() int64 {
 // map (2^number of downsamplers).
 func (u *UNet) Downsampling() int { return 1 << u.downsamples }
 
-// unetNeed makes a block resident, recording a failure in rec.
-func unetNeed(rec *engine.Rec, res Residency, b *Block) bool {
-	if rec.Err() != nil {
-		return false
-	}
-	if err := res.Need(b); err != nil {
-		rec.Fail(fmt.Errorf("model: unet block %s: %w", b.Name, err))
-		return false
-	}
-	return true
-}
-
 // Forward predicts the noise (or v) for latents x [B, in_channels, h, w] at
 // timestep, given context [B, L, cross_attention_dim] (B = 2 for
 // classifier-free guidance: uncond and cond rows in one call). added is
@@ -397,7 +385,7 @@ func (u *UNet) Forward(rec *engine.Rec, res Residency, x *engine.Tensor, timeste
 			Want: fmt.Sprintf("[%d, L, %d]", b, u.crossDim)})
 	}
 
-	if !unetNeed(rec, res, u.headBlock) {
+	if !needBlock(rec, res, "unet", u.headBlock) {
 		return nil
 	}
 	emb := u.timeEmbedding(rec, b, timestep, added) // [B, 4*ch0], already through SiLU
@@ -434,7 +422,7 @@ func (u *UNet) Forward(rec *engine.Rec, res Residency, x *engine.Tensor, timeste
 		}
 	}
 
-	if !unetNeed(rec, res, u.tailBlock) {
+	if !needBlock(rec, res, "unet", u.tailBlock) {
 		rec.Free(h)
 		return nil
 	}

@@ -49,7 +49,7 @@ func loadUNetResnet(w *Weights, in, out, temb int, a unetAttnArgs) *UNetResnet {
 
 // Forward: x [B, in, H, W], temb = SiLU(time embedding) [B, T] -> [B, out, H, W].
 func (r *UNetResnet) Forward(rec *engine.Rec, res Residency, x, temb *engine.Tensor) *engine.Tensor {
-	if !unetNeed(rec, res, r.block) {
+	if !needBlock(rec, res, "unet", r.block) {
 		return nil
 	}
 	n := r.Norm1.Forward(rec, x, true) // [B, in, H, W]
@@ -122,7 +122,7 @@ func (t *UNetTransformer) proj(rec *engine.Rec, l *Linear, x *engine.Tensor) *en
 
 // Forward: x [B, C, H, W], context [B, L, crossDim] -> [B, C, H, W].
 func (t *UNetTransformer) Forward(rec *engine.Rec, res Residency, x, context *engine.Tensor) *engine.Tensor {
-	if !unetNeed(rec, res, t.inBlock) {
+	if !needBlock(rec, res, "unet", t.inBlock) {
 		return nil
 	}
 	b, c, hh, ww := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
@@ -132,13 +132,13 @@ func (t *UNetTransformer) Forward(rec *engine.Rec, res Residency, x, context *en
 	h := t.proj(rec, t.ProjIn, rec.Reshape(tok, b, hh*ww, c)) // [B, HW, C]
 	rec.Free(tok)
 	for _, tb := range t.TransformerBlocks {
-		if !unetNeed(rec, res, tb.block) {
+		if !needBlock(rec, res, "unet", tb.block) {
 			rec.Free(h)
 			return nil
 		}
 		tb.Forward(rec, h, context) // updates h in place
 	}
-	if !unetNeed(rec, res, t.outBlock) {
+	if !needBlock(rec, res, "unet", t.outBlock) {
 		rec.Free(h)
 		return nil
 	}
@@ -266,7 +266,7 @@ func loadUNetSampler(w *Weights, ch, stride int) *UNetSampler {
 
 // Downsample: x [B, C, H, W] -> [B, C, ceil(H/2), ceil(W/2)].
 func (s *UNetSampler) Downsample(rec *engine.Rec, res Residency, x *engine.Tensor) *engine.Tensor {
-	if !unetNeed(rec, res, s.block) {
+	if !needBlock(rec, res, "unet", s.block) {
 		return nil
 	}
 	return s.Conv.Forward(rec, x)
@@ -274,7 +274,7 @@ func (s *UNetSampler) Downsample(rec *engine.Rec, res Residency, x *engine.Tenso
 
 // Upsample: x [B, C, H, W] -> [B, C, size] (size zero: 2H x 2W); frees x.
 func (s *UNetSampler) Upsample(rec *engine.Rec, res Residency, x *engine.Tensor, size [2]int) *engine.Tensor {
-	if !unetNeed(rec, res, s.block) {
+	if !needBlock(rec, res, "unet", s.block) {
 		rec.Free(x)
 		return nil
 	}

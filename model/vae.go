@@ -231,7 +231,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		}
 		return rec.Fail(fmt.Errorf("model: VAE decode: latents are %s, want [B, %d, h, w]", got, v.Config.LatentChannels))
 	}
-	if !v.need(rec, res, v.blocks[0]) {
+	if !needBlock(rec, res, "VAE", v.blocks[0]) {
 		return nil
 	}
 	x := z
@@ -254,7 +254,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		rec.Free(x)
 	}
 
-	if !v.need(rec, res, v.blocks[1]) {
+	if !needBlock(rec, res, "VAE", v.blocks[1]) {
 		rec.Free(h)
 		return nil
 	}
@@ -266,7 +266,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 	h = mb.Resnets[1].forward(rec, h, tn)
 
 	for i, ub := range v.UpBlocks {
-		if !v.need(rec, res, v.blocks[2+i]) {
+		if !needBlock(rec, res, "VAE", v.blocks[2+i]) {
 			rec.Free(h)
 			return nil
 		}
@@ -281,7 +281,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		}
 	}
 
-	if !v.need(rec, res, v.blocks[len(v.blocks)-1]) {
+	if !needBlock(rec, res, "VAE", v.blocks[len(v.blocks)-1]) {
 		rec.Free(h)
 		return nil
 	}
@@ -294,17 +294,6 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		return nil
 	}
 	return img
-}
-
-func (v *VAEDecoder) need(rec *engine.Rec, res Residency, bl *Block) bool {
-	if rec.Err() != nil {
-		return false
-	}
-	if err := res.Need(bl); err != nil {
-		rec.Fail(fmt.Errorf("model: VAE block %s: %w", bl.Name, err))
-		return false
-	}
-	return true
 }
 
 // forward consumes x [B, in, H, W] and returns [B, out, H, W].

@@ -274,6 +274,19 @@ type Residency interface {
 	Need(b *Block) error
 }
 
+// needBlock makes bl resident through res unless rec already failed; a
+// failure is recorded in rec, naming the network and the block.
+func needBlock(rec *engine.Rec, res Residency, network string, bl *Block) bool {
+	if rec.Err() != nil {
+		return false
+	}
+	if err := res.Need(bl); err != nil {
+		rec.Fail(fmt.Errorf("model: %s block %s: %w", network, bl.Name, err))
+		return false
+	}
+	return true
+}
+
 // AllResident keeps every block it was asked for on the device.
 type AllResident struct{ B engine.Backend }
 
