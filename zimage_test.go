@@ -3,7 +3,6 @@ package zimage_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"image"
@@ -49,33 +48,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-type run struct {
-	ID             string  `json:"id"`
-	Prompt         string  `json:"prompt"`
-	NegativePrompt *string `json:"negative_prompt"`
-	Steps          int     `json:"num_inference_steps"`
-	Guidance       float64 `json:"guidance_scale"`
-	Height, Width  int
-	PNG            struct{ FP32, FP16 string }
-}
-
-func runs(t *testing.T, r *testref.Refs) []run {
-	b, err := json.Marshal(r.JSON["runs"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []run
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func request(dir string, rn run) zimage.Request {
+func request(r *testref.Refs, rn testref.Run) zimage.Request {
 	g := rn.Guidance
 	req := zimage.Request{
 		Prompt: rn.Prompt, Width: rn.Width, Height: rn.Height, Steps: rn.Steps, Guidance: &g,
-		NoiseFile: filepath.Join(dir, "noise", rn.ID+".safetensors"),
+		NoiseFile: r.NoiseFile(rn),
 	}
 	if rn.NegativePrompt != nil {
 		req.NegativePrompt = *rn.NegativePrompt
@@ -144,11 +121,11 @@ func TestGenerateMatchesReference(t *testing.T) {
 						t.Fatal(err)
 					}
 					defer p.Close()
-					for _, rn := range runs(t, r) {
+					for _, rn := range r.Runs(t) {
 						if testing.Short() && rn.Steps > 1 {
 							continue
 						}
-						res, err := p.Generate(context.Background(), request(r.Dir, rn))
+						res, err := p.Generate(context.Background(), request(r, rn))
 						if err != nil {
 							t.Fatalf("%s: %v", rn.ID, err)
 						}

@@ -37,7 +37,7 @@ func MatMulShape(a, b *Tensor, transB bool) (Shape, error) {
 func Conv2dShape(x, w *Tensor, p Conv2dParams) (Shape, error) {
 	if len(x.Shape) != 4 || len(w.Shape) != 4 || x.Shape[1] != w.Shape[1] || p.Stride < 1 || p.Pad < 0 {
 		return nil, &ShapeError{Op: "conv2d", Tensor: x.Name + " * " + w.Name,
-			Got: fmt.Sprintf("%v * %v stride %d pad %d", x.Shape, w.Shape, p.Stride, p.Pad),
+			Got:  fmt.Sprintf("%v * %v stride %d pad %d", x.Shape, w.Shape, p.Stride, p.Pad),
 			Want: "[N, C, H, W] * [O, C, KH, KW], stride >= 1, pad >= 0"}
 	}
 	oh := (x.Shape[2]+2*p.Pad-w.Shape[2])/p.Stride + 1

@@ -2,7 +2,6 @@ package sched
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -44,25 +43,7 @@ func loadModels(t *testing.T, dir string) *Models {
 	return m
 }
 
-type refRun struct {
-	ID             string  `json:"id"`
-	Prompt         string  `json:"prompt"`
-	NegativePrompt *string `json:"negative_prompt"`
-	Steps          int     `json:"num_inference_steps"`
-	Guidance       float64 `json:"guidance_scale"`
-	Height, Width  int
-}
-
-func refRuns(t *testing.T, r *testref.Refs) []refRun {
-	b, _ := json.Marshal(r.JSON["runs"])
-	var out []refRun
-	if err := json.Unmarshal(b, &out); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-func paramsFor(t *testing.T, dir string, rn refRun) Params {
+func paramsFor(t *testing.T, dir string, rn testref.Run) Params {
 	t.Helper()
 	noise, err := LoadNoise(filepath.Join(dir, "noise", rn.ID+".safetensors"))
 	if err != nil {
@@ -86,7 +67,7 @@ func TestRunStepLatents(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			r := testref.Open(t, name)
 			m := loadModels(t, r.Dir)
-			for _, rn := range refRuns(t, r) {
+			for _, rn := range r.Runs(t) {
 				if testing.Short() && rn.Steps > 1 {
 					continue
 				}
@@ -122,8 +103,8 @@ func TestRunStepLatents(t *testing.T) {
 func TestOffloadBitIdentical(t *testing.T) {
 	r := testref.Open(t, "tiny-sdxl-turbo")
 	m := loadModels(t, r.Dir)
-	var rn refRun
-	for _, x := range refRuns(t, r) {
+	var rn testref.Run
+	for _, x := range r.Runs(t) {
 		if x.ID == "s4_g7.5_64x64" {
 			rn = x
 		}
@@ -168,7 +149,7 @@ func TestOffloadBitIdentical(t *testing.T) {
 func TestImpossibleBudgetFailsUpFront(t *testing.T) {
 	r := testref.Open(t, "tiny-sd-turbo")
 	m := loadModels(t, r.Dir)
-	p := paramsFor(t, r.Dir, refRuns(t, r)[0])
+	p := paramsFor(t, r.Dir, r.Runs(t)[0])
 	p.Offload, p.Budget = OffloadLayer, 4096
 	b := ref.New(ref.WithBudget(p.Budget))
 	_, err := Run(context.Background(), b, m, p)
@@ -184,8 +165,8 @@ func TestImpossibleBudgetFailsUpFront(t *testing.T) {
 func TestCancelBetweenSteps(t *testing.T) {
 	r := testref.Open(t, "tiny-sd15")
 	m := loadModels(t, r.Dir)
-	var rn refRun
-	for _, x := range refRuns(t, r) {
+	var rn testref.Run
+	for _, x := range r.Runs(t) {
 		if x.Steps > 1 {
 			rn = x
 		}

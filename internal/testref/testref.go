@@ -166,3 +166,38 @@ func (r *Refs) Fp16Bound(name string) float64 {
 	}
 	return 0
 }
+
+// Run is one whole-pipeline run recorded in refs.json["runs"].
+type Run struct {
+	ID             string  `json:"id"`
+	Prompt         string  `json:"prompt"`
+	NegativePrompt *string `json:"negative_prompt"` // nil: none given
+	Steps          int     `json:"num_inference_steps"`
+	Guidance       float64 `json:"guidance_scale"`
+	Height         int     `json:"height"`
+	Width          int     `json:"width"`
+	PNG            struct {
+		FP32 string `json:"fp32"`
+		FP16 string `json:"fp16"`
+	} `json:"png"`
+}
+
+// Runs lists the model's reference runs.
+func (r *Refs) Runs(t testing.TB) []Run {
+	t.Helper()
+	b, err := json.Marshal(r.JSON["runs"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []Run
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatalf("refs.json runs: %v", err)
+	}
+	return out
+}
+
+// NoiseFile is the explicit-noise file of a run (latents and per-step
+// draws), as zimage's --noise reads it.
+func (r *Refs) NoiseFile(run Run) string {
+	return filepath.Join(r.Dir, "noise", run.ID+".safetensors")
+}
