@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/zimage/zimage/engine"
@@ -189,3 +190,30 @@ func TestCancelBetweenSteps(t *testing.T) {
 }
 
 var _ engine.Backend = (*ref.Backend)(nil)
+
+// TestLongPrompts: a prompt over 75 tokens is truncated (and says how much)
+// by default, and encoded whole in several 77-token windows on request.
+func TestLongPrompts(t *testing.T) {
+	r := testref.Open(t, "tiny-sd15")
+	m := loadModels(t, r.Dir)
+	long := strings.Repeat("a very detailed painting of a lighthouse, ", 12) // about 100 tokens
+	p := Params{Prompt: long, NegativePrompt: "blurry", Width: 64, Height: 64, Steps: 1, Guidance: 5, Batch: 1, Seed: 7}
+	short, err := Run(context.Background(), ref.New(), m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if short.Truncated[0] < 20 {
+		t.Fatalf("truncated %d tokens, want the ~25 beyond the window", short.Truncated[0])
+	}
+	p.LongPrompts = true
+	whole, err := Run(context.Background(), ref.New(), m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if whole.Truncated[0] != 0 {
+		t.Errorf("long-prompt mode still truncated %d tokens", whole.Truncated[0])
+	}
+	if string(whole.Images[0].Pix) == string(short.Images[0].Pix) {
+		t.Error("the dropped tokens changed nothing: long-prompt mode did not use them")
+	}
+}
