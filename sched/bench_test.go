@@ -2,80 +2,43 @@ package sched
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model"
-	"github.com/zimage/zimage/model/tokenizer"
 )
 
-// syntheticModels builds a full-size pipeline from a real model's configs
-// (../shared/real_configs) with seeded random F16 weights: the cost of a
-// real run without downloading one. Text encoders use zimage's byte-level
-// vocabulary (token ids < 514 index the real-size embedding table).
+// syntheticModels writes (once, into $TMPDIR/zimage-bench-<name>) a
+// full-size model from a real model's configs (../shared/real_configs) with
+// seeded random F16 weights, and loads it from disk as a user's model would
+// be: memory-mapped, uploaded from the mapping. Text encoders use zimage's
+// byte-level vocabulary, so their embedding tables are smaller than the
+// real ones (514 rows instead of 49408).
 func syntheticModels(b *testing.B, name string) *Models {
 	root, ok := testref.Root()
-	dir := filepath.Join(root, "..", "real_configs", "reconstructed", name)
-	if _, err := os.Stat(dir); !ok || err != nil {
-		b.Skipf("real configs not found at %s", dir)
+	cfg := filepath.Join(root, "..", "real_configs", "reconstructed", name)
+	if _, err := os.Stat(cfg); !ok || err != nil {
+		b.Skipf("real configs not found at %s", cfg)
 	}
-	read := func(rel string, v any) {
-		data, err := os.ReadFile(filepath.Join(dir, rel))
-		if err != nil {
+	dir := filepath.Join(os.TempDir(), "zimage-bench-"+name)
+	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err != nil {
+		arch := "sd-turbo"
+		if strings.Contains(name, "sdxl") {
+			arch = "sdxl-turbo"
+		}
+		b.Logf("writing a synthetic %s model to %s (kept for later runs)", name, dir)
+		if err := model.WriteSyntheticModel(dir, model.SyntheticSpec{Arch: arch, ConfigDir: cfg, Seed: 1}); err != nil {
+			os.RemoveAll(dir)
 			b.Fatal(err)
 		}
-		if err := json.Unmarshal(data, v); err != nil {
-			b.Fatalf("%s: %v", rel, err)
-		}
 	}
-	var idx model.ModelIndex
-	read("model_index.json", &idx)
-	m := &Models{Scheduler: &model.SchedulerConfig{}, ForceZerosForEmptyPrompt: idx.ForceZerosForEmptyPrompt}
-	read("scheduler/scheduler_config.json", m.Scheduler)
-	encoders := []string{"text_encoder"}
-	if _, ok := idx.Components["text_encoder_2"]; ok {
-		encoders = append(encoders, "text_encoder_2")
-		m.SDXL = true
-	}
-	for i, enc := range encoders {
-		var cfg model.CLIPTextConfig
-		read(enc+"/config.json", &cfg)
-		pad := "<|endoftext|>"
-		if i == 1 || !m.SDXL {
-			pad = "!" // the OpenCLIP tokenizers
-		}
-		tdir := b.TempDir()
-		if _, err := tokenizer.WriteByteLevel(tdir, pad); err != nil {
-			b.Fatal(err)
-		}
-		tok, err := tokenizer.Load(tdir)
-		if err != nil {
-			b.Fatal(err)
-		}
-		net, err := model.LoadCLIPText(model.NewSyntheticSource(enc, 1), &cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		m.Encoders = append(m.Encoders, TextEncoder{Tokenizer: tok, Net: net})
-	}
-	var ucfg model.UNetConfig
-	read("unet/config.json", &ucfg)
-	var err error
-	if m.UNet, err = model.LoadUNet(model.NewSyntheticSource("unet", 1), &ucfg); err != nil {
-		b.Fatal(err)
-	}
-	var vcfg model.VAEConfig
-	read("vae/config.json", &vcfg)
-	if m.VAE, err = model.LoadVAEDecoder(model.NewSyntheticSource("vae", 1), &vcfg); err != nil {
-		b.Fatal(err)
-	}
-	return m
+	return loadModels(b, dir)
 }
 
 // BenchmarkPipeline runs a whole one-step generation of the full-size

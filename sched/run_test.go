@@ -16,7 +16,7 @@ import (
 )
 
 // loadModels opens a reference model folder as the runner sees it.
-func loadModels(t *testing.T, dir string) *Models {
+func loadModels(t testing.TB, dir string) *Models {
 	t.Helper()
 	ck, err := model.OpenCheckpoint(dir, model.OpenOptions{})
 	if err != nil {
