@@ -43,6 +43,13 @@ var Variants = []Variant{
 	{"conv2d_tile_f32", "conv2d_tile.comp", f32W},
 	{"conv2d_tile_f16", "conv2d_tile.comp", f16W},
 
+	// Winograd F(4x4, 3x3) transforms around matmul_reg for 3x3 stride-1
+	// convs (engine/vk/ops_winograd.go).
+	{"winograd_weights_f32", "winograd_weights.comp", f32W},
+	{"winograd_weights_f16", "winograd_weights.comp", f16W},
+	{"winograd_input", "winograd_input.comp", nil},
+	{"winograd_output", "winograd_output.comp", nil},
+
 	{"attention_reg", "attention_reg.comp", nil},
 	{"attention_scalar", "attention_scalar.comp", nil},
 

@@ -64,6 +64,30 @@ var spvConv2dTileF16 []byte
 // Conv2dTileF16 is glsl/conv2d_tile.comp with W_T=float16_t, W4_T=f16vec4.
 var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bindings: 4, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
+//go:embed spv/winograd_weights_f32.spv
+var spvWinogradWeightsF32 []byte
+
+// WinogradWeightsF32 is glsl/winograd_weights.comp with W_T=float, W4_T=vec4.
+var WinogradWeightsF32 = &Kernel{Name: "winograd_weights_f32", SPIRV: spvWinogradWeightsF32, Bindings: 2, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/winograd_weights_f16.spv
+var spvWinogradWeightsF16 []byte
+
+// WinogradWeightsF16 is glsl/winograd_weights.comp with W_T=float16_t, W4_T=f16vec4.
+var WinogradWeightsF16 = &Kernel{Name: "winograd_weights_f16", SPIRV: spvWinogradWeightsF16, Bindings: 2, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/winograd_input.spv
+var spvWinogradInput []byte
+
+// WinogradInput is glsl/winograd_input.comp.
+var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/winograd_output.spv
+var spvWinogradOutput []byte
+
+// WinogradOutput is glsl/winograd_output.comp.
+var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+
 //go:embed spv/attention_reg.spv
 var spvAttentionReg []byte
 
@@ -226,6 +250,10 @@ var All = []*Kernel{
 	Conv2dRegF16,
 	Conv2dTileF32,
 	Conv2dTileF16,
+	WinogradWeightsF32,
+	WinogradWeightsF16,
+	WinogradInput,
+	WinogradOutput,
 	AttentionReg,
 	AttentionScalar,
 	GroupNorm,
@@ -383,4 +411,22 @@ type Upsample2xParams struct {
 	N uint32
 	H uint32
 	W uint32
+}
+
+// WinogradParams is the push_constant block WinogradParams (std430: 4-byte members, no padding).
+type WinogradParams struct {
+	C       uint32
+	H       uint32
+	W       uint32
+	O       uint32
+	Oh      uint32
+	Ow      uint32
+	Cp4     uint32
+	Op4     uint32
+	Th      uint32
+	Tw      uint32
+	T0      uint32
+	Tn      uint32
+	Pad     uint32
+	HasBias uint32
 }

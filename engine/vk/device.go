@@ -56,6 +56,9 @@ type Options struct {
 	Profile bool
 	// Tuning forces a kernel family (tests use it to cover every variant).
 	Tuning Tuning
+	// Conv forces the 3x3 stride-1 convolution algorithm (ConvAuto picks
+	// Winograd from the shape).
+	Conv ConvAlgo
 	// MaxBatch is the number of dispatches recorded before a batch is
 	// submitted without waiting; 0 = 512.
 	MaxBatch int

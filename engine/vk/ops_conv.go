@@ -12,7 +12,8 @@ import (
 const regTO, regTP = 16, 16
 
 // Conv2d: x [N, C, H, W], w [O, C, KH, KW], bias [O] or nil ->
-// dst [N, O, OH, OW], as an implicit GEMM (no im2col buffer).
+// dst [N, O, OH, OW], as an implicit GEMM (no im2col buffer), or for 3x3
+// stride-1 convs through Winograd (ops_winograd.go, Options.Conv).
 func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) error {
 	if dst == nil || x == nil || w == nil {
 		return fmt.Errorf("vk: conv2d: nil tensor")
@@ -41,6 +42,12 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	n, ch, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
 	kh, kw := w.Shape[2], w.Shape[3]
 	oh, ow := s[2], s[3]
+	if kh == 3 && kw == 3 && p.Stride == 1 && d.opts.Conv != ConvDirect &&
+		(d.opts.Conv == ConvWinograd || d.winogradAuto(ch, o, oh, ow)) {
+		if ok, err := d.conv2dWinograd(c, w.DType, n, ch, h, wd, o, oh, ow, p.Pad, hasBias); ok || err != nil {
+			return err
+		}
+	}
 	pp := kernels.Conv2dParams{C: uint32(ch), H: uint32(h), W: uint32(wd), O: uint32(o),
 		Oh: uint32(oh), Ow: uint32(ow), HasBias: hasBias}
 	var kern *kernels.Kernel

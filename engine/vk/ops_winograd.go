@@ -1,0 +1,153 @@
+package vk
+
+import (
+	"errors"
+	"fmt"
+	"unsafe"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/kernels"
+)
+
+// ConvAlgo selects how 3x3 stride-1 convolutions run.
+type ConvAlgo int
+
+const (
+	// ConvAuto uses Winograd where the shape repays it (register-blocked
+	// tuning, enough channels and pixels) and the direct kernel elsewhere.
+	ConvAuto ConvAlgo = iota
+	// ConvDirect always uses the implicit-GEMM kernel.
+	ConvDirect
+	// ConvWinograd uses Winograd for every 3x3 stride-1 conv whose scratch
+	// fits (tests use it to cover small shapes).
+	ConvWinograd
+)
+
+func (a ConvAlgo) String() string {
+	switch a {
+	case ConvDirect:
+		return "direct"
+	case ConvWinograd:
+		return "winograd"
+	}
+	return "auto"
+}
+
+// Winograd F(4x4, 3x3) (kernels/glsl/winograd.glsl): each 4x4 output tile
+// costs 36 multiply-adds per input channel instead of 144. The transformed
+// input V and the products M are chunked over tiles so that each scratch
+// buffer stays under winoChunkBytes (and the binding limit): measured on
+// lavapipe, a chunk that stays in the CPU's caches between the input
+// transform and the matmul is faster than one pass over all tiles.
+const (
+	winoChunkBytes = 16 << 20
+	winoTile       = 4  // outputs per tile side
+	winoPos        = 36 // positions a of the 6x6 transformed tile
+)
+
+// winogradAuto reports whether ConvAuto picks Winograd for a 3x3 stride-1
+// conv with c input and o output channels on an oh x ow output. Measured
+// on lavapipe: the transforms cost about as much as a matmul with 16-32
+// channels, and small maps leave too few tiles to fill the matmul.
+func (d *Device) winogradAuto(c, o, oh, ow int) bool {
+	return d.tuning == TuningCPU && c >= 32 && o >= 32 && oh*ow >= 16*16
+}
+
+// conv2dWinograd records the conv of Conv2d's bound operands c.binds
+// (x, w, bias, dst) through Winograd. It returns false, having recorded
+// nothing, when the scratch does not fit the budget or the binding limit;
+// the caller then runs the direct kernel.
+func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh, ow, pad int, hasBias uint32) (bool, error) {
+	cp4, op4 := (ch+3)/4, (o+3)/4
+	cp, op := 4*cp4, 4*op4
+	th, tw := (oh+winoTile-1)/winoTile, (ow+winoTile-1)/winoTile
+	tiles := n * th * tw
+	limit := int64(1) << 31
+	if r := d.info.MaxStorageBufferRange; r > 0 {
+		limit = r
+	}
+	uBytes := int64(winoPos) * int64(op) * int64(cp) * 4
+	perTile := int64(winoPos) * int64(max(cp, op)) * 4
+	tn := int(min(min(limit, winoChunkBytes)/perTile, int64(tiles)))
+	if uBytes > limit || tn < 1 {
+		return false, nil
+	}
+	var scratch []*engine.Tensor
+	defer func() {
+		for _, t := range scratch {
+			d.Free(t)
+		}
+	}()
+	alloc := func(name string, elems int) (binding, error) {
+		t, err := d.Alloc(c.op+"."+name, engine.F32, engine.Shape{elems})
+		if err != nil {
+			return binding{}, err
+		}
+		scratch = append(scratch, t)
+		bd, _, err := c.rawBinding(t, false)
+		return bd, err
+	}
+	ub, err := alloc("winograd_u", winoPos*op*cp)
+	if err == nil {
+		var vb, mb binding
+		if vb, err = alloc("winograd_v", winoPos*tn*cp); err == nil {
+			mb, err = alloc("winograd_m", winoPos*tn*op)
+		}
+		if err == nil {
+			return true, d.recordWinograd(c, wdt, ub, vb, mb, kernels.WinogradParams{C: uint32(ch), H: uint32(h),
+				W: uint32(wd), O: uint32(o), Oh: uint32(oh), Ow: uint32(ow), Cp4: uint32(cp4), Op4: uint32(op4),
+				Th: uint32(th), Tw: uint32(tw), Tn: uint32(tn), Pad: uint32(pad), HasBias: hasBias}, tiles)
+		}
+	}
+	var be *BudgetError
+	var re *RangeError
+	if errors.As(err, &be) || errors.As(err, &re) {
+		return false, nil
+	}
+	c.release()
+	return false, err
+}
+
+// recordWinograd records the weight transform into ub, then per chunk of
+// pp.Tn tiles the input transform into vb, the 36 matmuls into mb and the
+// output transform into dst.
+func (d *Device) recordWinograd(c *opCtx, wdt engine.DType, ub, vb, mb binding, pp kernels.WinogradParams, tiles int) error {
+	defer c.release()
+	xb, wb, bb, yb := c.binds[0], c.binds[1], c.binds[2], c.binds[3]
+	wr := func(bd binding) binding { bd.write = true; return bd }
+	dispatch := func(k *kernels.Kernel, p kernels.WinogradParams, n int, binds ...binding) error {
+		if err := d.rec.dispatch(k, []uint32{wgReg}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgReg), binds); err != nil {
+			return d.fail(fmt.Errorf("vk: %s: %w", c.op, err))
+		}
+		return nil
+	}
+	cp, op := int(4*pp.Cp4), int(4*pp.Op4)
+	if err := dispatch(pickW(wdt, kernels.WinogradWeightsF32, kernels.WinogradWeightsF16), pp, op*int(pp.Cp4), wb, wr(ub)); err != nil {
+		return err
+	}
+	chunk := int(pp.Tn)
+	for t0 := 0; t0 < tiles; t0 += chunk {
+		tn := min(chunk, tiles-t0)
+		p := pp
+		p.T0, p.Tn = uint32(t0), uint32(tn)
+		if err := dispatch(kernels.WinogradInput, p, tn*int(p.Cp4), xb, wr(vb)); err != nil {
+			return err
+		}
+		// M[a] [tn, op] = V[a] [tn, cp] · U[a] [op, cp]^T for the 36 positions.
+		mc := &opCtx{d: d, op: c.op, binds: []binding{vb, ub, {buf: d.dummy.blk.buf, off: d.dummy.off, size: d.dummy.size}, wr(mb)}}
+		mp := kernels.MatMulParams{M: uint32(tn), N: uint32(op), K: uint32(cp), StrideA: uint32(tn * cp),
+			StrideB: uint32(op * cp), StrideC: uint32(tn * op), TransB: 1, Alpha: 1}
+		if err := d.matmul(mc, engine.F32, winoPos, tn, op, cp, true, mp); err != nil {
+			return err
+		}
+		if err := dispatch(kernels.WinogradOutput, p, tn*int(p.Op4), mb, bb, yb); err != nil {
+			return err
+		}
+	}
+	for _, f := range c.post {
+		if err := f(); err != nil {
+			return err
+		}
+	}
+	return nil
+}

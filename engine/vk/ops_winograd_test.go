@@ -1,0 +1,191 @@
+package vk
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/engine/enginetest"
+	"github.com/zimage/zimage/kernels"
+)
+
+// openConv opens a second device on the test device's GPU with the conv
+// algorithm forced, closed when the test ends.
+func openConv(t *testing.T, algo ConvAlgo) *Device {
+	t.Helper()
+	device(t)
+	opts := DefaultOptions()
+	opts.Conv = algo
+	d, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := d.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	return d
+}
+
+// TestConv2dWinograd runs the conformance suite's convs (big shapes
+// included) with Winograd forced for every 3x3 stride-1 conv, at the
+// suite's own bounds, and direct-only so that the implicit-GEMM kernel keeps
+// its coverage at the shapes ConvAuto now sends to Winograd.
+func TestConv2dWinograd(t *testing.T) {
+	for _, algo := range []ConvAlgo{ConvWinograd, ConvDirect} {
+		t.Run(algo.String(), func(t *testing.T) {
+			enginetest.Conv2d(t, openConv(t, algo))
+		})
+	}
+}
+
+// TestConv2dWinogradEdges covers tile edges (maps not a multiple of 4),
+// padding other than 1, channel counts not a multiple of 4, batches, and
+// chunking over tiles (a map whose scratch exceeds winoChunkBytes).
+func TestConv2dWinogradEdges(t *testing.T) {
+	d := openConv(t, ConvWinograd)
+	for _, c := range []struct{ n, c, h, w, o, pad int }{
+		{1, 1, 3, 3, 1, 0},
+		{1, 3, 5, 7, 2, 1},
+		{2, 5, 6, 9, 7, 2},
+		{3, 6, 13, 4, 5, 0},
+		{1, 128, 130, 126, 128, 1}, // 1056 tiles: chunks of 910 (winoChunkBytes) and 146
+	} {
+		for _, wdt := range []engine.DType{engine.F32, engine.F16} {
+			enginetest.CheckConv2d(t, d, c.n, c.c, c.h, c.w, c.o, 3, 1, c.pad, wdt)
+		}
+	}
+}
+
+// TestConv2dWinogradFallback checks that a budget too small for the
+// Winograd scratch falls back to the direct kernel instead of failing, and
+// that a roomier one uses Winograd.
+func TestConv2dWinogradFallback(t *testing.T) {
+	device(t)
+	for _, c := range []struct {
+		budget   int64
+		winograd bool
+	}{
+		// x, dst 576 KiB each, w 144 KiB, U 576 KiB, V and M 1.3 MiB each.
+		{3 << 20, false},
+		{8 << 20, true},
+	} {
+		opts := DefaultOptions()
+		opts.Conv = ConvWinograd
+		opts.Budget = c.budget
+		d, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		enginetest.CheckConv2d(t, d, 1, 64, 48, 48, 64, 3, 1, 1, engine.F32)
+		_, used := d.pipes.modules[kernels.WinogradInput]
+		if used != c.winograd {
+			t.Errorf("budget %d MiB: Winograd used = %v, want %v", c.budget>>20, used, c.winograd)
+		}
+		if err := d.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestWinogradAccuracy measures F(4,3)'s rounding at the largest channel
+// count SD uses in 3x3 convs (512 in the VAE; the UNet's 1280-channel convs
+// run at maps too small for Winograd) against a float64 direct conv, next
+// to the direct kernel's, with weights scaled like trained ones (1/sqrt(fan
+// in)). The bound is the suite's F32 one.
+func TestWinogradAccuracy(t *testing.T) {
+	d := device(t)
+	const n, c, h, w, o = 1, 512, 24, 24, 64
+	r := rand.New(rand.NewPCG(3, 4))
+	xs := make([]float32, n*c*h*w)
+	ws := make([]float32, o*c*9)
+	for i := range xs {
+		xs[i] = float32(r.NormFloat64())
+	}
+	for i := range ws {
+		ws[i] = float32(r.NormFloat64() / math.Sqrt(9*c))
+	}
+	want := make([]float64, n*o*h*w)
+	for oc := range o {
+		for y := range h {
+			for xx := range w {
+				var s float64
+				for ic := range c {
+					for ky := range 3 {
+						for kx := range 3 {
+							iy, ix := y+ky-1, xx+kx-1
+							if iy >= 0 && iy < h && ix >= 0 && ix < w {
+								s += float64(ws[((oc*c+ic)*3+ky)*3+kx]) * float64(xs[(ic*h+iy)*w+ix])
+							}
+						}
+					}
+				}
+				want[(oc*h+y)*w+xx] = s
+			}
+		}
+	}
+	for _, algo := range []ConvAlgo{ConvWinograd, ConvDirect} {
+		dev := openConv(t, algo)
+		x := benchTensor(t, dev, "x", engine.F32, n, c, h, w)
+		wt := benchTensor(t, dev, "w", engine.F32, o, c, 3, 3)
+		y := benchTensor(t, dev, "y", engine.F32, n, o, h, w)
+		if err := dev.Write(x, xs); err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.Write(wt, ws); err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.Conv2d(y, x, wt, nil, engine.Conv2dParams{Stride: 1, Pad: 1}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := dev.Read(y)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var num, den float64
+		for i, v := range want {
+			num += (float64(got[i]) - v) * (float64(got[i]) - v)
+			den += v * v
+		}
+		t.Logf("%v: NMSE %.3g vs float64", algo, num/den)
+		if num/den > 1e-7 || math.IsNaN(num) {
+			t.Errorf("%v: NMSE %.3g > 1e-7", algo, num/den)
+		}
+	}
+	_ = d
+}
+
+// BenchmarkConv2dWinograd compares the two 3x3 stride-1 paths at UNet and
+// VAE decoder shapes; GFLOP/s counts direct-conv FLOPs for both.
+func BenchmarkConv2dWinograd(b *testing.B) {
+	device(b)
+	for _, algo := range []ConvAlgo{ConvWinograd, ConvDirect} {
+		opts := DefaultOptions()
+		opts.Conv = algo
+		d, err := Open(opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range []struct{ c, o, hw int }{
+			{320, 320, 64}, // UNet down block 0
+			{512, 512, 64}, // VAE decoder mid block
+			{256, 256, 128},
+			{128, 128, 256},
+		} {
+			b.Run(fmt.Sprintf("%v/%dto%d_%dx%d_F16", algo, c.c, c.o, c.hw, c.hw), func(b *testing.B) {
+				x := benchTensor(b, d, "x", engine.F32, 1, c.c, c.hw, c.hw)
+				w := benchTensor(b, d, "w", engine.F16, c.o, c.c, 3, 3)
+				bias := benchTensor(b, d, "bias", engine.F32, c.o)
+				dst := benchTensor(b, d, "y", engine.F32, 1, c.o, c.hw, c.hw)
+				flops := 2 * float64(c.o*c.hw*c.hw) * float64(c.c*9)
+				runBench(b, d, flops, func() error { return d.Conv2d(dst, x, w, bias, engine.Conv2dParams{Stride: 1, Pad: 1}) })
+			})
+		}
+		if err := d.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
