@@ -35,8 +35,18 @@ type batch struct {
 	queries  vulkan.QueryPool
 	timed    []*kernels.Kernel // kernel of each timestamped dispatch
 	n        int               // commands recorded
+	ops      int               // dispatches recorded (n also counts copies)
 	open     bool              // recording
 	inFlight bool              // submitted, fence not yet waited on
+	// touched lists every range its commands use, until it completes: a
+	// host write may go straight to memory only where no unfinished batch
+	// touches it.
+	touched []rng
+	// staging holds the staging blocks its copies read, filled up to
+	// stageOff in the last one; they return to the pool when it completes.
+	staging  []*block
+	stageOff int64
+	staged   int64 // staging bytes used
 }
 
 // rng is a byte range of a buffer touched since the last barrier.
@@ -55,6 +65,10 @@ type recorder struct {
 	reads    []rng // read since the last barrier
 	lastPipe vulkan.Pipeline
 	barriers int // barriers recorded (for tests and profiling)
+	// stagedWrites counts host writes that went through a staging copy
+	// because pending work used their bytes (or memory is not host-visible).
+	stagedWrites int
+	waits        int // fence waits that blocked the host (retire's are not)
 }
 
 func newRecorder(d *Device, maxBatch int) (*recorder, error) {
@@ -140,7 +154,7 @@ func (r *recorder) begin() (*batch, error) {
 		return nil, err
 	}
 	b.open = true
-	b.n = 0
+	b.n, b.ops = 0, 0
 	b.timed = b.timed[:0]
 	r.lastPipe = nil
 	// Submission order alone does not order work between command buffers:
@@ -183,6 +197,9 @@ func (r *recorder) wait(b *batch) error {
 	if !b.inFlight {
 		return nil
 	}
+	if vulkan.GetFenceStatus(r.d.dev, b.fence) != vulkan.Success {
+		r.waits++
+	}
 	if err := check("vkWaitForFences", vulkan.WaitForFences(r.d.dev, 1, []vulkan.Fence{b.fence}, vulkan.True, math.MaxUint64)); err != nil {
 		return err
 	}
@@ -199,10 +216,81 @@ func (r *recorder) wait(b *batch) error {
 	if len(b.pools) > 0 {
 		b.left = setsPerPool
 	}
+	b.touched = b.touched[:0]
+	for _, st := range b.staging {
+		r.d.staging.put(st)
+	}
+	clear(b.staging)
+	b.staging, b.stageOff, b.staged = b.staging[:0], 0, 0
 	if r.d.prof != nil && len(b.timed) > 0 {
 		return r.d.prof.collect(r.d.dev, b)
 	}
 	return nil
+}
+
+// retire recycles submitted batches that have completed, without blocking.
+func (r *recorder) retire() error {
+	for _, b := range r.batches {
+		if !b.inFlight {
+			continue
+		}
+		switch res := vulkan.GetFenceStatus(r.d.dev, b.fence); res {
+		case vulkan.Success:
+			if err := r.wait(b); err != nil {
+				return err
+			}
+		case vulkan.NotReady:
+		default:
+			return check("vkGetFenceStatus", res)
+		}
+	}
+	return nil
+}
+
+// busy reports whether work recorded or still running uses any byte of x.
+func (r *recorder) busy(x rng) bool {
+	for _, b := range r.batches {
+		if (b.open || b.inFlight) && overlaps(b.touched, x) {
+			return true
+		}
+	}
+	return false
+}
+
+// touch notes a range b's commands use. Ops bind the same tensors again and
+// again, so a range already among the last few is not added twice.
+func (b *batch) touch(x rng) {
+	for i := len(b.touched) - 1; i >= 0 && i >= len(b.touched)-8; i-- {
+		if y := b.touched[i]; y.buf == x.buf && y.lo <= x.lo && x.hi <= y.hi {
+			return
+		}
+	}
+	b.touched = append(b.touched, x)
+}
+
+// stage returns room for n bytes in a host-visible staging block that stays
+// alive until the open batch completes, so that a copy recorded into that
+// batch may read it.
+func (r *recorder) stage(n int64) (*batch, *block, int64, error) {
+	b, err := r.begin()
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	size := alignUp(n, allocAlign)
+	if last := len(b.staging) - 1; last >= 0 && b.stageOff+size <= b.staging[last].size {
+		off := b.stageOff
+		b.stageOff += size
+		b.staged += size
+		return b, b.staging[last], off, nil
+	}
+	st, err := r.d.stager().get(n)
+	if err != nil {
+		return nil, nil, 0, err
+	}
+	b.staging = append(b.staging, st)
+	b.stageOff = size
+	b.staged += size
+	return b, st, 0, nil
 }
 
 // flush submits pending work and waits for all of it.
@@ -295,6 +383,7 @@ func (r *recorder) hazard(b *batch, binds []binding) {
 	}
 	for _, bd := range binds {
 		x := rng{bd.buf, bd.off, bd.off + bd.size}
+		b.touch(x)
 		if bd.write {
 			r.writes = append(r.writes, x)
 		} else {
@@ -356,6 +445,7 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 	}
 	vulkan.CmdDispatch(b.cmd, groups[0], groups[1], groups[2])
 	b.n++
+	b.ops++
 	if b.queries != nil {
 		b.timed = append(b.timed, k)
 		vulkan.CmdWriteTimestamp(b.cmd, vulkan.PipelineStageBottomOfPipeBit, b.queries, uint32(len(b.timed)))

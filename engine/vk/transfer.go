@@ -6,64 +6,9 @@ import (
 	"math"
 	"unsafe"
 
-	"github.com/vulkan-go/vulkan"
 	"github.com/x448/float16"
 	"github.com/zimage/zimage/engine"
 )
-
-// stagingChunk bounds the host-visible staging buffer used where tensor
-// memory is not host-visible; bigger transfers go in chunks.
-const stagingChunk = 64 << 20
-
-// stager is a host-visible buffer for uploads and downloads.
-type stager struct {
-	dev       vulkan.Device
-	typeIndex uint32
-	blk       *block
-}
-
-func newStager(dev vulkan.Device, pd vulkan.PhysicalDevice) (*stager, error) {
-	bits, err := memoryTypeBits(dev)
-	if err != nil {
-		return nil, err
-	}
-	var mp vulkan.PhysicalDeviceMemoryProperties
-	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
-	mp.Deref()
-	host := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
-	ti := pickMemoryType(&mp, bits, host|vulkan.MemoryPropertyHostCachedBit)
-	if ti < 0 {
-		ti = pickMemoryType(&mp, bits, host)
-	}
-	if ti < 0 {
-		return nil, fmt.Errorf("vk: no host-visible coherent memory for staging")
-	}
-	return &stager{dev: dev, typeIndex: uint32(ti)}, nil
-}
-
-func (s *stager) get(size int64) (*block, error) {
-	size = min(alignUp(size, allocAlign), stagingChunk)
-	if s.blk != nil && s.blk.size >= size {
-		return s.blk, nil
-	}
-	if s.blk != nil {
-		s.blk.destroy(s.dev)
-		s.blk = nil
-	}
-	b, err := newBlock(s.dev, s.typeIndex, size, true)
-	if err != nil {
-		return nil, fmt.Errorf("vk: staging buffer of %d bytes: %w", size, err)
-	}
-	s.blk = b
-	return b, nil
-}
-
-func (s *stager) destroy() {
-	if s.blk != nil {
-		s.blk.destroy(s.dev)
-		s.blk = nil
-	}
-}
 
 // usable reports why the device cannot take more work, if it cannot.
 func (d *Device) usable() error {
@@ -112,7 +57,8 @@ func (d *Device) Alloc(name string, dt engine.DType, shape engine.Shape) (*engin
 
 // Free releases t's memory. Work already recorded that uses it stays
 // correct: later users of the same bytes are ordered after it by barriers,
-// host writes flush first, and blocks are only destroyed when idle.
+// host writes into them are staged behind it, and blocks are only destroyed
+// when idle.
 func (d *Device) Free(t *engine.Tensor) {
 	if t == nil || t.IsView() || d.closed {
 		return
@@ -172,8 +118,13 @@ func (d *Device) WriteRaw(t *engine.Tensor, data []byte, src engine.DType) error
 	return d.writeBytes("write", t, raw)
 }
 
-// writeBytes copies raw (t's dtype) into t after running pending work, which
-// may still read or write these bytes.
+// writeBytes copies raw (t's dtype) into t without waiting for the device.
+// Recorded dispatches are submitted first, so that the device runs them
+// while the host copies. When no recorded or running work uses t's bytes (a
+// fresh tensor, the usual upload) and memory is host-visible, they are
+// copied in place at once: the next submission makes them visible. Otherwise
+// they go through a staging block and a copy recorded after the work already
+// recorded, which barriers order like any other command.
 func (d *Device) writeBytes(op string, t *engine.Tensor, raw []byte) error {
 	if err := d.usable(); err != nil {
 		return err
@@ -182,30 +133,47 @@ func (d *Device) writeBytes(op string, t *engine.Tensor, raw []byte) error {
 	if err != nil {
 		return err
 	}
-	if err := d.Flush(); err != nil {
+	off := al.off + int64(t.Offset*t.DType.Size())
+	if err := d.kick(); err != nil {
 		return err
 	}
-	off := al.off + int64(t.Offset*t.DType.Size())
-	if d.mem.mapped {
+	if d.mem.mapped && !d.rec.busy(rng{al.blk.buf, off, off + int64(len(raw))}) {
 		copy(unsafe.Slice((*byte)(unsafe.Add(al.blk.ptr, off)), len(raw)), raw)
 		return nil
 	}
+	d.rec.stagedWrites++
 	for len(raw) > 0 {
 		n := min(int64(len(raw)), stagingChunk)
-		st, err := d.staging.get(n)
+		b, st, soff, err := d.rec.stage(n)
 		if err != nil {
-			return err
+			return d.fail(err)
 		}
-		copy(unsafe.Slice((*byte)(st.ptr), n), raw[:n])
-		if err := d.rec.copyBuffer(st.buf, 0, al.blk.buf, off, alignUp(n, 4)); err != nil {
-			return err
+		copy(unsafe.Slice((*byte)(unsafe.Add(st.ptr, soff)), n), raw[:n])
+		if err := d.rec.copyBuffer(st.buf, soff, al.blk.buf, off, n); err != nil {
+			return d.fail(err)
 		}
-		if err := d.Flush(); err != nil {
-			return err
+		if b.staged >= stagingChunk {
+			// Bound the staging memory a batch holds: the next batch waits
+			// for the one before, so at most about two chunks are held.
+			if err := d.rec.submit(); err != nil {
+				return d.fail(err)
+			}
 		}
 		raw, off = raw[n:], off+n
 	}
 	return nil
+}
+
+// kick submits recorded dispatches without waiting, so that the device
+// works while the host prepares more, and recycles completed batches. A
+// batch holding only staged copies stays open: the ops that read them follow.
+func (d *Device) kick() error {
+	if b := d.rec.batches[d.rec.cur]; b.open && b.ops > 0 {
+		if err := d.rec.submit(); err != nil {
+			return d.fail(err)
+		}
+	}
+	return d.fail(d.rec.retire())
 }
 
 // Read runs pending work and returns t's elements as float32.
@@ -244,15 +212,15 @@ func (d *Device) readBytes(t *engine.Tensor) ([]byte, error) {
 		copy(raw, unsafe.Slice((*byte)(unsafe.Add(al.blk.ptr, off)), len(raw)))
 		return raw, nil
 	}
+	st, err := d.stager().get(min(int64(len(raw)), stagingChunk))
+	if err != nil {
+		return nil, err
+	}
+	// Flush waits for every batch, so the block is the caller's alone.
+	defer d.staging.put(st)
 	for done := int64(0); done < int64(len(raw)); {
 		n := min(int64(len(raw))-done, stagingChunk)
-		st, err := d.staging.get(n)
-		if err != nil {
-			return nil, err
-		}
-		// Copies need 4-byte multiples; the allocation's alignment leaves
-		// room for the rounding.
-		if err := d.rec.copyBuffer(al.blk.buf, off+done, st.buf, 0, alignUp(n, 4)); err != nil {
+		if err := d.rec.copyBuffer(al.blk.buf, off+done, st.buf, 0, n); err != nil {
 			return nil, err
 		}
 		if err := d.Flush(); err != nil {
