@@ -47,19 +47,27 @@ func (o Offload) String() string {
 }
 
 // Streamer is the model.Residency of layer-wise offload: weights stay
-// memory-mapped on the host, and each block is uploaded just before it runs.
-// When an upload would not fit the weights' share of the budget, the blocks
-// used longest ago are evicted first. Device uploads on lavapipe are plain
-// copies into host-visible memory, so the "prefetch" of the next block is
-// the upload itself, done synchronously when the block is needed: no
-// goroutine runs behind the caller's back.
+// memory-mapped on the host, and each block is uploaded before it runs. When
+// an upload would not fit the weights' share of the budget, the blocks used
+// longest ago are evicted first.
+//
+// Given the order blocks are needed in (SetOrder), Need(block i) also
+// uploads block i+1. Uploads do not wait for the device (the Vulkan backend
+// submits the recorded work and copies meanwhile), so the copy of block i+1
+// overlaps the device running the blocks recorded before. Everything runs on
+// the caller's goroutine: the overlap is the device's.
 type Streamer struct {
 	ctx      context.Context
 	b        engine.Backend
 	limit    int64 // bytes of weights allowed on the device at once
 	resident []*model.Block
 	inUse    int64
-	Uploaded int64 // bytes uploaded so far (re-uploads counted again)
+	order    map[*model.Block]*model.Block // block -> the one needed after it
+	Uploaded int64                         // bytes uploaded so far (re-uploads counted again)
+	// Prefetched counts the uploaded bytes that were prefetches, and
+	// Dropped the prefetches skipped because the next block did not fit
+	// beside the current one.
+	Prefetched, Dropped int64
 }
 
 // NewStreamer streams blocks with at most limit bytes of weights resident
@@ -69,11 +77,58 @@ func NewStreamer(ctx context.Context, b engine.Backend, limit int64) *Streamer {
 	return &Streamer{ctx: ctx, b: b, limit: limit}
 }
 
-// Need makes bl resident, evicting least recently used blocks as needed.
+// SetOrder tells the streamer the order its network needs blocks in (the
+// network's Blocks()), so that Need prefetches the next one; nil turns
+// prefetching off. A block Need is called for that is not in the list
+// prefetches nothing.
+func (s *Streamer) SetOrder(blocks []*model.Block) {
+	s.order = nil
+	if len(blocks) > 1 {
+		s.order = make(map[*model.Block]*model.Block, len(blocks)-1)
+		for i, bl := range blocks[:len(blocks)-1] {
+			s.order[bl] = blocks[i+1]
+		}
+	}
+}
+
+// Need makes bl resident, evicting least recently used blocks as needed,
+// then prefetches the block after it (see SetOrder).
 func (s *Streamer) Need(bl *model.Block) error {
 	if err := s.ctx.Err(); err != nil {
 		return err
 	}
+	if err := s.load(bl); err != nil {
+		return err
+	}
+	if next := s.order[bl]; next != nil {
+		return s.Prefetch(next)
+	}
+	return nil
+}
+
+// Prefetch uploads bl ahead of its Need, counted against the limit like any
+// resident block. It never evicts the most recently needed block: when both
+// do not fit it does nothing and bl is uploaded by its own Need. A failed
+// upload is undone and not reported here, since it is only an early try:
+// Need retries it and reports the error.
+func (s *Streamer) Prefetch(bl *model.Block) error {
+	need := bl.Bytes()
+	if s.index(bl) < 0 && s.limit > 0 && len(s.resident) > 0 {
+		if cur := s.resident[len(s.resident)-1]; cur != bl && need+cur.Bytes() > s.limit {
+			s.Dropped += need
+			return nil
+		}
+	}
+	up := s.Uploaded
+	if err := s.load(bl); err != nil {
+		return nil
+	}
+	s.Prefetched += s.Uploaded - up
+	return nil
+}
+
+// load makes bl resident and most recently used.
+func (s *Streamer) load(bl *model.Block) error {
 	if i := s.index(bl); i >= 0 {
 		// Move to the most recently used end.
 		s.resident = append(append(s.resident[:i:i], s.resident[i+1:]...), bl)

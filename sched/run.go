@@ -228,6 +228,10 @@ func (r *runner) plan() error {
 	r.textRes = NewStreamer(r.ctx, r.b, tl)
 	r.unetRes = NewStreamer(r.ctx, r.b, ul)
 	r.vaeRes = NewStreamer(r.ctx, r.b, vl)
+	// The UNet and the VAE need every block in Blocks() order; the text
+	// encoders may skip their last layer, which a prefetch would upload.
+	r.unetRes.SetOrder(r.m.UNet.Blocks())
+	r.vaeRes.SetOrder(r.m.VAE.Blocks())
 	return nil
 }
 
