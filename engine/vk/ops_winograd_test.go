@@ -13,7 +13,7 @@ import (
 
 // openConv opens a second device on the test device's GPU with the conv
 // algorithm forced, closed when the test ends.
-func openConv(t *testing.T, algo ConvAlgo) *Device {
+func openConv(t testing.TB, algo ConvAlgo) *Device {
 	t.Helper()
 	device(t)
 	opts := DefaultOptions()
@@ -58,6 +58,24 @@ func TestConv2dWinogradEdges(t *testing.T) {
 			enginetest.CheckConv2d(t, d, c.n, c.c, c.h, c.w, c.o, 3, 1, c.pad, wdt)
 		}
 	}
+}
+
+// FuzzConv2dWinograd compares forced Winograd with engine/ref on generated
+// 3x3 stride-1 shapes (FuzzConv2d's sizes rarely reach ConvAuto's choice):
+// go test -fuzz FuzzConv2dWinograd ./engine/vk.
+func FuzzConv2dWinograd(f *testing.F) {
+	f.Add(uint8(1), uint8(3), uint8(9), uint8(9), uint8(5), uint8(1), false)
+	f.Add(uint8(2), uint8(17), uint8(5), uint8(13), uint8(33), uint8(2), true)
+	f.Add(uint8(1), uint8(40), uint8(23), uint8(2), uint8(1), uint8(0), false)
+	d := openConv(f, ConvWinograd)
+	f.Fuzz(func(t *testing.T, n, c, h, w, o, pad uint8, f16 bool) {
+		wdt := engine.F32
+		if f16 {
+			wdt = engine.F16
+		}
+		enginetest.CheckConv2d(t, d, int(n)%2+1, int(c)%48+1, int(h)%24+1, int(w)%24+1, int(o)%48+1,
+			3, 1, int(pad)%3, wdt)
+	})
 }
 
 // TestConv2dWinogradFallback checks that a budget too small for the
@@ -174,6 +192,11 @@ func BenchmarkConv2dWinograd(b *testing.B) {
 			{512, 512, 64}, // VAE decoder mid block
 			{256, 256, 128},
 			{128, 128, 256},
+			{640, 640, 32}, // UNet down block 1
+			{64, 64, 16},   // near ConvAuto's smallest Winograd shape
+			{64, 64, 32},
+			{128, 128, 16},
+			{32, 32, 64},
 		} {
 			b.Run(fmt.Sprintf("%v/%dto%d_%dx%d_F16", algo, c.c, c.o, c.hw, c.hw), func(b *testing.B) {
 				x := benchTensor(b, d, "x", engine.F32, 1, c.c, c.hw, c.hw)
