@@ -40,6 +40,22 @@ func TestConv2dWinograd(t *testing.T) {
 			enginetest.Conv2d(t, openConv(t, algo))
 		})
 	}
+	// Forced Winograd with the other kernel family's matmul (shared-memory
+	// tiles on lavapipe, registers on GPUs).
+	t.Run("winograd_other_family", func(t *testing.T) {
+		opts := DefaultOptions()
+		opts.Conv = ConvWinograd
+		opts.Tuning = otherFamily(t).Tuning()
+		d, err := Open(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer d.Close()
+		enginetest.Conv2d(t, d, enginetest.SmallOnly())
+		if _, used := d.pipes.modules[kernels.WinogradInput]; !used {
+			t.Error("Winograd was not used")
+		}
+	})
 }
 
 // TestConv2dWinogradEdges covers tile edges (maps not a multiple of 4),
