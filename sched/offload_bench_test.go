@@ -3,6 +3,7 @@ package sched
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -19,14 +20,21 @@ import (
 // BenchmarkUNetOffload times one full-size SD-Turbo UNet call (synthetic
 // weights, 32x32 latent) with every weight resident and streamed block by
 // block under a 1 GiB device budget, with and without prefetching the next
-// block: the cost of layer-wise offload. The weights are materialised in host
+// block: the cost of layer-wise offload. ZIMAGE_BENCH_LATENT sets the latent
+// size (default 32); small latents make the uploads' share visible. The weights are materialised in host
 // memory first, as a memory-mapped checkpoint would be, so that uploads copy
 // bytes instead of inventing them. Run with -benchtime 1x.
 //
 // Metrics: s/op is the timed call (after a warm-up call on an 8x8 latent that
 // compiles the pipelines), uploaded-MiB the weights copied during it,
-// peak-MiB the device memory high-water mark.
+// peak-MiB the device memory high-water mark, need-s the host time spent in
+// Residency.Need (uploads, and before uploads stopped waiting, the device's
+// work recorded before them).
 func BenchmarkUNetOffload(b *testing.B) {
+	size := 32
+	if s := os.Getenv("ZIMAGE_BENCH_LATENT"); s != "" {
+		fmt.Sscan(s, &size)
+	}
 	u := memoryUNet(b, "stabilityai-sd-turbo")
 	const budget = 1 << 30
 	crossDim := 1024 // SD-Turbo's OpenCLIP-H hidden size
@@ -44,16 +52,17 @@ func BenchmarkUNetOffload(b *testing.B) {
 				b.Skipf("no Vulkan device: %v", err)
 			}
 			defer dev.Close()
-			var res model.Residency = model.AllResident{B: dev}
+			var inner model.Residency = model.AllResident{B: dev}
 			var st *Streamer
 			if c.budget > 0 {
-				st = NewStreamer(context.Background(), dev, c.budget-unetActivationBytes(u, 1, 32, 32))
+				st = NewStreamer(context.Background(), dev, c.budget-unetActivationBytes(u, 1, size, size))
 				if c.prefetch {
 					st.SetOrder(u.Blocks())
 				}
 				defer st.Close()
-				res = st
+				inner = st
 			}
+			res := &timedResidency{r: inner}
 			call := func(h, w int) {
 				rec := engine.NewRec(dev)
 				r := rand.New(rand.NewPCG(1, 2))
@@ -82,13 +91,15 @@ func BenchmarkUNetOffload(b *testing.B) {
 				up0 = st.Uploaded
 			}
 			dev.ResetPeak()
+			res.spent = 0
 			b.ResetTimer()
 			start := time.Now()
 			for range b.N {
-				call(32, 32)
+				call(size, size)
 			}
 			b.StopTimer()
 			b.ReportMetric(time.Since(start).Seconds()/float64(b.N), "s/op")
+			b.ReportMetric(res.spent.Seconds()/float64(b.N), "need-s")
 			if st != nil {
 				b.ReportMetric(float64(st.Uploaded-up0)/float64(b.N)/(1<<20), "uploaded-MiB")
 			}
@@ -105,6 +116,19 @@ func BenchmarkUNetOffload(b *testing.B) {
 			}
 		})
 	}
+}
+
+// timedResidency sums the time spent in Need.
+type timedResidency struct {
+	r     model.Residency
+	spent time.Duration
+}
+
+func (t *timedResidency) Need(bl *model.Block) error {
+	start := time.Now()
+	err := t.r.Need(bl)
+	t.spent += time.Since(start)
+	return err
 }
 
 // memoryUNet loads a full-size UNet whose synthetic weights are generated
