@@ -145,18 +145,21 @@ type Param struct {
 	DType   engine.DType // device storage: F16 for matrices, F32 for vectors
 	src     *Entry
 	T       *engine.Tensor // nil unless resident
+	on      engine.Backend // the backend T lives on
 	checked bool
 }
 
 // Bytes is the device size of the parameter.
 func (p *Param) Bytes() int64 { return int64(p.Shape.NumElem()) * int64(p.DType.Size()) }
 
-// Upload makes p resident on b (no-op when it already is). The first upload
-// checks the values for NaN/Inf.
+// Upload makes p resident on b (no-op when it already is). A copy on
+// another backend is freed first. The first upload checks the values for
+// NaN/Inf.
 func (p *Param) Upload(b engine.Backend) error {
-	if p.T != nil {
+	if p.T != nil && p.on == b {
 		return nil
 	}
+	p.Evict(nil)
 	raw := p.src.Bytes()
 	if !p.checked {
 		if i := firstNonFinite(raw, p.src.DType); i >= 0 {
@@ -179,17 +182,21 @@ func (p *Param) Upload(b engine.Backend) error {
 		b.Free(t)
 		return fmt.Errorf("model: upload %s from %s: %w", p.Key, p.src.File, err)
 	}
-	p.T = t
+	p.T, p.on = t, b
 	return nil
 }
 
-// Evict frees the device copy.
+// Evict frees the device copy (on whichever backend holds it; b is
+// accepted for symmetry with Upload).
 func (p *Param) Evict(b engine.Backend) {
 	if p.T != nil {
-		b.Free(p.T)
-		p.T = nil
+		p.on.Free(p.T)
+		p.T, p.on = nil, nil
 	}
 }
+
+// ResidentOn reports whether p's device copy lives on b.
+func (p *Param) ResidentOn(b engine.Backend) bool { return p.T != nil && p.on == b }
 
 func bf16ToF32(raw []byte) []byte {
 	out := make([]byte, len(raw)*2)
@@ -257,10 +264,20 @@ func (bl *Block) Evict(b engine.Backend) {
 	}
 }
 
-// Resident reports whether every parameter is on the device.
+// Resident reports whether every parameter is on a device.
 func (bl *Block) Resident() bool {
 	for _, p := range bl.Params {
 		if p.T == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// ResidentOn reports whether every parameter is on backend b.
+func (bl *Block) ResidentOn(b engine.Backend) bool {
+	for _, p := range bl.Params {
+		if !p.ResidentOn(b) {
 			return false
 		}
 	}

@@ -145,13 +145,17 @@ func (s *Streamer) load(bl *model.Block) error {
 		s.inUse -= old.Bytes()
 		old.Evict(s.b)
 	}
+	// Weights kept resident by an earlier run cost no upload.
+	fresh := !bl.ResidentOn(s.b)
 	if err := bl.Upload(s.b); err != nil {
 		bl.Evict(s.b)
 		return err
 	}
 	s.resident = append(s.resident, bl)
 	s.inUse += need
-	s.Uploaded += need
+	if fresh {
+		s.Uploaded += need
+	}
 	return nil
 }
 

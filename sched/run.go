@@ -235,11 +235,18 @@ func (r *runner) plan() error {
 	return nil
 }
 
+// releaseAll ends a run: streamed weights leave the device, while weights
+// that may stay resident are kept for the next run of the same models (a
+// library user generating again pays no second upload; Pipeline.Close
+// frees them).
 func (r *runner) releaseAll() {
+	keep := r.keepResident()
 	for _, s := range []*Streamer{r.textRes, r.unetRes, r.vaeRes} {
 		if s != nil {
 			r.out.Uploaded += s.Uploaded
-			s.Release()
+			if !keep {
+				s.Release()
+			}
 		}
 	}
 }

@@ -119,12 +119,7 @@ func TestOffloadBitIdentical(t *testing.T) {
 	// A budget well below the weights (the UNet alone is larger) forces
 	// streaming in every stage.
 	unet := BlocksBytes(m.UNet.Blocks())
-	var all []*model.Block
-	for _, e := range m.Encoders {
-		all = append(all, e.Net.Blocks()...)
-	}
-	all = append(append(all, m.UNet.Blocks()...), m.VAE.Blocks()...)
-	budget := unet/2 + unetActivationBytes(m.UNet, 2, 8, 8) + LargestBlock(all)
+	budget := unet/2 + unetActivationBytes(m.UNet, 2, 8, 8) + LargestBlock(allBlocks(m))
 	b := ref.New(ref.WithBudget(budget))
 	p.Offload, p.Budget = OffloadLayer, budget
 	streamed, err := Run(context.Background(), b, m, p)
@@ -184,8 +179,16 @@ func TestCancelBetweenSteps(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
 	}
-	if b.MemStats().InUse != 0 {
-		t.Errorf("%d bytes still allocated after cancellation", b.MemStats().InUse)
+	// Without a budget the weights stay resident for the next run; every
+	// activation must be gone.
+	var weights int64
+	for _, bl := range allBlocks(m) {
+		if bl.Resident() {
+			weights += bl.Bytes()
+		}
+	}
+	if in := b.MemStats().InUse; in != weights {
+		t.Errorf("%d bytes allocated after cancellation, want only the %d bytes of resident weights", in, weights)
 	}
 }
 
@@ -215,5 +218,36 @@ func TestLongPrompts(t *testing.T) {
 	}
 	if string(whole.Images[0].Pix) == string(short.Images[0].Pix) {
 		t.Error("the dropped tokens changed nothing: long-prompt mode did not use them")
+	}
+}
+
+func allBlocks(m *Models) []*model.Block {
+	var all []*model.Block
+	for _, e := range m.Encoders {
+		all = append(all, e.Net.Blocks()...)
+	}
+	return append(append(all, m.UNet.Blocks()...), m.VAE.Blocks()...)
+}
+
+// TestWeightsStayResidentAcrossRuns: without a budget the second run
+// uploads nothing.
+func TestWeightsStayResidentAcrossRuns(t *testing.T) {
+	r := testref.Open(t, "tiny-sd-turbo")
+	m := loadModels(t, r.Dir)
+	p := paramsFor(t, r.Dir, r.Runs(t)[0])
+	b := ref.New()
+	first, err := Run(context.Background(), b, m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := Run(context.Background(), b, m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if first.Uploaded == 0 || second.Uploaded != 0 {
+		t.Errorf("uploaded %d then %d bytes, want everything once and nothing the second time", first.Uploaded, second.Uploaded)
+	}
+	if string(first.Images[0].Pix) != string(second.Images[0].Pix) {
+		t.Error("the second run differs")
 	}
 }
