@@ -184,7 +184,7 @@ func (r *recorder) submit() error {
 		CommandBufferCount: 1,
 		PCommandBuffers:    []vulkan.CommandBuffer{b.cmd},
 	}}
-	if err := check("vkQueueSubmit", vulkan.QueueSubmit(r.d.queue, 1, si, b.fence)); err != nil {
+	if err := check("vkQueueSubmit", withoutGC(func() vulkan.Result { return vulkan.QueueSubmit(r.d.queue, 1, si, b.fence) })); err != nil {
 		return err
 	}
 	b.inFlight = true

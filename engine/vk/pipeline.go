@@ -173,7 +173,7 @@ func (ps *pipelines) get(k *kernels.Kernel, spec []uint32) (*pipeline, error) {
 		Layout: layout,
 	}}
 	pipes := make([]vulkan.Pipeline, 1)
-	r := vulkan.CreateComputePipelines(ps.dev, nil, 1, ci, nil, pipes)
+	r := withoutGC(func() vulkan.Result { return vulkan.CreateComputePipelines(ps.dev, nil, 1, ci, nil, pipes) })
 	if free != nil {
 		free()
 	}
