@@ -126,6 +126,25 @@ func (c *opCtx) in(t *engine.Tensor) {
 	c.binds = append(c.binds, bd)
 }
 
+// weighted checks and binds the operands of a weighted op (conv, linear):
+// F32 activations, F32 or F16 weights, an optional F32 bias of outCh
+// values. It returns 1 when a bias is bound, for the kernel's push
+// constants.
+func (c *opCtx) weighted(dst, x, w, bias *engine.Tensor, outCh int) uint32 {
+	if bias != nil {
+		c.check(engine.WantShape(c.op, bias, outCh))
+		c.dtype(bias, engine.F32)
+	}
+	c.dtype(x, engine.F32)
+	c.dtype(w, engine.F32, engine.F16)
+	c.dtype(dst, engine.F32)
+	c.in(x)
+	c.in(w)
+	hasBias := c.opt(bias)
+	c.out(dst)
+	return hasBias
+}
+
 // opt binds t, or the dummy buffer when t is nil (an absent bias).
 func (c *opCtx) opt(t *engine.Tensor) uint32 {
 	if t == nil {

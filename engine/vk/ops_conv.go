@@ -25,17 +25,7 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	}
 	c.check(engine.WantShape(c.op, dst, s...))
 	o := w.Shape[0]
-	if bias != nil {
-		c.check(engine.WantShape(c.op, bias, o))
-		c.dtype(bias, engine.F32)
-	}
-	c.dtype(x, engine.F32)
-	c.dtype(w, engine.F32, engine.F16)
-	c.dtype(dst, engine.F32)
-	c.in(x)
-	c.in(w)
-	hasBias := c.opt(bias)
-	c.out(dst)
+	hasBias := c.weighted(dst, x, w, bias, o)
 	if c.err != nil {
 		return c.err
 	}

@@ -59,17 +59,7 @@ func (d *Device) Linear(dst, x, w, bias *engine.Tensor) error {
 	}
 	c.check(engine.WantShape(c.op, dst, s...))
 	n, k := w.Shape[0], w.Shape[1]
-	if bias != nil {
-		c.check(engine.WantShape(c.op, bias, n))
-		c.dtype(bias, engine.F32)
-	}
-	c.dtype(x, engine.F32)
-	c.dtype(w, engine.F32, engine.F16)
-	c.dtype(dst, engine.F32)
-	c.in(x)
-	c.in(w)
-	hasBias := c.opt(bias)
-	c.out(dst)
+	hasBias := c.weighted(dst, x, w, bias, n)
 	if c.err != nil {
 		return c.err
 	}
