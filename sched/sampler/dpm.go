@@ -27,18 +27,9 @@ func newDPM(c *config) (*dpm, error) {
 	if c.solverOrder < 1 || c.solverOrder > 2 {
 		return nil, fmt.Errorf("sampler: dpmpp_2m: solver_order %d is not supported (want 1 or 2)", c.solverOrder)
 	}
-	switch c.finalSigmas {
-	case "zero", "sigma_min":
-	default:
-		return nil, fmt.Errorf("sampler: final_sigmas_type %q is not supported (want zero or sigma_min)", c.finalSigmas)
-	}
-	t, err := newTables(c)
+	t, err := newSigmaTables(c)
 	if err != nil {
 		return nil, err
-	}
-	if c.rescaleZeroSNR {
-		t.ac[len(t.ac)-1] = 1.0 / (1 << 24)
-		t.sigmas = trainSigmas(t.ac)
 	}
 	return &dpm{c: c, t: t}, nil
 }

@@ -26,19 +26,9 @@ func newEuler(c *config, ancestral bool) (*euler, error) {
 	default:
 		return nil, fmt.Errorf("sampler: interpolation_type %q is not supported (want linear or log_linear)", c.interpolation)
 	}
-	switch c.finalSigmas {
-	case "zero", "sigma_min":
-	default:
-		return nil, fmt.Errorf("sampler: final_sigmas_type %q is not supported (want zero or sigma_min)", c.finalSigmas)
-	}
-	t, err := newTables(c)
+	t, err := newSigmaTables(c)
 	if err != nil {
 		return nil, err
-	}
-	if c.rescaleZeroSNR {
-		// diffusers: keep the first sigma finite.
-		t.ac[len(t.ac)-1] = 1.0 / (1 << 24)
-		t.sigmas = trainSigmas(t.ac)
 	}
 	e := &euler{c: c, t: t, ancestral: ancestral}
 	// Before SetTimesteps diffusers holds the full training table.

@@ -258,6 +258,26 @@ type tables struct {
 	sigmas []float32 // sqrt((1-ac)/ac), by training timestep
 }
 
+// newSigmaTables is newTables for the sigma-based schedulers (Euler, DPM++):
+// it checks final_sigmas_type and, with rescale_betas_zero_snr, keeps the
+// first sigma finite as diffusers does.
+func newSigmaTables(c *config) (*tables, error) {
+	switch c.finalSigmas {
+	case "zero", "sigma_min":
+	default:
+		return nil, fmt.Errorf("sampler: final_sigmas_type %q is not supported (want zero or sigma_min)", c.finalSigmas)
+	}
+	t, err := newTables(c)
+	if err != nil {
+		return nil, err
+	}
+	if c.rescaleZeroSNR {
+		t.ac[len(t.ac)-1] = 1.0 / (1 << 24)
+		t.sigmas = trainSigmas(t.ac)
+	}
+	return t, nil
+}
+
 func newTables(c *config) (*tables, error) {
 	b, err := betas(c)
 	if err != nil {
