@@ -13,7 +13,15 @@ package kernels
 type Kernel struct {
 	Name     string // snake_case variant name, e.g. "matmul_f16"
 	SPIRV    []byte // little-endian SPIR-V words
-	Bindings int    // storage buffers at set 0, bindings 0..Bindings-1
+	Bindings int    // buffers at set 0, bindings 0..Bindings-1
+	// Texels marks (bit i: binding i) the bindings that are uniform texel
+	// buffers (GLSL textureBuffer, read with texelFetch) rather than storage
+	// buffers. llvmpipe fetches texels with branch-free gathers but loads
+	// storage buffers one lane at a time behind a bounds check, so the
+	// CPU-tuned kernels read their big operands as texels (about 2x faster
+	// matmuls). The backend picks each view's format from the tensor's dtype:
+	// RGBA32F for F32, RGBA16F for F16, one texel per 4 elements.
+	Texels   uint32
 	PushSize int    // bytes of the push_constant block
 	Params   string // Go type of the push-constant struct
 	SpecIDs  int    // specialization constants, ids 0..SpecIDs-1

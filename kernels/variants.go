@@ -31,8 +31,9 @@ var (
 var Variants = []Variant{
 	// matmul: register-blocked (CPU-like devices) and shared-memory tiled
 	// (GPUs); both need K%4 == 0. The scalar kernel handles any shape.
-	{"matmul_reg_f32", "matmul_reg.comp", f32W},
-	{"matmul_reg_f16", "matmul_reg.comp", f16W},
+	// matmul_reg reads A and B as texels, so one kernel serves F32 and F16
+	// weights (the view's format converts).
+	{"matmul_reg", "matmul_reg.comp", nil},
 	{"matmul_tile_f32", "matmul_tile.comp", f32W},
 	{"matmul_tile_f16", "matmul_tile.comp", f16W},
 	{"matmul_scalar_f32", "matmul_scalar.comp", f32W},

@@ -9,8 +9,7 @@ var paramSizes = []struct {
 	k    *Kernel
 	size uintptr
 }{
-	{MatMulRegF32, unsafe.Sizeof(MatMulParams{})},
-	{MatMulRegF16, unsafe.Sizeof(MatMulParams{})},
+	{MatMulReg, unsafe.Sizeof(MatMulParams{})},
 	{MatMulTileF32, unsafe.Sizeof(MatMulParams{})},
 	{MatMulTileF16, unsafe.Sizeof(MatMulParams{})},
 	{MatMulScalarF32, unsafe.Sizeof(MatMulParams{})},

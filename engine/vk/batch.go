@@ -6,6 +6,7 @@ import (
 	"unsafe"
 
 	"github.com/vulkan-go/vulkan"
+	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/kernels"
 )
 
@@ -22,6 +23,10 @@ type binding struct {
 	off   int64
 	size  int64
 	write bool
+	// dtype and name describe the tensor bound, for texel-buffer views and
+	// their errors.
+	dtype engine.DType
+	name  string
 }
 
 // batch is one command buffer being recorded or executed, with what it
@@ -47,6 +52,18 @@ type batch struct {
 	staging  []*block
 	stageOff int64
 	staged   int64 // staging bytes used
+	// views are the texel-buffer views its descriptor sets point to,
+	// destroyed once it completes.
+	views []vulkan.BufferView
+}
+
+// destroyViews destroys b's texel-buffer views; b's work must be complete.
+func (b *batch) destroyViews(dev vulkan.Device) {
+	for _, v := range b.views {
+		vulkan.DestroyBufferView(dev, v, nil)
+	}
+	clear(b.views)
+	b.views = b.views[:0]
 }
 
 // rng is a byte range of a buffer touched since the last barrier.
@@ -114,6 +131,7 @@ func (r *recorder) destroy() {
 		if b == nil {
 			continue
 		}
+		b.destroyViews(dev)
 		for _, p := range b.pools {
 			vulkan.DestroyDescriptorPool(dev, p, nil)
 		}
@@ -216,6 +234,7 @@ func (r *recorder) wait(b *batch) error {
 	if len(b.pools) > 0 {
 		b.left = setsPerPool
 	}
+	b.destroyViews(r.d.dev)
 	b.touched = b.touched[:0]
 	for _, st := range b.staging {
 		r.d.staging.put(st)
@@ -326,9 +345,12 @@ func (r *recorder) descriptorSet(b *batch, layout vulkan.DescriptorSetLayout) (v
 			ci := vulkan.DescriptorPoolCreateInfo{
 				SType:         vulkan.StructureTypeDescriptorPoolCreateInfo,
 				MaxSets:       setsPerPool,
-				PoolSizeCount: 1,
+				PoolSizeCount: 2,
 				PPoolSizes: []vulkan.DescriptorPoolSize{{
 					Type:            vulkan.DescriptorTypeStorageBuffer,
+					DescriptorCount: setsPerPool * maxBindings,
+				}, {
+					Type:            vulkan.DescriptorTypeUniformTexelBuffer,
 					DescriptorCount: setsPerPool * maxBindings,
 				}},
 			}
@@ -423,15 +445,24 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 	infos := make([]vulkan.DescriptorBufferInfo, len(binds))
 	writes := make([]vulkan.WriteDescriptorSet, len(binds))
 	for i, bd := range binds {
-		infos[i] = vulkan.DescriptorBufferInfo{Buffer: bd.buf, Offset: vulkan.DeviceSize(bd.off), Range: vulkan.DeviceSize(bd.size)}
 		writes[i] = vulkan.WriteDescriptorSet{
 			SType:           vulkan.StructureTypeWriteDescriptorSet,
 			DstSet:          set,
 			DstBinding:      uint32(i),
 			DescriptorCount: 1,
-			DescriptorType:  vulkan.DescriptorTypeStorageBuffer,
-			PBufferInfo:     infos[i : i+1],
+			DescriptorType:  descriptorType(k.Texels, i),
 		}
+		if k.Texels&(1<<i) == 0 {
+			infos[i] = vulkan.DescriptorBufferInfo{Buffer: bd.buf, Offset: vulkan.DeviceSize(bd.off), Range: vulkan.DeviceSize(bd.size)}
+			writes[i].PBufferInfo = infos[i : i+1]
+			continue
+		}
+		view, err := r.texelView(k, bd)
+		if err != nil {
+			return err
+		}
+		b.views = append(b.views, view)
+		writes[i].PTexelBufferView = []vulkan.BufferView{view}
 	}
 	vulkan.UpdateDescriptorSets(r.d.dev, uint32(len(writes)), writes, 0, nil)
 	r.hazard(b, binds)
@@ -454,6 +485,38 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 		return r.submit()
 	}
 	return nil
+}
+
+// texelView makes a uniform texel-buffer view of bd for kernel k: RGBA32F
+// over F32 tensors, RGBA16F over F16 ones, one texel per 4 elements.
+func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vulkan.BufferView, error) {
+	info := &r.d.info
+	if !info.TexelBuffers {
+		return nil, fmt.Errorf("vk: kernel %s reads texel buffers, which %s lacks for RGBA32F/RGBA16F", k.Name, info.Name)
+	}
+	format := vulkan.FormatR32g32b32a32Sfloat
+	if bd.dtype == engine.F16 {
+		format = vulkan.FormatR16g16b16a16Sfloat
+	}
+	texel := 4 * int64(bd.dtype.Size())
+	if bd.size%texel != 0 {
+		return nil, fmt.Errorf("vk: kernel %s: %s is %d bytes, not whole 4-element texels", k.Name, bd.name, bd.size)
+	}
+	if lim := info.MaxTexelBufferElements; lim > 0 && bd.size/texel > lim {
+		return nil, &RangeError{Op: k.Name, Tensor: bd.name, Bytes: bd.size, Limit: lim * texel, What: "maxTexelBufferElements"}
+	}
+	ci := vulkan.BufferViewCreateInfo{
+		SType:  vulkan.StructureTypeBufferViewCreateInfo,
+		Buffer: bd.buf,
+		Format: format,
+		Offset: vulkan.DeviceSize(bd.off),
+		Range:  vulkan.DeviceSize(bd.size),
+	}
+	var view vulkan.BufferView
+	if err := check("vkCreateBufferView "+bd.name, vulkan.CreateBufferView(r.d.dev, &ci, nil, &view)); err != nil {
+		return nil, err
+	}
+	return view, nil
 }
 
 // updateBuffer records an inline upload of small data (at most 64 KiB per

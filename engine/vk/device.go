@@ -91,8 +91,13 @@ type DeviceInfo struct {
 	MaxSharedMemory         int
 	MaxWorkgroupInvocations int
 	MinStorageBufferAlign   int64
-	TimestampPeriod         float64 // nanoseconds per timestamp tick
-	apiVersion              uint32
+	// TexelBuffers: RGBA32F and RGBA16F work as uniform texel buffers (the
+	// CPU-tuned kernels read their operands so; see kernels.Kernel.Texels).
+	TexelBuffers           bool
+	MaxTexelBufferElements int64
+	MinTexelBufferAlign    int64
+	TimestampPeriod        float64 // nanoseconds per timestamp tick
+	apiVersion             uint32
 }
 
 func (i DeviceInfo) String() string {
@@ -178,6 +183,8 @@ func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) (Device
 		MaxSharedMemory:         int(lim.MaxComputeSharedMemorySize),
 		MaxWorkgroupInvocations: int(lim.MaxComputeWorkGroupInvocations),
 		MinStorageBufferAlign:   int64(lim.MinStorageBufferOffsetAlignment),
+		MaxTexelBufferElements:  int64(lim.MaxTexelBufferElements),
+		MinTexelBufferAlign:     int64(lim.MinTexelBufferOffsetAlignment),
 		TimestampPeriod:         float64(lim.TimestampPeriod),
 		apiVersion:              props.ApiVersion,
 	}
@@ -201,6 +208,15 @@ func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) (Device
 		h.Deref()
 		info.Heaps = append(info.Heaps, MemoryHeap{Size: int64(h.Size),
 			DeviceLocal: vulkan.MemoryHeapFlagBits(h.Flags)&vulkan.MemoryHeapDeviceLocalBit != 0})
+	}
+	info.TexelBuffers = true
+	for _, f := range []vulkan.Format{vulkan.FormatR32g32b32a32Sfloat, vulkan.FormatR16g16b16a16Sfloat} {
+		var fp vulkan.FormatProperties
+		vulkan.GetPhysicalDeviceFormatProperties(pd, f, &fp)
+		fp.Deref()
+		if vulkan.FormatFeatureFlagBits(fp.BufferFeatures)&vulkan.FormatFeatureUniformTexelBufferBit == 0 {
+			info.TexelBuffers = false
+		}
 	}
 	ex, err := queryExtra(inst, pd, props.ApiVersion)
 	if err != nil {

@@ -54,7 +54,7 @@ type allocator struct {
 	reserved  int64 // bytes held in VkDeviceMemory
 }
 
-const bufferUsage = vulkan.BufferUsageFlags(vulkan.BufferUsageStorageBufferBit |
+const bufferUsage = vulkan.BufferUsageFlags(vulkan.BufferUsageStorageBufferBit | vulkan.BufferUsageUniformTexelBufferBit |
 	vulkan.BufferUsageTransferSrcBit | vulkan.BufferUsageTransferDstBit)
 
 // memoryTypeBits probes which memory types a storage buffer may use.

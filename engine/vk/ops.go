@@ -80,7 +80,7 @@ func (c *opCtx) rawBinding(t *engine.Tensor, write bool) (binding, *allocation, 
 		return binding{}, nil, err
 	}
 	off := al.off + int64(t.Offset*t.DType.Size())
-	return binding{buf: al.blk.buf, off: off, size: t.Bytes(), write: write}, al, nil
+	return binding{buf: al.blk.buf, off: off, size: t.Bytes(), write: write, dtype: t.DType, name: t.Name}, al, nil
 }
 
 func (c *opCtx) bindable(t *engine.Tensor, bd binding) error {
@@ -91,7 +91,7 @@ func (c *opCtx) bindable(t *engine.Tensor, bd binding) error {
 }
 
 func (c *opCtx) aligned(bd binding) bool {
-	a := max(c.d.info.MinStorageBufferAlign, 4)
+	a := max(c.d.info.MinStorageBufferAlign, c.d.info.MinTexelBufferAlign, 4)
 	return bd.off%a == 0 && bd.off%16 == 0
 }
 

@@ -23,11 +23,11 @@ func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB b
 	var groups [3]uint32
 	var spec []uint32
 	switch {
-	case d.tuning == TuningGPU:
+	case d.tuning == TuningGPU || !d.info.TexelBuffers:
 		kern = pickW(wdt, kernels.MatMulTileF32, kernels.MatMulTileF16)
 		groups = [3]uint32{uint32((n + tileMN - 1) / tileMN), uint32((m + tileMN - 1) / tileMN), uint32(batch)}
 	case vec:
-		kern = pickW(wdt, kernels.MatMulRegF32, kernels.MatMulRegF16)
+		kern = kernels.MatMulReg
 		tiles := ((m + regTM - 1) / regTM) * ((n + regTN - 1) / regTN)
 		groups = d.groupGrid((tiles+wgReg-1)/wgReg, batch)
 		spec = []uint32{wgReg}

@@ -31,8 +31,8 @@ type pipeline struct {
 type pipelines struct {
 	dev        vulkan.Device
 	modules    map[*kernels.Kernel]vulkan.ShaderModule
-	setLayouts map[int]vulkan.DescriptorSetLayout
-	layouts    map[[2]int]vulkan.PipelineLayout
+	setLayouts map[[2]int]vulkan.DescriptorSetLayout // by bindings, texel mask
+	layouts    map[[3]int]vulkan.PipelineLayout      // by bindings, texel mask, push bytes
 	cache      map[pipeKey]*pipeline
 }
 
@@ -40,8 +40,8 @@ func newPipelines(dev vulkan.Device) *pipelines {
 	return &pipelines{
 		dev:        dev,
 		modules:    map[*kernels.Kernel]vulkan.ShaderModule{},
-		setLayouts: map[int]vulkan.DescriptorSetLayout{},
-		layouts:    map[[2]int]vulkan.PipelineLayout{},
+		setLayouts: map[[2]int]vulkan.DescriptorSetLayout{},
+		layouts:    map[[3]int]vulkan.PipelineLayout{},
 		cache:      map[pipeKey]*pipeline{},
 	}
 }
@@ -70,15 +70,24 @@ func (ps *pipelines) module(k *kernels.Kernel) (vulkan.ShaderModule, error) {
 	return m, nil
 }
 
-func (ps *pipelines) setLayout(n int) (vulkan.DescriptorSetLayout, error) {
-	if l, ok := ps.setLayouts[n]; ok {
+// descriptorType is binding i's type in a kernel with the given texel mask.
+func descriptorType(texels uint32, i int) vulkan.DescriptorType {
+	if texels&(1<<i) != 0 {
+		return vulkan.DescriptorTypeUniformTexelBuffer
+	}
+	return vulkan.DescriptorTypeStorageBuffer
+}
+
+func (ps *pipelines) setLayout(n int, texels uint32) (vulkan.DescriptorSetLayout, error) {
+	key := [2]int{n, int(texels)}
+	if l, ok := ps.setLayouts[key]; ok {
 		return l, nil
 	}
 	binds := make([]vulkan.DescriptorSetLayoutBinding, n)
 	for i := range binds {
 		binds[i] = vulkan.DescriptorSetLayoutBinding{
 			Binding:         uint32(i),
-			DescriptorType:  vulkan.DescriptorTypeStorageBuffer,
+			DescriptorType:  descriptorType(texels, i),
 			DescriptorCount: 1,
 			StageFlags:      vulkan.ShaderStageFlags(vulkan.ShaderStageComputeBit),
 		}
@@ -92,16 +101,16 @@ func (ps *pipelines) setLayout(n int) (vulkan.DescriptorSetLayout, error) {
 	if err := check("vkCreateDescriptorSetLayout", vulkan.CreateDescriptorSetLayout(ps.dev, &ci, nil, &l)); err != nil {
 		return nil, err
 	}
-	ps.setLayouts[n] = l
+	ps.setLayouts[key] = l
 	return l, nil
 }
 
-func (ps *pipelines) layout(bindings, push int) (vulkan.PipelineLayout, vulkan.DescriptorSetLayout, error) {
-	set, err := ps.setLayout(bindings)
+func (ps *pipelines) layout(bindings int, texels uint32, push int) (vulkan.PipelineLayout, vulkan.DescriptorSetLayout, error) {
+	set, err := ps.setLayout(bindings, texels)
 	if err != nil {
 		return nil, nil, err
 	}
-	key := [2]int{bindings, push}
+	key := [3]int{bindings, int(texels), push}
 	if l, ok := ps.layouts[key]; ok {
 		return l, set, nil
 	}
@@ -139,7 +148,7 @@ func (ps *pipelines) get(k *kernels.Kernel, spec []uint32) (*pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	layout, set, err := ps.layout(k.Bindings, k.PushSize)
+	layout, set, err := ps.layout(k.Bindings, k.Texels, k.PushSize)
 	if err != nil {
 		return nil, err
 	}

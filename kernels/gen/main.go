@@ -187,8 +187,8 @@ func genKernels(all []built, blocks map[string]pushBlock) []byte {
 			defs = " with " + strings.Join(k.v.Defines, ", ")
 		}
 		fmt.Fprintf(&b, "// %s is glsl/%s%s.\n", name, k.v.Source, defs)
-		fmt.Fprintf(&b, "var %s = &Kernel{Name: %q, SPIRV: spv%s, Bindings: %d, PushSize: %d, Params: %q, SpecIDs: %d}\n\n",
-			name, k.v.Name, name, k.info.Bindings, k.info.PushSize, k.block.Name, k.info.SpecIDs)
+		fmt.Fprintf(&b, "var %s = &Kernel{Name: %q, SPIRV: spv%s, Bindings: %d, Texels: %#x, PushSize: %d, Params: %q, SpecIDs: %d}\n\n",
+			name, k.v.Name, name, k.info.Bindings, k.info.Texels, k.info.PushSize, k.block.Name, k.info.SpecIDs)
 	}
 	b.WriteString("// All lists every kernel, in the order of Variants.\nvar All = []*Kernel{\n")
 	for _, k := range all {

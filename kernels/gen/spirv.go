@@ -7,9 +7,10 @@ import (
 
 // spirvInfo is what a backend needs to know about a module's interface.
 type spirvInfo struct {
-	Bindings int // highest storage-buffer binding + 1
-	PushSize int // bytes of the push-constant block (0 if none)
-	SpecIDs  int // highest SpecId + 1
+	Bindings int    // highest binding + 1
+	Texels   uint32 // bit i set: binding i is a uniform texel buffer
+	PushSize int    // bytes of the push-constant block (0 if none)
+	SpecIDs  int    // highest SpecId + 1
 }
 
 // Opcodes and enums of the SPIR-V specification used below.
@@ -17,6 +18,7 @@ const (
 	opTypeInt         = 21
 	opTypeFloat       = 22
 	opTypeVector      = 23
+	opTypeImage       = 25
 	opTypeStruct      = 30
 	opTypePointer     = 32
 	opVariable        = 59
@@ -25,8 +27,10 @@ const (
 	decSpecID         = 1
 	decBinding        = 33
 	decOffset         = 35
+	scUniformConstant = 0
 	scPushConstant    = 9
 	scStorageBuffer   = 12
+	dimBuffer         = 5
 	spirvMagic        = 0x07230203
 	spirvHeaderLength = 5
 )
@@ -49,9 +53,10 @@ func parseSPIRV(code []byte) (spirvInfo, error) {
 	typeSize := map[uint32]int{}           // scalar/vector type id -> bytes
 	structMembers := map[uint32][]uint32{} // struct id -> member type ids
 	memberOffset := map[[2]uint32]int{}
-	pointee := map[uint32]uint32{} // pointer type id -> pointee (push constants only)
+	pointee := map[uint32]uint32{} // pointer type id -> pointee
 	ptrClass := map[uint32]uint32{}
-	binding := map[uint32]int{} // variable id -> binding
+	binding := map[uint32]int{}      // variable id -> binding
+	bufferImage := map[uint32]bool{} // sampled buffer image type ids
 	varClass := map[uint32]uint32{}
 	varType := map[uint32]uint32{}
 	for i := spirvHeaderLength; i < len(words); {
@@ -68,6 +73,11 @@ func parseSPIRV(code []byte) (spirvInfo, error) {
 			typeSize[w[1]] = typeSize[w[2]] * int(w[3])
 		case opTypeStruct:
 			structMembers[w[1]] = append([]uint32(nil), w[2:]...)
+		case opTypeImage:
+			// OpTypeImage id sampledType dim depth arrayed ms sampled format
+			if w[3] == dimBuffer && w[7] == 1 {
+				bufferImage[w[1]] = true
+			}
 		case opTypePointer:
 			ptrClass[w[1]] = w[2]
 			pointee[w[1]] = w[3]
@@ -89,8 +99,14 @@ func parseSPIRV(code []byte) (spirvInfo, error) {
 		i += n
 	}
 	for v, b := range binding {
-		if varClass[v] == scStorageBuffer {
+		switch {
+		case varClass[v] == scStorageBuffer:
 			info.Bindings = max(info.Bindings, b+1)
+		case varClass[v] == scUniformConstant && bufferImage[pointee[varType[v]]]:
+			info.Bindings = max(info.Bindings, b+1)
+			info.Texels |= 1 << b
+		default:
+			return info, fmt.Errorf("gen: binding %d is neither a storage buffer nor a uniform texel buffer", b)
 		}
 	}
 	for v, class := range varClass {

@@ -1,11 +1,14 @@
 #version 450
+#extension GL_EXT_samplerless_texture_functions : require
 #include "common.glsl"
 #include "matmul.glsl"
 // Register-blocked matmul for CPU-like devices (lavapipe): each invocation
-// computes TM x TN outputs from vec4 loads, with no shared memory (on
-// llvmpipe barriers cost far more than the loads they save). Needs K % 4 == 0,
-// and N % 4 == 0 when B is not transposed. Edge tiles clamp their loads to
-// valid rows and skip the stores.
+// computes TM x TN outputs from whole-texel (4-float) reads, with no shared
+// memory (on llvmpipe barriers cost far more than the loads they save). A
+// and B are texel buffers (Kernel.Texels): llvmpipe gathers texels without
+// the per-lane bounds-checked loop it emits for storage-buffer loads, which
+// doubles this kernel's rate. Needs K % 4 == 0, and N % 4 == 0 when B is not
+// transposed. Edge tiles clamp their reads to valid rows and skip the stores.
 #ifndef TM
 #define TM 16
 #endif
@@ -14,8 +17,8 @@
 #endif
 #define TN4 (TN / 4)
 layout(local_size_x_id = 0) in;
-layout(std430, binding = 0) readonly buffer A { vec4 a[]; };
-layout(std430, binding = 1) readonly buffer B { W4_T b[]; };
+layout(binding = 0) uniform textureBuffer A;
+layout(binding = 1) uniform textureBuffer B;
 layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 3) writeonly buffer C { float c[]; };
 
@@ -30,9 +33,9 @@ void main() {
 	uint m0 = (t / tiles_n) * TM;
 	uint n0 = (t % tiles_n) * TN;
 	uint k4 = p.k / 4u;
-	uint arow[TM];
+	int arow[TM];
 	for (uint i = 0u; i < TM; i++) {
-		arow[i] = (z * p.stride_a) / 4u + min(m0 + i, p.m - 1u) * k4;
+		arow[i] = int((z * p.stride_a) / 4u + min(m0 + i, p.m - 1u) * k4);
 	}
 	vec4 acc[TM][TN4];
 	for (uint i = 0u; i < TM; i++) {
@@ -41,17 +44,17 @@ void main() {
 		}
 	}
 	if (p.trans_b != 0u) {
-		uint brow[TN];
+		int brow[TN];
 		for (uint j = 0u; j < TN; j++) {
-			brow[j] = (z * p.stride_b) / 4u + min(n0 + j, p.n - 1u) * k4;
+			brow[j] = int((z * p.stride_b) / 4u + min(n0 + j, p.n - 1u) * k4);
 		}
-		for (uint kk = 0u; kk < k4; kk++) {
+		for (int kk = 0; kk < int(k4); kk++) {
 			vec4 bv[TN];
 			for (uint j = 0u; j < TN; j++) {
-				bv[j] = vec4(b[brow[j] + kk]);
+				bv[j] = texelFetch(B, brow[j] + kk);
 			}
 			for (uint i = 0u; i < TM; i++) {
-				vec4 av = a[arow[i] + kk];
+				vec4 av = texelFetch(A, arow[i] + kk);
 				for (uint j = 0u; j < TN4; j++) {
 					acc[i][j] += vec4(dot(av, bv[4u * j]), dot(av, bv[4u * j + 1u]), dot(av, bv[4u * j + 2u]), dot(av, bv[4u * j + 3u]));
 				}
@@ -59,19 +62,19 @@ void main() {
 		}
 	} else {
 		uint n4 = p.n / 4u;
-		uint bcol[TN4];
+		int bcol[TN4];
 		for (uint j = 0u; j < TN4; j++) {
-			bcol[j] = (z * p.stride_b) / 4u + min(n0 / 4u + j, n4 - 1u);
+			bcol[j] = int((z * p.stride_b) / 4u + min(n0 / 4u + j, n4 - 1u));
 		}
-		for (uint kk = 0u; kk < k4; kk++) {
+		for (int kk = 0; kk < int(k4); kk++) {
 			vec4 av[TM];
 			for (uint i = 0u; i < TM; i++) {
-				av[i] = a[arow[i] + kk];
+				av[i] = texelFetch(A, arow[i] + kk);
 			}
-			for (uint q = 0u; q < 4u; q++) {
-				uint off = (4u * kk + q) * n4;
+			for (int q = 0; q < 4; q++) {
+				int off = (4 * kk + q) * int(n4);
 				for (uint j = 0u; j < TN4; j++) {
-					vec4 bv = vec4(b[bcol[j] + off]);
+					vec4 bv = texelFetch(B, bcol[j] + off);
 					for (uint i = 0u; i < TM; i++) {
 						acc[i][j] += av[i][q] * bv;
 					}
