@@ -20,11 +20,13 @@ type Kernel struct {
 	// storage buffers one lane at a time behind a bounds check, so the
 	// CPU-tuned kernels read their big operands as texels (about 2x faster
 	// matmuls). The backend picks each view's format from the tensor's dtype:
-	// RGBA32F for F32, RGBA16F for F16, one texel per 4 elements.
-	Texels   uint32
-	PushSize int    // bytes of the push_constant block
-	Params   string // Go type of the push-constant struct
-	SpecIDs  int    // specialization constants, ids 0..SpecIDs-1
+	// RGBA32F for F32, RGBA16F for F16, one texel per 4 elements; or, when
+	// ScalarTexels is set, R32F and R16F, one texel per element.
+	Texels       uint32
+	ScalarTexels bool
+	PushSize     int    // bytes of the push_constant block
+	Params       string // Go type of the push-constant struct
+	SpecIDs      int    // specialization constants, ids 0..SpecIDs-1
 }
 
 func (k *Kernel) String() string { return k.Name }

@@ -2,7 +2,8 @@ package kernels
 
 // Variant is one compilation of a GLSL source: a name (the .spv file and,
 // CamelCased, the Go variable) and the preprocessor defines that select
-// types or code paths.
+// types or code paths. The define ScalarTexelsDefine marks a kernel whose
+// texel buffers hold one element per texel (Kernel.ScalarTexels).
 type Variant struct {
 	Name    string
 	Source  string // file in glsl/
@@ -19,6 +20,9 @@ func (v Variant) GlslcArgs(glslDir, out string) []string {
 	}
 	return append(args, glslDir+"/"+v.Source, "-o", out)
 }
+
+// ScalarTexelsDefine is the define that sets Kernel.ScalarTexels.
+const ScalarTexelsDefine = "SCALAR_TEXELS=1"
 
 // Weight operands (Linear, Conv2d, Embedding, and MatMul's b) come in F32 or
 // F16 storage; everything accumulates in float32.
@@ -39,8 +43,9 @@ var Variants = []Variant{
 	{"matmul_scalar_f32", "matmul_scalar.comp", f32W},
 	{"matmul_scalar_f16", "matmul_scalar.comp", f16W},
 
-	{"conv2d_reg_f32", "conv2d_reg.comp", f32W},
-	{"conv2d_reg_f16", "conv2d_reg.comp", f16W},
+	// conv2d_reg reads x and w as scalar texels (any alignment), so one
+	// kernel serves F32 and F16 weights.
+	{"conv2d_reg", "conv2d_reg.comp", []string{ScalarTexelsDefine}},
 	{"conv2d_tile_f32", "conv2d_tile.comp", f32W},
 	{"conv2d_tile_f16", "conv2d_tile.comp", f16W},
 

@@ -8,229 +8,223 @@ import _ "embed"
 var spvMatMulReg []byte
 
 // MatMulReg is glsl/matmul_reg.comp.
-var MatMulReg = &Kernel{Name: "matmul_reg", SPIRV: spvMatMulReg, Bindings: 4, Texels: 0x3, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+var MatMulReg = &Kernel{Name: "matmul_reg", SPIRV: spvMatMulReg, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_f32.spv
 var spvMatMulTileF32 []byte
 
 // MatMulTileF32 is glsl/matmul_tile.comp with W_T=float, W4_T=vec4.
-var MatMulTileF32 = &Kernel{Name: "matmul_tile_f32", SPIRV: spvMatMulTileF32, Bindings: 4, Texels: 0x0, PushSize: 36, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileF32 = &Kernel{Name: "matmul_tile_f32", SPIRV: spvMatMulTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/matmul_tile_f16.spv
 var spvMatMulTileF16 []byte
 
 // MatMulTileF16 is glsl/matmul_tile.comp with W_T=float16_t, W4_T=f16vec4.
-var MatMulTileF16 = &Kernel{Name: "matmul_tile_f16", SPIRV: spvMatMulTileF16, Bindings: 4, Texels: 0x0, PushSize: 36, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileF16 = &Kernel{Name: "matmul_tile_f16", SPIRV: spvMatMulTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/matmul_scalar_f32.spv
 var spvMatMulScalarF32 []byte
 
 // MatMulScalarF32 is glsl/matmul_scalar.comp with W_T=float, W4_T=vec4.
-var MatMulScalarF32 = &Kernel{Name: "matmul_scalar_f32", SPIRV: spvMatMulScalarF32, Bindings: 4, Texels: 0x0, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+var MatMulScalarF32 = &Kernel{Name: "matmul_scalar_f32", SPIRV: spvMatMulScalarF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_scalar_f16.spv
 var spvMatMulScalarF16 []byte
 
 // MatMulScalarF16 is glsl/matmul_scalar.comp with W_T=float16_t, W4_T=f16vec4.
-var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF16, Bindings: 4, Texels: 0x0, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
 
-//go:embed spv/conv2d_reg_f32.spv
-var spvConv2dRegF32 []byte
+//go:embed spv/conv2d_reg.spv
+var spvConv2dReg []byte
 
-// Conv2dRegF32 is glsl/conv2d_reg.comp with W_T=float, W4_T=vec4.
-var Conv2dRegF32 = &Kernel{Name: "conv2d_reg_f32", SPIRV: spvConv2dRegF32, Bindings: 4, Texels: 0x0, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
-
-//go:embed spv/conv2d_reg_f16.spv
-var spvConv2dRegF16 []byte
-
-// Conv2dRegF16 is glsl/conv2d_reg.comp with W_T=float16_t, W4_T=f16vec4.
-var Conv2dRegF16 = &Kernel{Name: "conv2d_reg_f16", SPIRV: spvConv2dRegF16, Bindings: 4, Texels: 0x0, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
+// Conv2dReg is glsl/conv2d_reg.comp with SCALAR_TEXELS=1.
+var Conv2dReg = &Kernel{Name: "conv2d_reg", SPIRV: spvConv2dReg, Bindings: 4, Texels: 0x3, ScalarTexels: true, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
 
 //go:embed spv/conv2d_tile_f32.spv
 var spvConv2dTileF32 []byte
 
 // Conv2dTileF32 is glsl/conv2d_tile.comp with W_T=float, W4_T=vec4.
-var Conv2dTileF32 = &Kernel{Name: "conv2d_tile_f32", SPIRV: spvConv2dTileF32, Bindings: 4, Texels: 0x0, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileF32 = &Kernel{Name: "conv2d_tile_f32", SPIRV: spvConv2dTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/conv2d_tile_f16.spv
 var spvConv2dTileF16 []byte
 
 // Conv2dTileF16 is glsl/conv2d_tile.comp with W_T=float16_t, W4_T=f16vec4.
-var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bindings: 4, Texels: 0x0, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_f32.spv
 var spvWinogradWeightsF32 []byte
 
 // WinogradWeightsF32 is glsl/winograd_weights.comp with W_T=float, W4_T=vec4.
-var WinogradWeightsF32 = &Kernel{Name: "winograd_weights_f32", SPIRV: spvWinogradWeightsF32, Bindings: 2, Texels: 0x0, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsF32 = &Kernel{Name: "winograd_weights_f32", SPIRV: spvWinogradWeightsF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_weights_f16.spv
 var spvWinogradWeightsF16 []byte
 
 // WinogradWeightsF16 is glsl/winograd_weights.comp with W_T=float16_t, W4_T=f16vec4.
-var WinogradWeightsF16 = &Kernel{Name: "winograd_weights_f16", SPIRV: spvWinogradWeightsF16, Bindings: 2, Texels: 0x0, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsF16 = &Kernel{Name: "winograd_weights_f16", SPIRV: spvWinogradWeightsF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_input.spv
 var spvWinogradInput []byte
 
 // WinogradInput is glsl/winograd_input.comp.
-var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x0, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_output.spv
 var spvWinogradOutput []byte
 
 // WinogradOutput is glsl/winograd_output.comp.
-var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/attention_reg.spv
 var spvAttentionReg []byte
 
 // AttentionReg is glsl/attention_reg.comp.
-var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x0, PushSize: 20, Params: "AttentionParams", SpecIDs: 3}
+var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 20, Params: "AttentionParams", SpecIDs: 3}
 
 //go:embed spv/attention_scalar.spv
 var spvAttentionScalar []byte
 
 // AttentionScalar is glsl/attention_scalar.comp.
-var AttentionScalar = &Kernel{Name: "attention_scalar", SPIRV: spvAttentionScalar, Bindings: 4, Texels: 0x0, PushSize: 20, Params: "AttentionParams", SpecIDs: 2}
+var AttentionScalar = &Kernel{Name: "attention_scalar", SPIRV: spvAttentionScalar, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 20, Params: "AttentionParams", SpecIDs: 2}
 
 //go:embed spv/group_norm.spv
 var spvGroupNorm []byte
 
 // GroupNorm is glsl/group_norm.comp.
-var GroupNorm = &Kernel{Name: "group_norm", SPIRV: spvGroupNorm, Bindings: 4, Texels: 0x0, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
+var GroupNorm = &Kernel{Name: "group_norm", SPIRV: spvGroupNorm, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
 
 //go:embed spv/group_norm_vec4.spv
 var spvGroupNormVec4 []byte
 
 // GroupNormVec4 is glsl/group_norm.comp with VEC4=1.
-var GroupNormVec4 = &Kernel{Name: "group_norm_vec4", SPIRV: spvGroupNormVec4, Bindings: 4, Texels: 0x0, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
+var GroupNormVec4 = &Kernel{Name: "group_norm_vec4", SPIRV: spvGroupNormVec4, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
 
 //go:embed spv/layer_norm.spv
 var spvLayerNorm []byte
 
 // LayerNorm is glsl/layer_norm.comp.
-var LayerNorm = &Kernel{Name: "layer_norm", SPIRV: spvLayerNorm, Bindings: 4, Texels: 0x0, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
+var LayerNorm = &Kernel{Name: "layer_norm", SPIRV: spvLayerNorm, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
 
 //go:embed spv/layer_norm_rows.spv
 var spvLayerNormRows []byte
 
 // LayerNormRows is glsl/layer_norm_rows.comp.
-var LayerNormRows = &Kernel{Name: "layer_norm_rows", SPIRV: spvLayerNormRows, Bindings: 4, Texels: 0x0, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
+var LayerNormRows = &Kernel{Name: "layer_norm_rows", SPIRV: spvLayerNormRows, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
 
 //go:embed spv/softmax.spv
 var spvSoftmax []byte
 
 // Softmax is glsl/softmax.comp.
-var Softmax = &Kernel{Name: "softmax", SPIRV: spvSoftmax, Bindings: 2, Texels: 0x0, PushSize: 8, Params: "SoftmaxParams", SpecIDs: 1}
+var Softmax = &Kernel{Name: "softmax", SPIRV: spvSoftmax, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "SoftmaxParams", SpecIDs: 1}
 
 //go:embed spv/unary.spv
 var spvUnary []byte
 
 // Unary is glsl/unary.comp.
-var Unary = &Kernel{Name: "unary", SPIRV: spvUnary, Bindings: 2, Texels: 0x0, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
+var Unary = &Kernel{Name: "unary", SPIRV: spvUnary, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
 
 //go:embed spv/unary_vec4.spv
 var spvUnaryVec4 []byte
 
 // UnaryVec4 is glsl/unary.comp with VEC4=1.
-var UnaryVec4 = &Kernel{Name: "unary_vec4", SPIRV: spvUnaryVec4, Bindings: 2, Texels: 0x0, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
+var UnaryVec4 = &Kernel{Name: "unary_vec4", SPIRV: spvUnaryVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
 
 //go:embed spv/geglu.spv
 var spvGEGLU []byte
 
 // GEGLU is glsl/geglu.comp.
-var GEGLU = &Kernel{Name: "geglu", SPIRV: spvGEGLU, Bindings: 2, Texels: 0x0, PushSize: 8, Params: "GEGLUParams", SpecIDs: 1}
+var GEGLU = &Kernel{Name: "geglu", SPIRV: spvGEGLU, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "GEGLUParams", SpecIDs: 1}
 
 //go:embed spv/binary.spv
 var spvBinary []byte
 
 // Binary is glsl/binary.comp.
-var Binary = &Kernel{Name: "binary", SPIRV: spvBinary, Bindings: 3, Texels: 0x0, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
+var Binary = &Kernel{Name: "binary", SPIRV: spvBinary, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
 
 //go:embed spv/binary_vec4.spv
 var spvBinaryVec4 []byte
 
 // BinaryVec4 is glsl/binary.comp with VEC4=1.
-var BinaryVec4 = &Kernel{Name: "binary_vec4", SPIRV: spvBinaryVec4, Bindings: 3, Texels: 0x0, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
+var BinaryVec4 = &Kernel{Name: "binary_vec4", SPIRV: spvBinaryVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
 
 //go:embed spv/scale.spv
 var spvScale []byte
 
 // Scale is glsl/scale.comp.
-var Scale = &Kernel{Name: "scale", SPIRV: spvScale, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
+var Scale = &Kernel{Name: "scale", SPIRV: spvScale, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
 
 //go:embed spv/scale_vec4.spv
 var spvScaleVec4 []byte
 
 // ScaleVec4 is glsl/scale.comp with VEC4=1.
-var ScaleVec4 = &Kernel{Name: "scale_vec4", SPIRV: spvScaleVec4, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
+var ScaleVec4 = &Kernel{Name: "scale_vec4", SPIRV: spvScaleVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
 
 //go:embed spv/upsample2x.spv
 var spvUpsample2x []byte
 
 // Upsample2x is glsl/upsample2x.comp.
-var Upsample2x = &Kernel{Name: "upsample2x", SPIRV: spvUpsample2x, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
+var Upsample2x = &Kernel{Name: "upsample2x", SPIRV: spvUpsample2x, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
 
 //go:embed spv/upsample2x_vec4.spv
 var spvUpsample2xVec4 []byte
 
 // Upsample2xVec4 is glsl/upsample2x.comp with VEC4=1.
-var Upsample2xVec4 = &Kernel{Name: "upsample2x_vec4", SPIRV: spvUpsample2xVec4, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
+var Upsample2xVec4 = &Kernel{Name: "upsample2x_vec4", SPIRV: spvUpsample2xVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
 
 //go:embed spv/concat.spv
 var spvConcat []byte
 
 // Concat is glsl/concat.comp.
-var Concat = &Kernel{Name: "concat", SPIRV: spvConcat, Bindings: 3, Texels: 0x0, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
+var Concat = &Kernel{Name: "concat", SPIRV: spvConcat, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
 
 //go:embed spv/concat_vec4.spv
 var spvConcatVec4 []byte
 
 // ConcatVec4 is glsl/concat.comp with VEC4=1.
-var ConcatVec4 = &Kernel{Name: "concat_vec4", SPIRV: spvConcatVec4, Bindings: 3, Texels: 0x0, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
+var ConcatVec4 = &Kernel{Name: "concat_vec4", SPIRV: spvConcatVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
 
 //go:embed spv/permute.spv
 var spvPermute []byte
 
 // Permute is glsl/permute.comp.
-var Permute = &Kernel{Name: "permute", SPIRV: spvPermute, Bindings: 2, Texels: 0x0, PushSize: 32, Params: "PermuteParams", SpecIDs: 1}
+var Permute = &Kernel{Name: "permute", SPIRV: spvPermute, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 32, Params: "PermuteParams", SpecIDs: 1}
 
 //go:embed spv/embedding_f32.spv
 var spvEmbeddingF32 []byte
 
 // EmbeddingF32 is glsl/embedding.comp with W_T=float, W4_T=vec4.
-var EmbeddingF32 = &Kernel{Name: "embedding_f32", SPIRV: spvEmbeddingF32, Bindings: 3, Texels: 0x0, PushSize: 8, Params: "EmbeddingParams", SpecIDs: 1}
+var EmbeddingF32 = &Kernel{Name: "embedding_f32", SPIRV: spvEmbeddingF32, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "EmbeddingParams", SpecIDs: 1}
 
 //go:embed spv/embedding_f16.spv
 var spvEmbeddingF16 []byte
 
 // EmbeddingF16 is glsl/embedding.comp with W_T=float16_t, W4_T=f16vec4.
-var EmbeddingF16 = &Kernel{Name: "embedding_f16", SPIRV: spvEmbeddingF16, Bindings: 3, Texels: 0x0, PushSize: 8, Params: "EmbeddingParams", SpecIDs: 1}
+var EmbeddingF16 = &Kernel{Name: "embedding_f16", SPIRV: spvEmbeddingF16, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "EmbeddingParams", SpecIDs: 1}
 
 //go:embed spv/copy_f32_f32.spv
 var spvCopyF32F32 []byte
 
 // CopyF32F32 is glsl/copy.comp with SRC_T=float, DST_T=float.
-var CopyF32F32 = &Kernel{Name: "copy_f32_f32", SPIRV: spvCopyF32F32, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF32F32 = &Kernel{Name: "copy_f32_f32", SPIRV: spvCopyF32F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/copy_f16_f32.spv
 var spvCopyF16F32 []byte
 
 // CopyF16F32 is glsl/copy.comp with SRC_T=float16_t, DST_T=float.
-var CopyF16F32 = &Kernel{Name: "copy_f16_f32", SPIRV: spvCopyF16F32, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF16F32 = &Kernel{Name: "copy_f16_f32", SPIRV: spvCopyF16F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/copy_f32_f16.spv
 var spvCopyF32F16 []byte
 
 // CopyF32F16 is glsl/copy.comp with SRC_T=float, DST_T=float16_t.
-var CopyF32F16 = &Kernel{Name: "copy_f32_f16", SPIRV: spvCopyF32F16, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF32F16 = &Kernel{Name: "copy_f32_f16", SPIRV: spvCopyF32F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/copy_f16_f16.spv
 var spvCopyF16F16 []byte
 
 // CopyF16F16 is glsl/copy.comp with SRC_T=float16_t, DST_T=float16_t.
-var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2, Texels: 0x0, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 // All lists every kernel, in the order of Variants.
 var All = []*Kernel{
@@ -239,8 +233,7 @@ var All = []*Kernel{
 	MatMulTileF16,
 	MatMulScalarF32,
 	MatMulScalarF16,
-	Conv2dRegF32,
-	Conv2dRegF16,
+	Conv2dReg,
 	Conv2dTileF32,
 	Conv2dTileF16,
 	WinogradWeightsF32,

@@ -488,19 +488,25 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 }
 
 // texelView makes a uniform texel-buffer view of bd for kernel k: RGBA32F
-// over F32 tensors, RGBA16F over F16 ones, one texel per 4 elements.
+// over F32 tensors, RGBA16F over F16 ones, one texel per 4 elements (R32F
+// and R16F, one per element, for kernels with ScalarTexels).
 func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vulkan.BufferView, error) {
 	info := &r.d.info
 	if !info.TexelBuffers {
-		return nil, fmt.Errorf("vk: kernel %s reads texel buffers, which %s lacks for RGBA32F/RGBA16F", k.Name, info.Name)
+		return nil, fmt.Errorf("vk: kernel %s reads texel buffers, which %s lacks for R(GBA)32F/R(GBA)16F", k.Name, info.Name)
 	}
-	format := vulkan.FormatR32g32b32a32Sfloat
-	if bd.dtype == engine.F16 {
+	format, comps := vulkan.FormatR32g32b32a32Sfloat, int64(4)
+	switch {
+	case k.ScalarTexels && bd.dtype == engine.F16:
+		format, comps = vulkan.FormatR16Sfloat, 1
+	case k.ScalarTexels:
+		format, comps = vulkan.FormatR32Sfloat, 1
+	case bd.dtype == engine.F16:
 		format = vulkan.FormatR16g16b16a16Sfloat
 	}
-	texel := 4 * int64(bd.dtype.Size())
+	texel := comps * int64(bd.dtype.Size())
 	if bd.size%texel != 0 {
-		return nil, fmt.Errorf("vk: kernel %s: %s is %d bytes, not whole 4-element texels", k.Name, bd.name, bd.size)
+		return nil, fmt.Errorf("vk: kernel %s: %s is %d bytes, not whole %d-element texels", k.Name, bd.name, bd.size, comps)
 	}
 	if lim := info.MaxTexelBufferElements; lim > 0 && bd.size/texel > lim {
 		return nil, &RangeError{Op: k.Name, Tensor: bd.name, Bytes: bd.size, Limit: lim * texel, What: "maxTexelBufferElements"}

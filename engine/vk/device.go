@@ -91,7 +91,7 @@ type DeviceInfo struct {
 	MaxSharedMemory         int
 	MaxWorkgroupInvocations int
 	MinStorageBufferAlign   int64
-	// TexelBuffers: RGBA32F and RGBA16F work as uniform texel buffers (the
+	// TexelBuffers: R32F, R16F, RGBA32F and RGBA16F work as uniform texel buffers (the
 	// CPU-tuned kernels read their operands so; see kernels.Kernel.Texels).
 	TexelBuffers           bool
 	MaxTexelBufferElements int64
@@ -210,7 +210,8 @@ func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) (Device
 			DeviceLocal: vulkan.MemoryHeapFlagBits(h.Flags)&vulkan.MemoryHeapDeviceLocalBit != 0})
 	}
 	info.TexelBuffers = true
-	for _, f := range []vulkan.Format{vulkan.FormatR32g32b32a32Sfloat, vulkan.FormatR16g16b16a16Sfloat} {
+	for _, f := range []vulkan.Format{vulkan.FormatR32g32b32a32Sfloat, vulkan.FormatR16g16b16a16Sfloat,
+		vulkan.FormatR32Sfloat, vulkan.FormatR16Sfloat} {
 		var fp vulkan.FormatProperties
 		vulkan.GetPhysicalDeviceFormatProperties(pd, f, &fp)
 		fp.Deref()

@@ -43,12 +43,12 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	var kern *kernels.Kernel
 	var groups [3]uint32
 	local := uint32(wgReg)
-	if d.tuning == TuningGPU {
+	if d.tuning == TuningGPU || !d.info.TexelBuffers {
 		kern = pickW(w.DType, kernels.Conv2dTileF32, kernels.Conv2dTileF16)
 		groups = [3]uint32{uint32((oh*ow + tileMN - 1) / tileMN), uint32((o + tileMN - 1) / tileMN), uint32(n)}
 		local = 256
 	} else {
-		kern = pickW(w.DType, kernels.Conv2dRegF32, kernels.Conv2dRegF16)
+		kern = kernels.Conv2dReg
 		tiles := ((ow + regTP - 1) / regTP) * oh * ((o + regTO - 1) / regTO)
 		groups = d.groupGrid((tiles+wgReg-1)/wgReg, n)
 	}

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -187,8 +188,9 @@ func genKernels(all []built, blocks map[string]pushBlock) []byte {
 			defs = " with " + strings.Join(k.v.Defines, ", ")
 		}
 		fmt.Fprintf(&b, "// %s is glsl/%s%s.\n", name, k.v.Source, defs)
-		fmt.Fprintf(&b, "var %s = &Kernel{Name: %q, SPIRV: spv%s, Bindings: %d, Texels: %#x, PushSize: %d, Params: %q, SpecIDs: %d}\n\n",
-			name, k.v.Name, name, k.info.Bindings, k.info.Texels, k.info.PushSize, k.block.Name, k.info.SpecIDs)
+		scalar := slices.Contains(k.v.Defines, kernels.ScalarTexelsDefine)
+		fmt.Fprintf(&b, "var %s = &Kernel{Name: %q, SPIRV: spv%s, Bindings: %d, Texels: %#x, ScalarTexels: %v, PushSize: %d, Params: %q, SpecIDs: %d}\n\n",
+			name, k.v.Name, name, k.info.Bindings, k.info.Texels, scalar, k.info.PushSize, k.block.Name, k.info.SpecIDs)
 	}
 	b.WriteString("// All lists every kernel, in the order of Variants.\nvar All = []*Kernel{\n")
 	for _, k := range all {

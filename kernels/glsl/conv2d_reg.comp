@@ -1,4 +1,5 @@
 #version 450
+#extension GL_EXT_samplerless_texture_functions : require
 #include "common.glsl"
 #include "conv2d.glsl"
 // Implicit-GEMM convolution for CPU-like devices: each invocation computes
@@ -6,6 +7,8 @@
 // input channel and kernel row it loads the SEG input pixels those TP
 // outputs touch once and reuses them across the KW taps and TO channels, so
 // no im2col matrix is ever built. Edge tiles clamp loads and skip stores.
+// x and w are scalar texel buffers (Kernel.ScalarTexels): llvmpipe gathers
+// texels branch-free, unlike storage-buffer loads.
 #ifndef TO
 #define TO 16
 #endif
@@ -13,8 +16,8 @@
 #define TP 16
 #endif
 layout(local_size_x_id = 0) in;
-layout(std430, binding = 0) readonly buffer X { float x[]; };
-layout(std430, binding = 1) readonly buffer Wt { W_T wt[]; };
+layout(binding = 0) uniform textureBuffer X;
+layout(binding = 1) uniform textureBuffer Wt;
 layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 3) writeonly buffer Y { float y[]; };
 
@@ -34,19 +37,19 @@ void main() {
 	uint o0 = (r / p.oh) * TO;
 	uint ox0 = tx * TP;
 	uint khw = KH * KW;
-	uint wrow[TO];
+	int wrow[TO];
 	for (uint i = 0u; i < TO; i++) {
-		wrow[i] = min(o0 + i, p.o - 1u) * p.c * khw;
+		wrow[i] = int(min(o0 + i, p.o - 1u) * p.c * khw);
 	}
 	// Input columns this tile reads, clamped into the row; valid marks
 	// the ones inside the image (the rest are zero padding).
 	int ix0 = int(ox0 * STRIDE) - int(PAD);
-	uint xcol[SEG];
+	int xcol[SEG];
 	bool xok[SEG];
 	for (uint s = 0u; s < SEG; s++) {
 		int ix = ix0 + int(s);
 		xok[s] = ix >= 0 && ix < int(p.w);
-		xcol[s] = uint(clamp(ix, 0, int(p.w) - 1));
+		xcol[s] = clamp(ix, 0, int(p.w) - 1);
 	}
 	float acc[TO][TP];
 	for (uint i = 0u; i < TO; i++) {
@@ -56,12 +59,12 @@ void main() {
 	}
 	int iy0 = int(oy * STRIDE) - int(PAD);
 	// Rows outside the image read row 0 and are zeroed by rowok.
-	uint xrowoff[KH];
+	int xrowoff[KH];
 	bool rowok[KH];
 	for (uint ky = 0u; ky < KH; ky++) {
 		int iy = iy0 + int(ky);
 		rowok[ky] = iy >= 0 && iy < int(p.h);
-		xrowoff[ky] = uint(clamp(iy, 0, int(p.h) - 1)) * p.w;
+		xrowoff[ky] = clamp(iy, 0, int(p.h) - 1) * int(p.w);
 	}
 	for (uint c0 = 0u; c0 < p.c; c0 += CB) {
 		// All the input this tile needs from channels c0..c0+CB-1, then
@@ -70,16 +73,16 @@ void main() {
 		// fewer registers than TO*TP accumulators) to a minimum. Channels
 		// past C read channel C-1 with zero weights.
 		float seg[CB][KH][SEG];
-		uint wcol[CB];
+		int wcol[CB];
 		bool chok[CB];
 		for (uint cb = 0u; cb < CB; cb++) {
 			uint c = min(c0 + cb, p.c - 1u);
 			chok[cb] = c0 + cb < p.c;
-			wcol[cb] = c * khw;
-			uint xplane = (n * p.c + c) * p.h * p.w;
+			wcol[cb] = int(c * khw);
+			int xplane = int((n * p.c + c) * p.h * p.w);
 			for (uint ky = 0u; ky < KH; ky++) {
 				for (uint s = 0u; s < SEG; s++) {
-					float v = x[xplane + xrowoff[ky] + xcol[s]];
+					float v = texelFetch(X, xplane + xrowoff[ky] + xcol[s]).r;
 					seg[cb][ky][s] = (xok[s] && rowok[ky]) ? v : 0.0;
 				}
 			}
@@ -87,8 +90,8 @@ void main() {
 		for (uint i = 0u; i < TO; i++) {
 			float wv[CB][KH * KW];
 			for (uint cb = 0u; cb < CB; cb++) {
-				for (uint t = 0u; t < KH * KW; t++) {
-					float w = float(wt[wrow[i] + wcol[cb] + t]);
+				for (int t = 0; t < int(KH * KW); t++) {
+					float w = texelFetch(Wt, wrow[i] + wcol[cb] + t).r;
 					wv[cb][t] = chok[cb] ? w : 0.0;
 				}
 			}
