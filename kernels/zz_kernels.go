@@ -80,7 +80,7 @@ var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, 
 var spvAttentionReg []byte
 
 // AttentionReg is glsl/attention_reg.comp.
-var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 20, Params: "AttentionParams", SpecIDs: 3}
+var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x7, ScalarTexels: false, PushSize: 20, Params: "AttentionParams", SpecIDs: 3}
 
 //go:embed spv/attention_scalar.spv
 var spvAttentionScalar []byte

@@ -1,16 +1,19 @@
 #version 450
+#extension GL_EXT_samplerless_texture_functions : require
 #include "common.glsl"
 #include "attention.glsl"
 // Flash-style attention for D % 4 == 0. Each invocation owns QB queries of
 // one head and walks the keys in blocks of KB: scores for the block, one
 // rescale of the running sums, then the weighted values. Neighbouring
 // invocations share the head, so they read the same keys and values.
+// q, k and v are texel buffers (Kernel.Texels): llvmpipe gathers texels
+// branch-free, unlike storage-buffer loads.
 #define KB 8
 #define NEG_BIG -1.0e30
 layout(local_size_x_id = 0) in;
-layout(std430, binding = 0) readonly buffer Q { vec4 q[]; };
-layout(std430, binding = 1) readonly buffer K { vec4 k[]; };
-layout(std430, binding = 2) readonly buffer V { vec4 v[]; };
+layout(binding = 0) uniform textureBuffer Q;
+layout(binding = 1) uniform textureBuffer K;
+layout(binding = 2) uniform textureBuffer V;
 layout(std430, binding = 3) writeonly buffer O { vec4 o[]; };
 
 const uint D4 = D / 4u;
@@ -31,9 +34,9 @@ void main() {
 	vec4 acc[QB][D4];
 	float m[QB], l[QB];
 	for (uint qi = 0u; qi < QB; qi++) {
-		uint qrow = (b * p.lq + min(q0 + qi, p.lq - 1u)) * row4 + h * D4;
+		int qrow = int((b * p.lq + min(q0 + qi, p.lq - 1u)) * row4 + h * D4);
 		for (uint d = 0u; d < D4; d++) {
-			qr[qi][d] = q[qrow + d] * sc;
+			qr[qi][d] = texelFetch(Q, qrow + int(d)) * sc;
 			acc[qi][d] = vec4(0.0);
 		}
 		m[qi] = NEG_BIG;
@@ -48,12 +51,12 @@ void main() {
 		float s[QB][KB];
 		for (uint kb = 0u; kb < KB; kb++) {
 			uint j = min(j0 + kb, p.lk - 1u);
-			uint krow = kvbase + j * row4;
+			int krow = int(kvbase + j * row4);
 			for (uint qi = 0u; qi < QB; qi++) {
 				s[qi][kb] = 0.0;
 			}
 			for (uint d = 0u; d < D4; d++) {
-				vec4 kv = k[krow + d];
+				vec4 kv = texelFetch(K, krow + int(d));
 				for (uint qi = 0u; qi < QB; qi++) {
 					s[qi][kb] += dot(qr[qi][d], kv);
 				}
@@ -85,9 +88,9 @@ void main() {
 		}
 		for (uint kb = 0u; kb < KB; kb++) {
 			uint j = min(j0 + kb, p.lk - 1u);
-			uint vrow = kvbase + j * row4;
+			int vrow = int(kvbase + j * row4);
 			for (uint d = 0u; d < D4; d++) {
-				vec4 vv = v[vrow + d];
+				vec4 vv = texelFetch(V, vrow + int(d));
 				for (uint qi = 0u; qi < QB; qi++) {
 					acc[qi][d] += pr[qi][kb] * vv;
 				}
