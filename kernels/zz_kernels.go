@@ -56,25 +56,25 @@ var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bi
 var spvWinogradWeightsF32 []byte
 
 // WinogradWeightsF32 is glsl/winograd_weights.comp with W_T=float, W4_T=vec4.
-var WinogradWeightsF32 = &Kernel{Name: "winograd_weights_f32", SPIRV: spvWinogradWeightsF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsF32 = &Kernel{Name: "winograd_weights_f32", SPIRV: spvWinogradWeightsF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_weights_f16.spv
 var spvWinogradWeightsF16 []byte
 
 // WinogradWeightsF16 is glsl/winograd_weights.comp with W_T=float16_t, W4_T=f16vec4.
-var WinogradWeightsF16 = &Kernel{Name: "winograd_weights_f16", SPIRV: spvWinogradWeightsF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsF16 = &Kernel{Name: "winograd_weights_f16", SPIRV: spvWinogradWeightsF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_input.spv
 var spvWinogradInput []byte
 
 // WinogradInput is glsl/winograd_input.comp.
-var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_output.spv
 var spvWinogradOutput []byte
 
 // WinogradOutput is glsl/winograd_output.comp.
-var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "WinogradParams", SpecIDs: 1}
+var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/attention_reg.spv
 var spvAttentionReg []byte
@@ -415,4 +415,5 @@ type WinogradParams struct {
 	Tn      uint32
 	Pad     uint32
 	HasBias uint32
+	OStride uint32
 }

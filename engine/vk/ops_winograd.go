@@ -56,24 +56,52 @@ func (d *Device) winogradAuto(c, o, oh, ow int) bool {
 	return d.tuning == TuningCPU && c >= 32 && o >= 32 && oh*ow >= 16*16 && c*o*oh*ow >= 1<<22
 }
 
+// winoGroupAlign is the output-channel granularity of Winograd's channel
+// groups: group offsets into w, bias and dst stay 256-byte aligned for
+// any input channel count.
+const winoGroupAlign = 64
+
+// winoGroups splits o output channels into groups whose transformed
+// weights (36 x group x cp floats) fit limit bytes; 0 when even one
+// aligned group does not.
+func winoGroups(o, cp int, limit int64) int {
+	perO := int64(winoPos) * int64(cp) * 4
+	if int64(4*((o+3)/4))*perO <= limit {
+		return o
+	}
+	most := int(limit/perO) / winoGroupAlign * winoGroupAlign
+	if most < winoGroupAlign {
+		return 0
+	}
+	groups := (o + most - 1) / most
+	return ((o+groups-1)/groups + winoGroupAlign - 1) / winoGroupAlign * winoGroupAlign
+}
+
 // conv2dWinograd records the conv of Conv2d's bound operands c.binds
-// (x, w, bias, dst) through Winograd. It returns false, having recorded
-// nothing, when the scratch does not fit the budget or the binding limit;
-// the caller then runs the direct kernel.
+// (x, w, bias, dst) through Winograd. Output channels run in groups when
+// the transformed weights of all of them would exceed the binding limit
+// (1280-channel UNet convs on lavapipe's 128 MiB). It returns false, having
+// recorded nothing, when the scratch does not fit the budget or the
+// binding limit; the caller then runs the direct kernel.
 func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh, ow, pad int, hasBias uint32) (bool, error) {
-	cp4, op4 := (ch+3)/4, (o+3)/4
-	cp, op := 4*cp4, 4*op4
+	cp4 := (ch + 3) / 4
+	cp := 4 * cp4
 	th, tw := (oh+winoTile-1)/winoTile, (ow+winoTile-1)/winoTile
 	tiles := n * th * tw
 	limit := int64(1) << 31
 	if r := d.info.MaxStorageBufferRange; r > 0 {
 		limit = r
 	}
-	uBytes := int64(winoPos) * int64(op) * int64(cp) * 4
+	og := winoGroups(o, cp, limit)
+	op := 4 * ((og + 3) / 4)
 	perTile := int64(winoPos) * int64(max(cp, op)) * 4
 	tn := int(min(min(limit, winoChunkBytes)/perTile, int64(tiles)))
-	if uBytes > limit || tn < 1 {
+	if og == 0 || tn < 1 {
 		return false, nil
+	}
+	if a := int64(max(d.info.MinStorageBufferAlign, 16)); og < o &&
+		(int64(og*ch*9*wdt.Size())%a != 0 || int64(4*og*oh*ow)%a != 0 || int64(4*og)%a != 0) {
+		return false, nil // groups would bind misaligned ranges
 	}
 	var scratch []*engine.Tensor
 	defer func() {
@@ -97,9 +125,29 @@ func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh,
 			mb, err = alloc("winograd_m", winoPos*tn*op)
 		}
 		if err == nil {
-			return true, d.recordWinograd(c, wdt, ub, vb, mb, kernels.WinogradParams{C: uint32(ch), H: uint32(h),
-				W: uint32(wd), O: uint32(o), Oh: uint32(oh), Ow: uint32(ow), Cp4: uint32(cp4), Op4: uint32(op4),
-				Th: uint32(th), Tw: uint32(tw), Tn: uint32(tn), Pad: uint32(pad), HasBias: hasBias}, tiles)
+			defer c.release()
+			xb, wb, bb, yb := c.binds[0], c.binds[1], c.binds[2], c.binds[3]
+			for o0 := 0; o0 < o; o0 += og {
+				oc := min(og, o-o0)
+				pp := kernels.WinogradParams{C: uint32(ch), H: uint32(h), W: uint32(wd), O: uint32(oc), Oh: uint32(oh),
+					Ow: uint32(ow), Cp4: uint32(cp4), Op4: uint32((oc + 3) / 4), Th: uint32(th), Tw: uint32(tw),
+					Tn: uint32(tn), Pad: uint32(pad), HasBias: hasBias, OStride: uint32(o)}
+				gw := subRange(wb, int64(o0*ch*9*wdt.Size()), int64(oc*ch*9*wdt.Size()))
+				gb := bb
+				if hasBias != 0 {
+					gb = subRange(bb, int64(4*o0), int64(4*oc))
+				}
+				gy := subRange(yb, int64(4*o0*oh*ow), yb.size-int64(4*o0*oh*ow))
+				if err := d.recordWinograd(c, wdt, xb, gw, gb, gy, ub, vb, mb, pp, tiles); err != nil {
+					return true, err
+				}
+			}
+			for _, f := range c.post {
+				if err := f(); err != nil {
+					return true, err
+				}
+			}
+			return true, nil
 		}
 	}
 	var be *BudgetError
@@ -111,12 +159,18 @@ func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh,
 	return false, err
 }
 
-// recordWinograd records the weight transform into ub, then per chunk of
-// pp.Tn tiles the input transform into vb, the 36 matmuls into mb and the
-// output transform into dst.
-func (d *Device) recordWinograd(c *opCtx, wdt engine.DType, ub, vb, mb binding, pp kernels.WinogradParams, tiles int) error {
-	defer c.release()
-	xb, wb, bb, yb := c.binds[0], c.binds[1], c.binds[2], c.binds[3]
+// subRange is the part of bd from off, size bytes long.
+func subRange(bd binding, off, size int64) binding {
+	bd.off += off
+	bd.size = size
+	return bd
+}
+
+// recordWinograd records, for one group of pp.O output channels, the
+// weight transform into ub, then per chunk of pp.Tn tiles the input
+// transform into vb, the 36 matmuls into mb and the output transform into
+// the group's channels of yb.
+func (d *Device) recordWinograd(c *opCtx, wdt engine.DType, xb, wb, bb, yb, ub, vb, mb binding, pp kernels.WinogradParams, tiles int) error {
 	wr := func(bd binding) binding { bd.write = true; return bd }
 	dispatch := func(k *kernels.Kernel, p kernels.WinogradParams, n int, binds ...binding) error {
 		if err := d.rec.dispatch(k, []uint32{wgReg}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgReg), binds); err != nil {
@@ -144,11 +198,6 @@ func (d *Device) recordWinograd(c *opCtx, wdt engine.DType, ub, vb, mb binding, 
 			return err
 		}
 		if err := dispatch(kernels.WinogradOutput, p, tn*int(p.Op4), mb, bb, yb); err != nil {
-			return err
-		}
-	}
-	for _, f := range c.post {
-		if err := f(); err != nil {
 			return err
 		}
 	}

@@ -125,6 +125,33 @@ func TestConv2dWinogradFallback(t *testing.T) {
 	}
 }
 
+// TestConv2dWinogradChannelGroups shrinks the binding limit so that the
+// transformed weights of 150 output channels need three groups (64, 64,
+// 22: the last one padded), with a batch of two so that the groups' output
+// ranges interleave, and checks the result against the reference.
+func TestConv2dWinogradChannelGroups(t *testing.T) {
+	device(t)
+	opts := DefaultOptions()
+	opts.Conv = ConvWinograd
+	d, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	const n, c, h, w, o = 2, 32, 12, 12, 150
+	limit := int64(winoPos * c * 4 * winoGroupAlign)
+	if g := winoGroups(o, c, limit); g != winoGroupAlign {
+		t.Fatalf("winoGroups = %d, want %d", g, winoGroupAlign)
+	}
+	d.info.MaxStorageBufferRange = limit
+	for _, dt := range []engine.DType{engine.F32, engine.F16} {
+		enginetest.CheckConv2d(t, d, n, c, h, w, o, 3, 1, 1, dt)
+	}
+	if _, used := d.pipes.modules[kernels.WinogradInput]; !used {
+		t.Error("Winograd was not used")
+	}
+}
+
 // TestWinogradAccuracy measures F(4,3)'s rounding at the largest channel
 // count SD uses in 3x3 convs (512 in the VAE; the UNet's 1280-channel convs
 // run at maps too small for Winograd) against a float64 direct conv, next

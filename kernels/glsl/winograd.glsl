@@ -23,6 +23,7 @@ layout(push_constant) uniform WinogradParams {
 	uint tn;
 	uint pad;
 	uint has_bias;
+	uint o_stride; // channels of the output tensor; o is this dispatch's share
 } p;
 
 // B^T applied to one column of 6 (four channels at once).

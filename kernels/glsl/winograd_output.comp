@@ -51,7 +51,7 @@ void main() {
 			if (oy >= p.oh || o >= p.o) {
 				continue;
 			}
-			uint base = ((n * p.o + o) * p.oh + oy) * p.ow + ox0;
+			uint base = ((n * p.o_stride + o) * p.oh + oy) * p.ow + ox0;
 			for (uint kx = 0u; kx < 4u; kx++) {
 				if (ox0 + kx < p.ow) {
 					y[base + kx] = rr[kx][q] + b[q];
