@@ -51,9 +51,8 @@ var Variants = []Variant{
 
 	// Winograd F(4x4, 3x3) transforms around matmul_reg for 3x3 stride-1
 	// convs (engine/vk/ops_winograd.go).
-	{"winograd_weights_f32", "winograd_weights.comp", f32W},
-	{"winograd_weights_f16", "winograd_weights.comp", f16W},
-	{"winograd_input", "winograd_input.comp", nil},
+	{"winograd_weights", "winograd_weights.comp", []string{ScalarTexelsDefine}},
+	{"winograd_input", "winograd_input.comp", []string{ScalarTexelsDefine}},
 	{"winograd_output", "winograd_output.comp", nil},
 
 	{"attention_reg", "attention_reg.comp", nil},

@@ -52,23 +52,17 @@ var spvConv2dTileF16 []byte
 // Conv2dTileF16 is glsl/conv2d_tile.comp with W_T=float16_t, W4_T=f16vec4.
 var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
-//go:embed spv/winograd_weights_f32.spv
-var spvWinogradWeightsF32 []byte
+//go:embed spv/winograd_weights.spv
+var spvWinogradWeights []byte
 
-// WinogradWeightsF32 is glsl/winograd_weights.comp with W_T=float, W4_T=vec4.
-var WinogradWeightsF32 = &Kernel{Name: "winograd_weights_f32", SPIRV: spvWinogradWeightsF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
-
-//go:embed spv/winograd_weights_f16.spv
-var spvWinogradWeightsF16 []byte
-
-// WinogradWeightsF16 is glsl/winograd_weights.comp with W_T=float16_t, W4_T=f16vec4.
-var WinogradWeightsF16 = &Kernel{Name: "winograd_weights_f16", SPIRV: spvWinogradWeightsF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
+// WinogradWeights is glsl/winograd_weights.comp with SCALAR_TEXELS=1.
+var WinogradWeights = &Kernel{Name: "winograd_weights", SPIRV: spvWinogradWeights, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_input.spv
 var spvWinogradInput []byte
 
-// WinogradInput is glsl/winograd_input.comp.
-var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
+// WinogradInput is glsl/winograd_input.comp with SCALAR_TEXELS=1.
+var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_output.spv
 var spvWinogradOutput []byte
@@ -236,8 +230,7 @@ var All = []*Kernel{
 	Conv2dReg,
 	Conv2dTileF32,
 	Conv2dTileF16,
-	WinogradWeightsF32,
-	WinogradWeightsF16,
+	WinogradWeights,
 	WinogradInput,
 	WinogradOutput,
 	AttentionReg,

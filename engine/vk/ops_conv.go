@@ -32,7 +32,7 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	n, ch, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
 	kh, kw := w.Shape[2], w.Shape[3]
 	oh, ow := s[2], s[3]
-	if kh == 3 && kw == 3 && p.Stride == 1 && d.opts.Conv != ConvDirect &&
+	if kh == 3 && kw == 3 && p.Stride == 1 && d.opts.Conv != ConvDirect && d.info.TexelBuffers &&
 		(d.opts.Conv == ConvWinograd || d.winogradAuto(ch, o, oh, ow)) {
 		if ok, err := d.conv2dWinograd(c, w.DType, n, ch, h, wd, o, oh, ow, p.Pad, hasBias); ok || err != nil {
 			return err

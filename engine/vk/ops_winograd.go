@@ -179,7 +179,7 @@ func (d *Device) recordWinograd(c *opCtx, wdt engine.DType, xb, wb, bb, yb, ub, 
 		return nil
 	}
 	cp, op := int(4*pp.Cp4), int(4*pp.Op4)
-	if err := dispatch(pickW(wdt, kernels.WinogradWeightsF32, kernels.WinogradWeightsF16), pp, op*int(pp.Cp4), wb, wr(ub)); err != nil {
+	if err := dispatch(kernels.WinogradWeights, pp, op*int(pp.Cp4), wb, wr(ub)); err != nil {
 		return err
 	}
 	chunk := int(pp.Tn)

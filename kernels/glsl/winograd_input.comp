@@ -1,11 +1,12 @@
 #version 450
+#extension GL_EXT_samplerless_texture_functions : require
 #include "common.glsl"
 #include "winograd.glsl"
 // V[a][t][c] = (B^T d B)[a] for the 6x6 input tile d of tile t (rows from
 // ty*4-pad, columns from tx*4-pad; zero outside the image), four channels
 // per invocation written as one vec4; channels c >= C are zero.
 layout(local_size_x_id = 0) in;
-layout(std430, binding = 0) readonly buffer X { float x[]; };
+layout(binding = 0) uniform textureBuffer X; // scalar texels
 layout(std430, binding = 1) writeonly buffer V { vec4 v[]; };
 
 void main() {
@@ -23,26 +24,26 @@ void main() {
 	int iy0 = int(ty * 4u) - int(p.pad);
 	int ix0 = int(tx * 4u) - int(p.pad);
 	// Clamped addresses and in-image flags, as in conv2d_reg.comp.
-	uint rowoff[6];
+	int rowoff[6];
 	bool rowok[6];
-	uint col[6];
+	int col[6];
 	bool colok[6];
 	for (uint k = 0u; k < 6u; k++) {
 		int iy = iy0 + int(k);
 		rowok[k] = iy >= 0 && iy < int(p.h);
-		rowoff[k] = uint(clamp(iy, 0, int(p.h) - 1)) * p.w;
+		rowoff[k] = clamp(iy, 0, int(p.h) - 1) * int(p.w);
 		int ix = ix0 + int(k);
 		colok[k] = ix >= 0 && ix < int(p.w);
-		col[k] = uint(clamp(ix, 0, int(p.w) - 1));
+		col[k] = clamp(ix, 0, int(p.w) - 1);
 	}
 	vec4 d[6][6];
 	for (uint q = 0u; q < 4u; q++) {
 		uint c = c4 * 4u + q;
 		bool chok = c < p.c;
-		uint plane = (n * p.c + min(c, p.c - 1u)) * p.h * p.w;
+		int plane = int((n * p.c + min(c, p.c - 1u)) * p.h * p.w);
 		for (uint ky = 0u; ky < 6u; ky++) {
 			for (uint kx = 0u; kx < 6u; kx++) {
-				float xv = x[plane + rowoff[ky] + col[kx]];
+				float xv = texelFetch(X, plane + rowoff[ky] + col[kx]).r;
 				d[ky][kx][q] = (chok && rowok[ky] && colok[kx]) ? xv : 0.0;
 			}
 		}

@@ -1,11 +1,12 @@
 #version 450
+#extension GL_EXT_samplerless_texture_functions : require
 #include "common.glsl"
 #include "winograd.glsl"
 // U[a][o][c] = (G g G^T)[a] for w [O, C, 3, 3] (W_T storage), four input
 // channels per invocation written as one vec4. Rows o >= O and channels
 // c >= C are zero (the padding of winograd.glsl).
 layout(local_size_x_id = 0) in;
-layout(std430, binding = 0) readonly buffer Wt { W_T wt[]; };
+layout(binding = 0) uniform textureBuffer Wt; // scalar texels, F32 or F16
 layout(std430, binding = 1) writeonly buffer U { vec4 u[]; };
 
 void main() {
@@ -25,10 +26,10 @@ void main() {
 	for (uint q = 0u; q < 4u; q++) {
 		uint c = c4 * 4u + q;
 		if (o < p.o && c < p.c) {
-			uint base = (o * p.c + c) * 9u;
+			int base = int((o * p.c + c) * 9u);
 			for (uint ky = 0u; ky < 3u; ky++) {
 				for (uint kx = 0u; kx < 3u; kx++) {
-					g[ky][kx][q] = float(wt[base + ky * 3u + kx]);
+					g[ky][kx][q] = texelFetch(Wt, base + int(ky * 3u + kx)).r;
 				}
 			}
 		}
