@@ -38,6 +38,7 @@ var Variants = []Variant{
 	// matmul_reg reads A and B as texels, so one kernel serves F32 and F16
 	// weights (the view's format converts).
 	{"matmul_reg", "matmul_reg.comp", nil},
+	{"matmul_reg_m32", "matmul_reg.comp", []string{"TM=32"}},
 	{"matmul_tile_f32", "matmul_tile.comp", f32W},
 	{"matmul_tile_f16", "matmul_tile.comp", f16W},
 	{"matmul_scalar_f32", "matmul_scalar.comp", f32W},

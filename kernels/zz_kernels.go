@@ -10,6 +10,12 @@ var spvMatMulReg []byte
 // MatMulReg is glsl/matmul_reg.comp.
 var MatMulReg = &Kernel{Name: "matmul_reg", SPIRV: spvMatMulReg, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
 
+//go:embed spv/matmul_reg_m32.spv
+var spvMatMulRegM32 []byte
+
+// MatMulRegM32 is glsl/matmul_reg.comp with TM=32.
+var MatMulRegM32 = &Kernel{Name: "matmul_reg_m32", SPIRV: spvMatMulRegM32, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+
 //go:embed spv/matmul_tile_f32.spv
 var spvMatMulTileF32 []byte
 
@@ -223,6 +229,7 @@ var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2
 // All lists every kernel, in the order of Variants.
 var All = []*Kernel{
 	MatMulReg,
+	MatMulRegM32,
 	MatMulTileF32,
 	MatMulTileF16,
 	MatMulScalarF32,

@@ -10,6 +10,7 @@ var paramSizes = []struct {
 	size uintptr
 }{
 	{MatMulReg, unsafe.Sizeof(MatMulParams{})},
+	{MatMulRegM32, unsafe.Sizeof(MatMulParams{})},
 	{MatMulTileF32, unsafe.Sizeof(MatMulParams{})},
 	{MatMulTileF16, unsafe.Sizeof(MatMulParams{})},
 	{MatMulScalarF32, unsafe.Sizeof(MatMulParams{})},
