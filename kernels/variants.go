@@ -47,6 +47,9 @@ var Variants = []Variant{
 	// conv2d_reg reads x and w as scalar texels (any alignment), so one
 	// kernel serves F32 and F16 weights.
 	{"conv2d_reg", "conv2d_reg.comp", []string{ScalarTexelsDefine}},
+	// im2col feeds matmul_reg for convs the direct kernel tiles badly
+	// (maps narrower than its 16-pixel rows, strides).
+	{"im2col", "im2col.comp", []string{ScalarTexelsDefine}},
 	{"conv2d_tile_f32", "conv2d_tile.comp", f32W},
 	{"conv2d_tile_f16", "conv2d_tile.comp", f16W},
 

@@ -46,6 +46,12 @@ var spvConv2dReg []byte
 // Conv2dReg is glsl/conv2d_reg.comp with SCALAR_TEXELS=1.
 var Conv2dReg = &Kernel{Name: "conv2d_reg", SPIRV: spvConv2dReg, Bindings: 4, Texels: 0x3, ScalarTexels: true, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
 
+//go:embed spv/im2col.spv
+var spvIm2col []byte
+
+// Im2col is glsl/im2col.comp with SCALAR_TEXELS=1.
+var Im2col = &Kernel{Name: "im2col", SPIRV: spvIm2col, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
 //go:embed spv/conv2d_tile_f32.spv
 var spvConv2dTileF32 []byte
 
@@ -235,6 +241,7 @@ var All = []*Kernel{
 	MatMulScalarF32,
 	MatMulScalarF16,
 	Conv2dReg,
+	Im2col,
 	Conv2dTileF32,
 	Conv2dTileF16,
 	WinogradWeights,

@@ -16,6 +16,7 @@ var paramSizes = []struct {
 	{MatMulScalarF32, unsafe.Sizeof(MatMulParams{})},
 	{MatMulScalarF16, unsafe.Sizeof(MatMulParams{})},
 	{Conv2dReg, unsafe.Sizeof(Conv2dParams{})},
+	{Im2col, unsafe.Sizeof(Conv2dParams{})},
 	{Conv2dTileF32, unsafe.Sizeof(Conv2dParams{})},
 	{Conv2dTileF16, unsafe.Sizeof(Conv2dParams{})},
 	{WinogradWeights, unsafe.Sizeof(WinogradParams{})},

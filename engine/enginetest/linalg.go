@@ -151,6 +151,12 @@ func Conv2d(t *testing.T, b engine.Backend, opts ...Option) {
 		{1, 512, 64, 64, 512, 3, 1, 1, true, true}, // VAE decoder mid block at 512x512
 		{1, 320, 64, 64, 320, 3, 2, 1, true, true}, // UNet downsampler
 		{1, 640, 32, 32, 320, 1, 1, 0, true, true}, // UNet skip 1x1
+		// Shapes a backend may run as matmuls: narrow maps, strides, 1x1,
+		// batched (the weights shared by every image).
+		{2, 8, 6, 7, 16, 3, 1, 1, true, false},
+		{2, 12, 9, 9, 20, 3, 2, 1, true, false},
+		{2, 16, 6, 6, 24, 1, 1, 0, true, false},
+		{1, 1280, 8, 8, 1280, 3, 1, 1, true, true}, // UNet's innermost resnets
 	} {
 		for _, wdt := range []engine.DType{engine.F32, engine.F16} {
 			name := fmt.Sprintf("x%dx%dx%dx%d_w%dx%dx%dx%d_s%d_p%d_%v_bias=%v", tc.n, tc.c, tc.h, tc.w, tc.o, tc.c, tc.k, tc.k, tc.stride, tc.pad, wdt, tc.bias)

@@ -93,8 +93,10 @@ void main() {
 				uint n = n0 + 4u * j + q;
 				if (n < p.n) {
 					float r = p.alpha * acc[i][j][q];
-					if (p.has_bias != 0u) {
+					if (p.has_bias == 1u) {
 						r += bias[n];
+					} else if (p.has_bias == 2u) {
+						r += bias[m];
 					}
 					c[cbase + n] = r;
 				}
