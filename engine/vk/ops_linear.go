@@ -16,7 +16,7 @@ const (
 	// large (4096x4096x320: 46 vs 40 GFLOP/s on lavapipe), wasteful on the
 	// short matrices of Winograd's small maps.
 	regTMBig, regBigMinM = 32, 512
-	tileMN       = 64
+	tileMN               = 64
 )
 
 // matmul records C[z] = alpha*A[z]·B[z] (+bias) for z < batch, choosing
