@@ -36,9 +36,10 @@ var Variants = []Variant{
 	// matmul: register-blocked (CPU-like devices) and shared-memory tiled
 	// (GPUs); both need K%4 == 0. The scalar kernel handles any shape.
 	// matmul_reg reads A and B as texels, so one kernel serves F32 and F16
-	// weights (the view's format converts).
-	{"matmul_reg", "matmul_reg.comp", nil},
-	{"matmul_reg_m32", "matmul_reg.comp", []string{"TM=32"}},
+	// weights (the view's format converts); one variant per B layout.
+	{"matmul_reg_nt", "matmul_reg.comp", []string{"TRANS_B=1"}},
+	{"matmul_reg_nt_m32", "matmul_reg.comp", []string{"TRANS_B=1", "TM=32"}},
+	{"matmul_reg_nn", "matmul_reg.comp", nil},
 	{"matmul_tile_f32", "matmul_tile.comp", f32W},
 	{"matmul_tile_f16", "matmul_tile.comp", f16W},
 	{"matmul_scalar_f32", "matmul_scalar.comp", f32W},

@@ -4,41 +4,47 @@ package kernels
 
 import _ "embed"
 
-//go:embed spv/matmul_reg.spv
-var spvMatMulReg []byte
+//go:embed spv/matmul_reg_nt.spv
+var spvMatMulRegNt []byte
 
-// MatMulReg is glsl/matmul_reg.comp.
-var MatMulReg = &Kernel{Name: "matmul_reg", SPIRV: spvMatMulReg, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+// MatMulRegNt is glsl/matmul_reg.comp with TRANS_B=1.
+var MatMulRegNt = &Kernel{Name: "matmul_reg_nt", SPIRV: spvMatMulRegNt, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
-//go:embed spv/matmul_reg_m32.spv
-var spvMatMulRegM32 []byte
+//go:embed spv/matmul_reg_nt_m32.spv
+var spvMatMulRegNtM32 []byte
 
-// MatMulRegM32 is glsl/matmul_reg.comp with TM=32.
-var MatMulRegM32 = &Kernel{Name: "matmul_reg_m32", SPIRV: spvMatMulRegM32, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+// MatMulRegNtM32 is glsl/matmul_reg.comp with TRANS_B=1, TM=32.
+var MatMulRegNtM32 = &Kernel{Name: "matmul_reg_nt_m32", SPIRV: spvMatMulRegNtM32, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_nn.spv
+var spvMatMulRegNn []byte
+
+// MatMulRegNn is glsl/matmul_reg.comp.
+var MatMulRegNn = &Kernel{Name: "matmul_reg_nn", SPIRV: spvMatMulRegNn, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_f32.spv
 var spvMatMulTileF32 []byte
 
 // MatMulTileF32 is glsl/matmul_tile.comp with W_T=float, W4_T=vec4.
-var MatMulTileF32 = &Kernel{Name: "matmul_tile_f32", SPIRV: spvMatMulTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileF32 = &Kernel{Name: "matmul_tile_f32", SPIRV: spvMatMulTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/matmul_tile_f16.spv
 var spvMatMulTileF16 []byte
 
 // MatMulTileF16 is glsl/matmul_tile.comp with W_T=float16_t, W4_T=f16vec4.
-var MatMulTileF16 = &Kernel{Name: "matmul_tile_f16", SPIRV: spvMatMulTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileF16 = &Kernel{Name: "matmul_tile_f16", SPIRV: spvMatMulTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/matmul_scalar_f32.spv
 var spvMatMulScalarF32 []byte
 
 // MatMulScalarF32 is glsl/matmul_scalar.comp with W_T=float, W4_T=vec4.
-var MatMulScalarF32 = &Kernel{Name: "matmul_scalar_f32", SPIRV: spvMatMulScalarF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+var MatMulScalarF32 = &Kernel{Name: "matmul_scalar_f32", SPIRV: spvMatMulScalarF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_scalar_f16.spv
 var spvMatMulScalarF16 []byte
 
 // MatMulScalarF16 is glsl/matmul_scalar.comp with W_T=float16_t, W4_T=f16vec4.
-var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 36, Params: "MatMulParams", SpecIDs: 1}
+var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/conv2d_reg.spv
 var spvConv2dReg []byte
@@ -234,8 +240,9 @@ var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2
 
 // All lists every kernel, in the order of Variants.
 var All = []*Kernel{
-	MatMulReg,
-	MatMulRegM32,
+	MatMulRegNt,
+	MatMulRegNtM32,
+	MatMulRegNn,
 	MatMulTileF32,
 	MatMulTileF16,
 	MatMulScalarF32,
@@ -366,6 +373,7 @@ type MatMulParams struct {
 	TransB  uint32
 	HasBias uint32
 	Alpha   float32
+	TransC  uint32
 }
 
 // PermuteParams is the push_constant block PermuteParams (std430: 4-byte members, no padding).

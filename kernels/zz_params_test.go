@@ -9,8 +9,9 @@ var paramSizes = []struct {
 	k    *Kernel
 	size uintptr
 }{
-	{MatMulReg, unsafe.Sizeof(MatMulParams{})},
-	{MatMulRegM32, unsafe.Sizeof(MatMulParams{})},
+	{MatMulRegNt, unsafe.Sizeof(MatMulParams{})},
+	{MatMulRegNtM32, unsafe.Sizeof(MatMulParams{})},
+	{MatMulRegNn, unsafe.Sizeof(MatMulParams{})},
 	{MatMulTileF32, unsafe.Sizeof(MatMulParams{})},
 	{MatMulTileF16, unsafe.Sizeof(MatMulParams{})},
 	{MatMulScalarF32, unsafe.Sizeof(MatMulParams{})},

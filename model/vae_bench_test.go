@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -95,6 +96,10 @@ func BenchmarkVAEDecode(b *testing.B) {
 			defer rec.Free(z)
 			be.ResetPeak()
 			base := be.MemStats().InUse
+			vd, profiling := be.(*vk.Device)
+			if profiling {
+				vd.ResetProfile()
+			}
 			b.ResetTimer()
 			start := time.Now()
 			for range b.N {
@@ -113,6 +118,12 @@ func BenchmarkVAEDecode(b *testing.B) {
 				rec.Free(img)
 			}
 			b.StopTimer()
+			if profiling {
+				var sb strings.Builder
+				if err := vd.WriteProfile(&sb); err == nil && sb.Len() > 0 {
+					b.Log("\n" + sb.String())
+				}
+			}
 			peak := be.MemStats().Peak
 			b.ReportMetric(time.Since(start).Seconds()/float64(b.N), "s/decode")
 			b.ReportMetric(float64(peak)/(1<<20), "peak-MiB")

@@ -76,12 +76,14 @@ func convCB(kh, kw int) int {
 // the direct kernel.
 const im2colMaxBytes = 64 << 20
 
-// conv2dGEMM runs a conv as matmul_reg where that beats conv2d_reg on
-// lavapipe: 1x1 convs straight on x (C[o][p] = W[o][:] · x[:][p]), and
-// convs on maps narrower than conv2d_reg's 16-pixel row tiles or with a
-// stride through an im2col scratch (the UNet's 1280-channel 3x3 convs at
-// 8x8: 21 -> ~45 GFLOP/s). It returns false, having recorded nothing, for
-// the shapes it leaves to the direct kernel.
+// conv2dGEMM runs a conv as im2col + matmul_reg where that beats conv2d_reg
+// on lavapipe: 1x1 convs (27 -> ~40 GFLOP/s), maps narrower than
+// conv2d_reg's 16-pixel row tiles and strided convs (the UNet's
+// 1280-channel 3x3 convs at 8x8: 21 -> ~45 GFLOP/s). The product is
+// col [pix, C*KH*KW] · wᵀ stored transposed, [O, pix] per image, so its
+// operands have the same texel formats as a Linear's (F32 activations, F16
+// or F32 weights) and reuse that compiled kernel. It returns false, having
+// recorded nothing, for the shapes it leaves to the direct kernel.
 func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.Conv2dParams, pp kernels.Conv2dParams) (bool, error) {
 	ch, o, pix := int(pp.C), int(pp.O), int(pp.Oh*pp.Ow)
 	k := ch * kh * kw
@@ -91,21 +93,6 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 	pointwise := kh == 1 && kw == 1 && p.Stride == 1 && p.Pad == 0
 	if !pointwise && int(pp.Ow) >= regTP && p.Stride == 1 {
 		return false, nil
-	}
-	xb, wb, bb, yb := c.binds[0], c.binds[1], c.binds[2], c.binds[3]
-	hasBias := uint32(0)
-	if pp.HasBias != 0 {
-		hasBias = 2 // per row: output channel
-	}
-	mp := kernels.MatMulParams{M: uint32(o), N: uint32(pix), K: uint32(k), StrideA: 0, StrideB: uint32(k * pix),
-		StrideC: uint32(o * pix), HasBias: hasBias, Alpha: 1}
-	if pointwise {
-		if pix%4 != 0 {
-			return false, nil
-		}
-		mc := &opCtx{d: d, op: c.op, binds: []binding{wb, xb, bb, yb}, post: c.post}
-		defer c.release()
-		return true, d.matmul(mc, wdt, n, o, pix, k, false, mp)
 	}
 	bytes := int64(n) * int64(pix) * int64(k) * 4
 	if bytes > im2colMaxBytes || (d.info.MaxStorageBufferRange > 0 && bytes > d.info.MaxStorageBufferRange) {
@@ -121,6 +108,7 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 	}
 	defer d.Free(col)
 	defer c.release()
+	xb, wb, bb, yb := c.binds[0], c.binds[1], c.binds[2], c.binds[3]
 	colb, _, err := c.rawBinding(col, true)
 	if err != nil {
 		return true, err
@@ -131,7 +119,8 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 		return true, d.fail(fmt.Errorf("vk: %s: %w", c.op, err))
 	}
 	colb.write = false
-	mp.TransB = 1
-	mc := &opCtx{d: d, op: c.op, binds: []binding{wb, colb, bb, yb}, post: c.post}
-	return true, d.matmul(mc, wdt, n, o, pix, k, true, mp)
+	mp := kernels.MatMulParams{M: uint32(pix), N: uint32(o), K: uint32(k), StrideA: uint32(pix * k), StrideB: 0,
+		StrideC: uint32(o * pix), TransB: 1, HasBias: pp.HasBias, Alpha: 1, TransC: 1}
+	mc := &opCtx{d: d, op: c.op, binds: []binding{colb, wb, bb, yb}, post: c.post}
+	return true, d.matmul(mc, wdt, n, pix, o, k, true, mp)
 }

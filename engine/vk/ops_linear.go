@@ -12,9 +12,11 @@ import (
 // memory tile (matmul_tile.comp's 64x64, 16x16 invocations).
 const (
 	regTM, regTN = 16, 16
-	// regTMBig is matmul_reg_m32's taller tile: 15% faster where M is
-	// large (4096x4096x320: 46 vs 40 GFLOP/s on lavapipe), wasteful on the
-	// short matrices of Winograd's small maps.
+	// regTMBig is matmul_reg_nt_m32's taller tile: 10-15% faster where M
+	// is large (4096x4096x320: 46 vs 40 GFLOP/s on lavapipe), wasteful on
+	// the short matrices of Winograd's small maps. Its LLVM compile on
+	// lavapipe takes ~12 s per texel-format combination (once: Mesa caches
+	// it on disk), against ~3.5 s for the 16-row tile.
 	regTMBig, regBigMinM = 32, 512
 	tileMN               = 64
 )
@@ -32,9 +34,13 @@ func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB b
 		groups = [3]uint32{uint32((n + tileMN - 1) / tileMN), uint32((m + tileMN - 1) / tileMN), uint32(batch)}
 	case vec:
 		tm := regTM
-		kern = kernels.MatMulReg
-		if m >= regBigMinM {
-			kern, tm = kernels.MatMulRegM32, regTMBig
+		switch {
+		case !transB:
+			kern = kernels.MatMulRegNn
+		case m >= regBigMinM:
+			kern, tm = kernels.MatMulRegNtM32, regTMBig
+		default:
+			kern = kernels.MatMulRegNt
 		}
 		tiles := ((m + tm - 1) / tm) * ((n + regTN - 1) / regTN)
 		groups = d.groupGrid((tiles+wgReg-1)/wgReg, batch)

@@ -9,6 +9,9 @@
 // the per-lane bounds-checked loop it emits for storage-buffer loads, which
 // doubles this kernel's rate. Needs K % 4 == 0, and N % 4 == 0 when B is not
 // transposed. Edge tiles clamp their reads to valid rows and skip the stores.
+// TRANS_B selects the B layout at compile time (p.trans_b must agree): each
+// variant is one layout's code only, which halves llvmpipe's LLVM compile
+// time (seconds per variant and texel-format combination).
 #ifndef TM
 #define TM 16
 #endif
@@ -43,7 +46,8 @@ void main() {
 			acc[i][j] = vec4(0.0);
 		}
 	}
-	if (p.trans_b != 0u) {
+#ifdef TRANS_B
+	{
 		int brow[TN];
 		for (uint j = 0u; j < TN; j++) {
 			brow[j] = int((z * p.stride_b) / 4u + min(n0 + j, p.n - 1u) * k4);
@@ -60,7 +64,9 @@ void main() {
 				}
 			}
 		}
-	} else {
+	}
+#else
+	{
 		uint n4 = p.n / 4u;
 		int bcol[TN4];
 		for (uint j = 0u; j < TN4; j++) {
@@ -82,6 +88,13 @@ void main() {
 			}
 		}
 	}
+#endif
+	// Bias loaded once per column, not per output: every load and store
+	// site costs llvmpipe a per-lane loop of code.
+	float bn[TN];
+	for (uint j = 0u; j < TN; j++) {
+		bn[j] = p.has_bias != 0u ? bias[min(n0 + j, p.n - 1u)] : 0.0;
+	}
 	for (uint i = 0u; i < TM; i++) {
 		uint m = m0 + i;
 		if (m >= p.m) {
@@ -92,13 +105,9 @@ void main() {
 			for (uint q = 0u; q < 4u; q++) {
 				uint n = n0 + 4u * j + q;
 				if (n < p.n) {
-					float r = p.alpha * acc[i][j][q];
-					if (p.has_bias == 1u) {
-						r += bias[n];
-					} else if (p.has_bias == 2u) {
-						r += bias[m];
-					}
-					c[cbase + n] = r;
+					float r = p.alpha * acc[i][j][q] + bn[4u * j + q];
+					// One store site: each costs llvmpipe a per-lane loop.
+					c[p.trans_c != 0u ? z * p.stride_c + n * p.m + m : cbase + n] = r;
 				}
 			}
 		}
