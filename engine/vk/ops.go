@@ -276,3 +276,27 @@ func (d *Device) Copy(dst, x *engine.Tensor) error {
 	}
 	return d.copyRaw("copy "+x.Name, dst, x)
 }
+
+// texelsFit reports whether every tensor can be read as a texel buffer of
+// comps-element texels: the device supports them and each tensor stays
+// under maxTexelBufferElements (the spec only promises 65536 texels).
+func (d *Device) texelsFit(comps int, ts ...*engine.Tensor) bool {
+	bds := make([]binding, len(ts))
+	for i, t := range ts {
+		bds[i] = binding{size: t.Bytes(), dtype: t.DType}
+	}
+	return d.texelBindsFit(comps, bds...)
+}
+
+// texelBindsFit is texelsFit for bound ranges.
+func (d *Device) texelBindsFit(comps int, bds ...binding) bool {
+	if !d.info.TexelBuffers {
+		return false
+	}
+	for _, bd := range bds {
+		if lim := d.info.MaxTexelBufferElements; lim > 0 && bd.size/int64(comps*bd.dtype.Size()) > lim {
+			return false
+		}
+	}
+	return true
+}

@@ -34,7 +34,7 @@ func (d *Device) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32
 	if causal {
 		p.Causal = 1
 	}
-	if dim%4 == 0 && d.info.TexelBuffers {
+	if dim%4 == 0 && d.texelsFit(4, q, k, v) {
 		qb := attentionQB(dim)
 		if d.tuning == TuningGPU {
 			// GPUs keep per-thread arrays in registers: one query per

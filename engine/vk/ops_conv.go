@@ -33,7 +33,8 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	n, ch, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
 	kh, kw := w.Shape[2], w.Shape[3]
 	oh, ow := s[2], s[3]
-	if kh == 3 && kw == 3 && p.Stride == 1 && d.opts.Conv != ConvDirect && d.info.TexelBuffers &&
+	texels := d.texelsFit(1, x, w) // the CPU kernels read x and w as scalar texels
+	if kh == 3 && kw == 3 && p.Stride == 1 && d.opts.Conv != ConvDirect && texels &&
 		(d.opts.Conv == ConvWinograd || d.winogradAuto(ch, o, oh, ow)) {
 		if ok, err := d.conv2dWinograd(c, w.DType, n, ch, h, wd, o, oh, ow, p.Pad, hasBias); ok || err != nil {
 			return err
@@ -41,7 +42,7 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	}
 	pp := kernels.Conv2dParams{C: uint32(ch), H: uint32(h), W: uint32(wd), O: uint32(o),
 		Oh: uint32(oh), Ow: uint32(ow), HasBias: hasBias}
-	if d.tuning == TuningCPU && d.info.TexelBuffers {
+	if d.tuning == TuningCPU && texels {
 		if ok, err := d.conv2dGEMM(c, w.DType, n, kh, kw, p, pp); ok || err != nil {
 			return err
 		}
@@ -49,7 +50,7 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	var kern *kernels.Kernel
 	var groups [3]uint32
 	local := uint32(wgReg)
-	if d.tuning == TuningGPU || !d.info.TexelBuffers {
+	if d.tuning == TuningGPU || !texels {
 		kern = pickW(w.DType, kernels.Conv2dTileF32, kernels.Conv2dTileF16)
 		groups = [3]uint32{uint32((oh*ow + tileMN - 1) / tileMN), uint32((o + tileMN - 1) / tileMN), uint32(n)}
 		local = 256
@@ -95,8 +96,9 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 		return false, nil
 	}
 	bytes := int64(n) * int64(pix) * int64(k) * 4
-	if bytes > im2colMaxBytes || (d.info.MaxStorageBufferRange > 0 && bytes > d.info.MaxStorageBufferRange) {
-		return false, nil
+	if bytes > im2colMaxBytes || (d.info.MaxStorageBufferRange > 0 && bytes > d.info.MaxStorageBufferRange) ||
+		!d.texelBindsFit(4, binding{size: bytes, dtype: engine.F32}, c.binds[1]) {
+		return false, nil // matmul_reg could not read col or w
 	}
 	col, err := d.Alloc(c.op+".im2col", engine.F32, engine.Shape{n, pix, k})
 	if err != nil {

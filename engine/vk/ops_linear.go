@@ -29,7 +29,7 @@ func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB b
 	var groups [3]uint32
 	var spec []uint32
 	switch {
-	case d.tuning == TuningGPU || !d.info.TexelBuffers:
+	case d.tuning == TuningGPU || !d.texelBindsFit(4, c.binds[0], c.binds[1]):
 		kern = pickW(wdt, kernels.MatMulTileF32, kernels.MatMulTileF16)
 		groups = [3]uint32{uint32((n + tileMN - 1) / tileMN), uint32((m + tileMN - 1) / tileMN), uint32(batch)}
 	case vec:

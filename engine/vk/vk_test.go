@@ -86,6 +86,31 @@ func TestConformanceOtherFamily(t *testing.T) {
 	enginetest.All(t, otherFamily(t), enginetest.SmallOnly())
 }
 
+// TestConformanceTexelLimits runs the small shapes on a device without
+// usable texel buffers, and on one whose maxTexelBufferElements (64 here;
+// the spec promises only 65536) is below most tensors: the ops must fall
+// back to the storage-buffer kernels, not fail.
+func TestConformanceTexelLimits(t *testing.T) {
+	device(t)
+	for _, c := range []struct {
+		name   string
+		adjust func(*DeviceInfo)
+	}{
+		{"none", func(i *DeviceInfo) { i.TexelBuffers = false }},
+		{"64-texels", func(i *DeviceInfo) { i.MaxTexelBufferElements = 64 }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d, err := Open(DefaultOptions())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer d.Close()
+			c.adjust(&d.info)
+			enginetest.All(t, d, enginetest.SmallOnly())
+		})
+	}
+}
+
 func TestSmoke(t *testing.T) {
 	d := device(t)
 	x, err := d.Alloc("x", engine.F32, engine.Shape{2, 3})
