@@ -115,10 +115,11 @@ func BenchmarkLinear(b *testing.B) {
 func BenchmarkConv2d(b *testing.B) {
 	d := device(b)
 	for _, c := range []struct{ c, o, hw, k, stride int }{
-		{320, 320, 64, 3, 1}, // UNet down block 0
-		{512, 512, 64, 3, 1}, // VAE decoder mid block
-		{320, 320, 64, 3, 2}, // downsampler
-		{512, 512, 64, 1, 1}, // 1x1 (shortcut-like)
+		{320, 320, 64, 3, 1},  // UNet down block 0
+		{512, 512, 64, 3, 1},  // VAE decoder mid block
+		{320, 320, 64, 3, 2},  // downsampler
+		{512, 512, 64, 1, 1},  // 1x1 (shortcut-like)
+		{1280, 1280, 8, 3, 1}, // UNet innermost resnets (im2col + matmul)
 	} {
 		b.Run(fmt.Sprintf("%dto%d_%dx%d_k%d_s%d_F16", c.c, c.o, c.hw, c.hw, c.k, c.stride), func(b *testing.B) {
 			pad := c.k / 2

@@ -13,8 +13,10 @@ import (
 const regTO, regTP = 16, 16
 
 // Conv2d: x [N, C, H, W], w [O, C, KH, KW], bias [O] or nil ->
-// dst [N, O, OH, OW], as an implicit GEMM (no im2col buffer), or for 3x3
-// stride-1 convs through Winograd (ops_winograd.go, Options.Conv).
+// dst [N, O, OH, OW], as an implicit GEMM (no im2col buffer); on CPU-like
+// devices 3x3 stride-1 convs may run through Winograd (ops_winograd.go,
+// Options.Conv) and 1x1, strided or narrow ones through im2col + matmul
+// (conv2dGEMM).
 func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) error {
 	if dst == nil || x == nil || w == nil {
 		return fmt.Errorf("vk: conv2d: nil tensor")
@@ -78,9 +80,11 @@ func convCB(kh, kw int) int {
 const im2colMaxBytes = 64 << 20
 
 // conv2dGEMM runs a conv as im2col + matmul_reg where that beats conv2d_reg
-// on lavapipe: 1x1 convs (27 -> ~40 GFLOP/s), maps narrower than
-// conv2d_reg's 16-pixel row tiles and strided convs (the UNet's
-// 1280-channel 3x3 convs at 8x8: 21 -> ~45 GFLOP/s). The product is
+// on lavapipe (BenchmarkConv2d): strided convs (320->320 3x3 stride 2 at
+// 64²: 18 -> 37 GFLOP/s) and maps narrower than conv2d_reg's 16-pixel row
+// tiles (the UNet's 1280->1280 3x3 convs at 8x8: 21 -> 32 GFLOP/s). 1x1
+// convs stay direct: the im2col transpose ate the matmul's gain (27 vs 28
+// GFLOP/s at 512->512, 64²) and costs a scratch buffer. The product is
 // col [pix, C*KH*KW] · wᵀ stored transposed, [O, pix] per image, so its
 // operands have the same texel formats as a Linear's (F32 activations, F16
 // or F32 weights) and reuse that compiled kernel. It returns false, having
@@ -91,8 +95,7 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 	if o < 16 || ch < 4 || k%4 != 0 {
 		return false, nil
 	}
-	pointwise := kh == 1 && kw == 1 && p.Stride == 1 && p.Pad == 0
-	if !pointwise && int(pp.Ow) >= regTP && p.Stride == 1 {
+	if (kh == 1 && kw == 1) || (int(pp.Ow) >= regTP && p.Stride == 1) {
 		return false, nil
 	}
 	bytes := int64(n) * int64(pix) * int64(k) * 4
