@@ -6,6 +6,13 @@
 // and Write (and when a batch grows large); every op is ordered after the
 // ones it depends on by a memory barrier. No goroutines are started, and
 // Close frees every Vulkan object.
+//
+// On CPU devices (lavapipe) the heavy kernels read their operands through
+// uniform texel buffers rather than storage buffers: llvmpipe turns each
+// storage-buffer load into a per-lane loop behind a bounds check, while
+// texel fetches are branch-free gathers (twice the matmul rate). Every
+// per-lane load or store site also costs LLVM compile time, so those
+// kernels keep few of them.
 package vk
 
 import (
