@@ -84,6 +84,25 @@ func createBuffer(dev vulkan.Device, size int64) (vulkan.Buffer, error) {
 	return buf, nil
 }
 
+// chooseMemoryType returns pd's memory properties and the first memory type
+// a storage buffer may use that has all the flags of one of prefs, tried in
+// order; -1 when none has.
+func chooseMemoryType(dev vulkan.Device, pd vulkan.PhysicalDevice, prefs ...vulkan.MemoryPropertyFlagBits) (*vulkan.PhysicalDeviceMemoryProperties, int, error) {
+	bits, err := memoryTypeBits(dev)
+	if err != nil {
+		return nil, -1, err
+	}
+	var mp vulkan.PhysicalDeviceMemoryProperties
+	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
+	mp.Deref()
+	for _, want := range prefs {
+		if ti := pickMemoryType(&mp, bits, want); ti >= 0 {
+			return &mp, ti, nil
+		}
+	}
+	return &mp, -1, nil
+}
+
 // pickMemoryType returns the first type allowed by bits that has all of
 // want, or -1.
 func pickMemoryType(mp *vulkan.PhysicalDeviceMemoryProperties, bits uint32, want vulkan.MemoryPropertyFlagBits) int {

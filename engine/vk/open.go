@@ -174,16 +174,9 @@ func (d *Device) init() error {
 }
 
 func newAllocator(dev vulkan.Device, pd vulkan.PhysicalDevice, info DeviceInfo, budget int64) (*allocator, error) {
-	bits, err := memoryTypeBits(dev)
+	mp, ti, err := chooseMemoryType(dev, pd, vulkan.MemoryPropertyDeviceLocalBit, 0)
 	if err != nil {
 		return nil, err
-	}
-	var mp vulkan.PhysicalDeviceMemoryProperties
-	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
-	mp.Deref()
-	ti := pickMemoryType(&mp, bits, vulkan.MemoryPropertyDeviceLocalBit)
-	if ti < 0 {
-		ti = pickMemoryType(&mp, bits, 0)
 	}
 	if ti < 0 {
 		return nil, fmt.Errorf("vk: %s offers no memory type for storage buffers", info.Name)
@@ -192,7 +185,7 @@ func newAllocator(dev vulkan.Device, pd vulkan.PhysicalDevice, info DeviceInfo, 
 	a := &allocator{
 		dev:       dev,
 		typeIndex: uint32(ti),
-		mapped:    memoryFlags(&mp, ti)&host == host,
+		mapped:    memoryFlags(mp, ti)&host == host,
 		blockSize: defaultBlockSize,
 		maxAlloc:  info.MaxAllocationSize,
 		budget:    budget,

@@ -27,17 +27,10 @@ type stager struct {
 }
 
 func newStager(dev vulkan.Device, pd vulkan.PhysicalDevice) (*stager, error) {
-	bits, err := memoryTypeBits(dev)
+	host := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
+	_, ti, err := chooseMemoryType(dev, pd, host|vulkan.MemoryPropertyHostCachedBit, host)
 	if err != nil {
 		return nil, err
-	}
-	var mp vulkan.PhysicalDeviceMemoryProperties
-	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
-	mp.Deref()
-	host := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
-	ti := pickMemoryType(&mp, bits, host|vulkan.MemoryPropertyHostCachedBit)
-	if ti < 0 {
-		ti = pickMemoryType(&mp, bits, host)
 	}
 	if ti < 0 {
 		return nil, fmt.Errorf("vk: no host-visible coherent memory for staging")
