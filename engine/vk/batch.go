@@ -491,11 +491,7 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 // over F32 tensors, RGBA16F over F16 ones, one texel per 4 elements (R32F
 // and R16F, one per element, for kernels with ScalarTexels).
 func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vulkan.BufferView, error) {
-	info := &r.d.info
-	if !info.TexelBuffers {
-		return nil, fmt.Errorf("vk: kernel %s reads texel buffers, which %s lacks for R(GBA)32F/R(GBA)16F", k.Name, info.Name)
-	}
-	format, comps := vulkan.FormatR32g32b32a32Sfloat, int64(4)
+	format, comps := vulkan.FormatR32g32b32a32Sfloat, 4
 	switch {
 	case k.ScalarTexels && bd.dtype == engine.F16:
 		format, comps = vulkan.FormatR16Sfloat, 1
@@ -504,12 +500,8 @@ func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vulkan.BufferView, 
 	case bd.dtype == engine.F16:
 		format = vulkan.FormatR16g16b16a16Sfloat
 	}
-	texel := comps * int64(bd.dtype.Size())
-	if bd.size%texel != 0 {
-		return nil, fmt.Errorf("vk: kernel %s: %s is %d bytes, not whole %d-element texels", k.Name, bd.name, bd.size, comps)
-	}
-	if lim := info.MaxTexelBufferElements; lim > 0 && bd.size/texel > lim {
-		return nil, &RangeError{Op: k.Name, Tensor: bd.name, Bytes: bd.size, Limit: lim * texel, What: "maxTexelBufferElements"}
+	if err := r.d.texelError("kernel "+k.Name, comps, bd); err != nil {
+		return nil, err
 	}
 	ci := vulkan.BufferViewCreateInfo{
 		SType:  vulkan.StructureTypeBufferViewCreateInfo,

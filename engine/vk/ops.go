@@ -290,13 +290,27 @@ func (d *Device) texelsFit(comps int, ts ...*engine.Tensor) bool {
 
 // texelBindsFit is texelsFit for bound ranges.
 func (d *Device) texelBindsFit(comps int, bds ...binding) bool {
-	if !d.info.TexelBuffers {
-		return false
-	}
 	for _, bd := range bds {
-		if lim := d.info.MaxTexelBufferElements; lim > 0 && bd.size/int64(comps*bd.dtype.Size()) > lim {
+		if d.texelError(bd.name, comps, bd) != nil {
 			return false
 		}
 	}
 	return true
+}
+
+// texelError says why bd cannot be read as a texel buffer of comps-element
+// texels, or returns nil: the ops choose their kernels by it and dispatch
+// checks it again before making a view.
+func (d *Device) texelError(op string, comps int, bd binding) error {
+	if !d.info.TexelBuffers {
+		return fmt.Errorf("vk: %s reads texel buffers, which %s lacks for R(GBA)32F/R(GBA)16F", op, d.info.Name)
+	}
+	texel := int64(comps * bd.dtype.Size())
+	if bd.size%texel != 0 {
+		return fmt.Errorf("vk: %s: %s is %d bytes, not whole %d-element texels", op, bd.name, bd.size, comps)
+	}
+	if lim := d.info.MaxTexelBufferElements; lim > 0 && bd.size/texel > lim {
+		return &RangeError{Op: op, Tensor: bd.name, Bytes: bd.size, Limit: lim * texel, What: "maxTexelBufferElements"}
+	}
+	return nil
 }
