@@ -14,9 +14,9 @@ const (
 	regTM, regTN = 16, 16
 	// regTMBig is matmul_reg_nt_m32's taller tile: 10-15% faster where M
 	// is large (4096x4096x320: 46 vs 40 GFLOP/s on lavapipe), wasteful on
-	// the short matrices of Winograd's small maps. Its LLVM compile on
-	// lavapipe takes ~12 s per texel-format combination (once: Mesa caches
-	// it on disk), against ~3.5 s for the 16-row tile.
+	// the short matrices of Winograd's small maps. Its cold LLVM compile on
+	// lavapipe takes 3.9 s per texel-format combination (once: Mesa caches
+	// it on disk), against 1.3 s for the 16-row tile (BenchmarkFirstDispatch).
 	regTMBig, regBigMinM = 32, 512
 	tileMN               = 64
 )
@@ -28,11 +28,13 @@ func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB b
 	var kern *kernels.Kernel
 	var groups [3]uint32
 	var spec []uint32
+	reg := false
 	switch {
 	case d.tuning == TuningGPU || !d.texelBindsFit(4, c.binds[0], c.binds[1]):
 		kern = pickW(wdt, kernels.MatMulTileF32, kernels.MatMulTileF16)
 		groups = [3]uint32{uint32((n + tileMN - 1) / tileMN), uint32((m + tileMN - 1) / tileMN), uint32(batch)}
 	case vec:
+		reg = true
 		tm := regTM
 		switch {
 		case !transB:
@@ -55,6 +57,10 @@ func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB b
 		tiles := ((m + 3) / 4) * ((n + 3) / 4)
 		groups = d.groupGrid((tiles+wgReg-1)/wgReg, batch)
 		spec = []uint32{wgReg}
+	}
+	if p.TransC != 0 && !reg {
+		// Only matmul_reg stores C transposed; callers check texelBindsFit.
+		return fmt.Errorf("vk: %s: a transposed product needs matmul_reg, not %s", c.op, kern.Name)
 	}
 	return c.run(kern, spec, unsafe.Pointer(&p), unsafe.Sizeof(p), groups)
 }
