@@ -59,20 +59,20 @@ func benchBackend(b *testing.B) (engine.Backend, func()) {
 // (weights included) and the activations' share of it.
 func BenchmarkVAEDecode(b *testing.B) {
 	cfg := benchVAEConfig(b, "reconstructed/stabilityai-sd-turbo")
+	// Tiled cases (tile -1) use the largest tile the device can bind (what
+	// zimage's auto mode picks without a memory budget): 40 on lavapipe.
+	var limit int64
+	be, done := benchBackend(b)
+	if l, ok := be.(engine.TensorLimiter); ok {
+		limit = l.MaxTensorBytes()
+	}
+	done()
 	for _, c := range []struct {
 		px    int
 		tile  int // latent pixels; 0 = whole
 		local bool
 	}{{256, 0, false}, {512, 0, false}, {512, -1, false}, {512, -1, true}, {1024, -1, false}, {1024, -1, true}, {2048, -1, false}, {2048, -1, true}} {
 		if c.tile < 0 {
-			// The largest tile the device can bind (what zimage's auto
-			// mode picks without a memory budget): 40 on lavapipe.
-			var limit int64
-			if be, _ := benchBackend(b); be != nil {
-				if l, ok := be.(engine.TensorLimiter); ok {
-					limit = l.MaxTensorBytes()
-				}
-			}
 			c.tile = AutoTileSizeLimit(1<<62, limit, cfg)
 		}
 		name := fmt.Sprintf("%dpx/whole", c.px)

@@ -19,36 +19,35 @@ func BenchmarkFirstDispatch(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer d.Close()
-	t := b
 	tm := func(name string, f func() error) {
 		start := time.Now()
 		if err := f(); err != nil {
-			t.Fatal(err)
+			b.Fatal(err)
 		}
 		if err := d.Flush(); err != nil {
-			t.Fatal(err)
+			b.Fatal(err)
 		}
-		t.ReportMetric(time.Since(start).Seconds(), name+"-s")
+		b.ReportMetric(time.Since(start).Seconds(), name+"-s")
 	}
-	q := benchTensor(t, d, "q", engine.F32, 1, 64, 512)
-	o := benchTensor(t, d, "o", engine.F32, 1, 64, 512)
+	q := benchTensor(b, d, "q", engine.F32, 1, 64, 512)
+	o := benchTensor(b, d, "o", engine.F32, 1, 64, 512)
 	tm("attention_D512", func() error { return d.Attention(o, q, q, q, 1, 0.1, false) })
 	tm("attention_D64", func() error { return d.Attention(o, q, q, q, 8, 0.1, false) })
-	a := benchTensor(t, d, "a", engine.F32, 1, 64, 64)
-	w := benchTensor(t, d, "w", engine.F16, 64, 64)
-	y := benchTensor(t, d, "y", engine.F32, 1, 64, 64)
+	a := benchTensor(b, d, "a", engine.F32, 1, 64, 64)
+	w := benchTensor(b, d, "w", engine.F16, 64, 64)
+	y := benchTensor(b, d, "y", engine.F32, 1, 64, 64)
 	tm("matmul_reg_nt", func() error { return d.Linear(y, a, w, nil) })
-	a2 := benchTensor(t, d, "a2", engine.F32, 1, 512, 64)
-	y2 := benchTensor(t, d, "y2", engine.F32, 1, 512, 64)
+	a2 := benchTensor(b, d, "a2", engine.F32, 1, 512, 64)
+	y2 := benchTensor(b, d, "y2", engine.F32, 1, 512, 64)
 	tm("matmul_reg_nt_m32", func() error { return d.Linear(y2, a2, w, nil) })
-	x := benchTensor(t, d, "x", engine.F32, 1, 64, 32, 32)
-	cw := benchTensor(t, d, "cw", engine.F16, 64, 64, 3, 3)
-	cy := benchTensor(t, d, "cy", engine.F32, 1, 64, 32, 32)
+	x := benchTensor(b, d, "x", engine.F32, 1, 64, 32, 32)
+	cw := benchTensor(b, d, "cw", engine.F16, 64, 64, 3, 3)
+	cy := benchTensor(b, d, "cy", engine.F32, 1, 64, 32, 32)
 	tm("conv_winograd", func() error { return d.Conv2d(cy, x, cw, nil, engine.Conv2dParams{Stride: 1, Pad: 1}) })
-	x8 := benchTensor(t, d, "x8", engine.F32, 1, 64, 8, 8)
-	cy8 := benchTensor(t, d, "cy8", engine.F32, 1, 64, 8, 8)
+	x8 := benchTensor(b, d, "x8", engine.F32, 1, 64, 8, 8)
+	cy8 := benchTensor(b, d, "cy8", engine.F32, 1, 64, 8, 8)
 	tm("conv_im2col", func() error { return d.Conv2d(cy8, x8, cw, nil, engine.Conv2dParams{Stride: 1, Pad: 1}) })
-	cw4 := benchTensor(t, d, "cw4", engine.F16, 3, 64, 3, 3)
-	cy4 := benchTensor(t, d, "cy4", engine.F32, 1, 3, 32, 32)
+	cw4 := benchTensor(b, d, "cw4", engine.F16, 3, 64, 3, 3)
+	cy4 := benchTensor(b, d, "cy4", engine.F32, 1, 3, 32, 32)
 	tm("conv_direct", func() error { return d.Conv2d(cy4, x, cw4, nil, engine.Conv2dParams{Stride: 1, Pad: 1}) })
 }
