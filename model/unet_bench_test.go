@@ -8,6 +8,7 @@ import (
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/vk"
+	"github.com/zimage/zimage/internal/testref"
 )
 
 // Full-size UNet calls with synthetic F16 weights (the real configs from
@@ -46,13 +47,7 @@ func benchUNet(b *testing.B, model string, h, w, batch int) {
 	rec := engine.NewRec(dev)
 	in := func(h, w int) (x, ctx *engine.Tensor, added *AddedCond) {
 		r := rand.New(rand.NewPCG(1, 2))
-		randn := func(n int) []float32 {
-			v := make([]float32, n)
-			for i := range v {
-				v[i] = float32(r.NormFloat64())
-			}
-			return v
-		}
+		randn := func(n int) []float32 { return testref.Normal(r, n) }
 		x = rec.Write("sample", randn(batch*u.Config.InChannels*h*w), batch, u.Config.InChannels, h, w)
 		ctx = rec.Write("ctx", randn(batch*ctxLen*u.crossDim), batch, ctxLen, u.crossDim)
 		if u.AddEmbedding != nil {

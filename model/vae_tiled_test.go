@@ -55,12 +55,7 @@ func TestTileLayout(t *testing.T) {
 // randLatents returns seeded N(0,1) diffusion-space latents (what a
 // sampler hands the decoder).
 func randLatents(seed uint64, n int) []float32 {
-	r := rand.New(rand.NewPCG(seed, 7))
-	out := make([]float32, n)
-	for i := range out {
-		out[i] = float32(r.NormFloat64())
-	}
-	return out
+	return testref.Normal(rand.New(rand.NewPCG(seed, 7)), n)
 }
 
 // psnr of two [-1, 1] images after clamping, on the [0, 1] scale the 8-bit

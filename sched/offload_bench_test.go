@@ -66,13 +66,7 @@ func BenchmarkUNetOffload(b *testing.B) {
 			call := func(h, w int) {
 				rec := engine.NewRec(dev)
 				r := rand.New(rand.NewPCG(1, 2))
-				randn := func(n int) []float32 {
-					v := make([]float32, n)
-					for i := range v {
-						v[i] = float32(r.NormFloat64())
-					}
-					return v
-				}
+				randn := func(n int) []float32 { return testref.Normal(r, n) }
 				c := u.Config.InChannels
 				x := rec.Write("sample", randn(c*h*w), 1, c, h, w)
 				ctx := rec.Write("ctx", randn(77*crossDim), 1, 77, crossDim)
