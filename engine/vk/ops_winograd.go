@@ -100,7 +100,7 @@ func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh,
 		return false, nil
 	}
 	if !d.texelBindsFit(4, binding{size: int64(winoPos) * int64(tn) * int64(cp) * 4, dtype: engine.F32},
-		binding{size: int64(winoPos) * int64(4*((og+3)/4)) * int64(cp) * 4, dtype: engine.F32}) {
+		binding{size: int64(winoPos) * int64(op) * int64(cp) * 4, dtype: engine.F32}) {
 		return false, nil // the products would leave matmul_reg
 	}
 	if a := int64(max(d.info.MinStorageBufferAlign, 16)); og < o &&
