@@ -8,6 +8,7 @@ const (
 	GELU                     // exact GELU: 0.5 x (1 + erf(x / sqrt 2))
 	QuickGELU                // x * sigmoid(1.702 x), as CLIP ViT-L/14 uses
 	GELUTanh                 // tanh approximation of GELU
+	Tanh                     // tanh(x), the gates of Z-Image's adaLN
 )
 
 func (o UnaryOp) String() string {
@@ -20,6 +21,8 @@ func (o UnaryOp) String() string {
 		return "quick_gelu"
 	case GELUTanh:
 		return "gelu_tanh"
+	case Tanh:
+		return "tanh"
 	}
 	return "unary?"
 }
@@ -49,6 +52,52 @@ func (o BinaryOp) String() string {
 type Conv2dParams struct {
 	Stride int
 	Pad    int
+}
+
+// AttentionOptions are the settings of Backend.Attention.
+type AttentionOptions struct {
+	Heads int // query heads H
+	// KVHeads is the number of key/value heads; 0 means Heads. With fewer
+	// (grouped-query attention, as in Qwen3) H must be a multiple of it and
+	// query head h reads key/value head h / (H / KVHeads).
+	KVHeads int
+	Scale   float32 // multiplies q·k before the softmax
+	Causal  bool    // query i sees keys j <= i only
+	// KeyLens, when set, has one entry per batch row b: keys j >= KeyLens[b]
+	// are masked (sequences of unequal length padded into one batch, as in
+	// a CFG batch of two captions). 1 <= KeyLens[b] <= Lk.
+	KeyLens []int
+}
+
+// KV is the number of key/value heads the options describe.
+func (o AttentionOptions) KV() int {
+	if o.KVHeads == 0 {
+		return o.Heads
+	}
+	return o.KVHeads
+}
+
+// RopeMode selects which elements of a head a rotary embedding rotates
+// together.
+type RopeMode uint8
+
+const (
+	// RopeHalf pairs element i with i + D/2 (GPT-NeoX, Llama and Qwen's
+	// rotate_half).
+	RopeHalf RopeMode = iota
+	// RopeInterleaved pairs element 2i with 2i+1 (the complex product of
+	// FLUX and Z-Image).
+	RopeInterleaved
+)
+
+func (m RopeMode) String() string {
+	switch m {
+	case RopeHalf:
+		return "half"
+	case RopeInterleaved:
+		return "interleaved"
+	}
+	return "rope?"
 }
 
 // MemStats is a backend's device-memory accounting, in bytes.
@@ -112,13 +161,23 @@ type Backend interface {
 	LayerNorm(dst, x, gamma, beta *Tensor, eps float32) error
 	// Softmax over the last dim.
 	Softmax(dst, x *Tensor) error
-	// Attention: q [B, Lq, H*D], k and v [B, Lk, H*D] -> dst [B, Lq, H*D],
-	// softmax(scale · q kᵀ) v per head; causal masks keys j > query i.
-	Attention(dst, q, k, v *Tensor, heads int, scale float32, causal bool) error
+	// RMSNorm normalises over the last dim by the root mean square:
+	// x / sqrt(mean(x²) + eps) * gamma; gamma [D], or nil for no scale.
+	RMSNorm(dst, x, gamma *Tensor, eps float32) error
+	// Attention: q [B, Lq, H*D], k and v [B, Lk, KV*D] -> dst [B, Lq, H*D],
+	// softmax(scale · q kᵀ) v per head, with the masks o describes.
+	Attention(dst, q, k, v *Tensor, o AttentionOptions) error
+	// Rope rotates pairs of each head of x [B, L, H*D] (pairs chosen by
+	// mode) by per-token angles: cos and sin are [Bt, L, D/2] with Bt 1
+	// (shared by the batch) or B, and pair p of a token becomes
+	// (x0·cos[p] - x1·sin[p], x0·sin[p] + x1·cos[p]). dst may be x.
+	Rope(dst, x, cos, sin *Tensor, heads int, mode RopeMode) error
 	// Unary applies op elementwise; dst may be x.
 	Unary(dst, x *Tensor, op UnaryOp) error
 	// GEGLU: x [..., 2N] -> dst [..., N] = x[..., :N] * gelu(x[..., N:]).
 	GEGLU(dst, x *Tensor) error
+	// SwiGLU: dst = silu(gate) * up, all of one shape; dst may be gate or up.
+	SwiGLU(dst, gate, up *Tensor) error
 	// Binary: dst = a op b with numpy-style broadcasting (up to 4 dims);
 	// dst may be a or b when it has the broadcast shape.
 	Binary(dst, a, b *Tensor, op BinaryOp) error

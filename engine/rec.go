@@ -150,14 +150,44 @@ func (r *Rec) Softmax(name string, x *Tensor) *Tensor {
 }
 
 // Attention runs multi-head attention on token-layout q, k, v.
-func (r *Rec) Attention(name string, q, k, v *Tensor, heads int, scale float32, causal bool) *Tensor {
+func (r *Rec) Attention(name string, q, k, v *Tensor, o AttentionOptions) *Tensor {
 	if !r.ok(q, k, v) {
 		return nil
 	}
-	if _, _, _, _, err := AttentionCheck(q, k, v, heads); err != nil {
+	if _, _, _, _, err := AttentionCheck(q, k, v, o); err != nil {
 		return r.Fail(err)
 	}
-	return r.run(name, q.Shape, func(d *Tensor) error { return r.B.Attention(d, q, k, v, heads, scale, causal) })
+	return r.run(name, q.Shape, func(d *Tensor) error { return r.B.Attention(d, q, k, v, o) })
+}
+
+// RMSNorm normalises x over its last dim (gamma may be nil).
+func (r *Rec) RMSNorm(name string, x, gamma *Tensor, eps float32) *Tensor {
+	if !r.ok(x) {
+		return nil
+	}
+	return r.run(name, x.Shape, func(d *Tensor) error { return r.B.RMSNorm(d, x, gamma, eps) })
+}
+
+// RopeInPlace rotates the heads of x itself and returns x.
+func (r *Rec) RopeInPlace(x, cos, sin *Tensor, heads int, mode RopeMode) *Tensor {
+	if !r.ok(x, cos, sin) {
+		return nil
+	}
+	if err := r.B.Rope(x, x, cos, sin, heads, mode); err != nil {
+		return r.Fail(err)
+	}
+	return x
+}
+
+// SwiGLUInPlace stores silu(gate) * up into gate and returns it.
+func (r *Rec) SwiGLUInPlace(gate, up *Tensor) *Tensor {
+	if !r.ok(gate, up) {
+		return nil
+	}
+	if err := r.B.SwiGLU(gate, gate, up); err != nil {
+		return r.Fail(err)
+	}
+	return gate
 }
 
 // Unary applies an activation into a new tensor.

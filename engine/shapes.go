@@ -109,13 +109,48 @@ func PermuteShape(x Shape, perm []int) (Shape, error) {
 	return out, nil
 }
 
-// AttentionCheck validates Attention's operands and returns (B, Lq, Lk, D).
-func AttentionCheck(q, k, v *Tensor, heads int) (b, lq, lk, d int, err error) {
+// AttentionCheck validates Attention's operands and options and returns
+// (B, Lq, Lk, D).
+func AttentionCheck(q, k, v *Tensor, o AttentionOptions) (b, lq, lk, d int, err error) {
+	kv := o.KV()
 	bad := &ShapeError{Op: "attention", Tensor: q.Name,
-		Got: fmt.Sprintf("q %v k %v v %v heads %d", q.Shape, k.Shape, v.Shape, heads), Want: "q [B, Lq, H*D], k = v [B, Lk, H*D]"}
-	if heads < 1 || len(q.Shape) != 3 || !k.Shape.Equal(v.Shape) || len(k.Shape) != 3 ||
-		q.Shape[0] != k.Shape[0] || q.Shape[2] != k.Shape[2] || q.Shape[2]%heads != 0 {
+		Got:  fmt.Sprintf("q %v k %v v %v heads %d kv heads %d", q.Shape, k.Shape, v.Shape, o.Heads, kv),
+		Want: "q [B, Lq, H*D], k = v [B, Lk, KV*D], H a multiple of KV"}
+	if o.Heads < 1 || kv < 1 || o.Heads%kv != 0 || len(q.Shape) != 3 || !k.Shape.Equal(v.Shape) || len(k.Shape) != 3 ||
+		q.Shape[0] != k.Shape[0] || q.Shape[2]%o.Heads != 0 {
 		return 0, 0, 0, 0, bad
 	}
-	return q.Shape[0], q.Shape[1], k.Shape[1], q.Shape[2] / heads, nil
+	d = q.Shape[2] / o.Heads
+	if k.Shape[2] != kv*d {
+		return 0, 0, 0, 0, bad
+	}
+	b, lq, lk = q.Shape[0], q.Shape[1], k.Shape[1]
+	if o.KeyLens != nil {
+		if len(o.KeyLens) != b {
+			return 0, 0, 0, 0, &ShapeError{Op: "attention", Tensor: k.Name, Got: fmt.Sprintf("%d key lengths", len(o.KeyLens)),
+				Want: fmt.Sprintf("one per batch row (%d)", b)}
+		}
+		for i, n := range o.KeyLens {
+			if n < 1 || n > lk {
+				return 0, 0, 0, 0, &ShapeError{Op: "attention", Tensor: k.Name, Got: fmt.Sprintf("key length %d for batch row %d", n, i),
+					Want: fmt.Sprintf("1..%d", lk)}
+			}
+		}
+	}
+	return b, lq, lk, d, nil
+}
+
+// RopeCheck validates Rope's operands and returns (B, L, D).
+func RopeCheck(x, cos, sin *Tensor, heads int, mode RopeMode) (b, l, d int, err error) {
+	bad := &ShapeError{Op: "rope", Tensor: x.Name, Got: fmt.Sprintf("x %v cos %v sin %v heads %d", x.Shape, cos.Shape, sin.Shape, heads),
+		Want: "x [B, L, H*D] with D even, cos = sin [1 or B, L, D/2]"}
+	if heads < 1 || len(x.Shape) != 3 || x.Shape[2]%heads != 0 || (x.Shape[2]/heads)%2 != 0 || mode > RopeInterleaved {
+		return 0, 0, 0, bad
+	}
+	b, l, d = x.Shape[0], x.Shape[1], x.Shape[2]/heads
+	if !cos.Shape.Equal(sin.Shape) || len(cos.Shape) != 3 || (cos.Shape[0] != 1 && cos.Shape[0] != b) ||
+		cos.Shape[1] != l || cos.Shape[2] != d/2 {
+		return 0, 0, 0, bad
+	}
+	return b, l, d, nil
 }

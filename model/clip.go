@@ -356,7 +356,7 @@ func (a *CLIPAttention) forward(rec *engine.Rec, h *engine.Tensor) *engine.Tenso
 	k := a.KProj.Forward(rec, h)
 	v := a.VProj.Forward(rec, h)
 	d := a.QProj.Weight.Shape[0] / a.Heads
-	o := rec.Attention("self_attn", q, k, v, a.Heads, float32(1/math.Sqrt(float64(d))), true)
+	o := rec.Attention("self_attn", q, k, v, engine.AttentionOptions{Heads: a.Heads, Scale: float32(1 / math.Sqrt(float64(d))), Causal: true})
 	rec.Free(q, k, v)
 	out := a.OutProj.Forward(rec, o)
 	rec.Free(o)

@@ -140,6 +140,52 @@ func (c *CLIPTextConfig) WithProjection() bool {
 	return false
 }
 
+// Qwen3Config is transformers' Qwen3Config config.json
+// (transformers/models/qwen3/configuration_qwen3.py): Z-Image's text
+// encoder, a Qwen3Model (the decoder stack without the LM head).
+type Qwen3Config struct {
+	Architectures         []string `json:"architectures"`
+	HiddenSize            int      `json:"hidden_size"`
+	IntermediateSize      int      `json:"intermediate_size"`
+	NumHiddenLayers       int      `json:"num_hidden_layers"`
+	NumAttentionHeads     int      `json:"num_attention_heads"`
+	NumKeyValueHeads      int      `json:"num_key_value_heads"`
+	HeadDim               int      `json:"head_dim"`
+	HiddenAct             string   `json:"hidden_act"`
+	MaxPositionEmbeddings int      `json:"max_position_embeddings"`
+	RMSNormEps            float32  `json:"rms_norm_eps"`
+	RopeTheta             float64  `json:"rope_theta"`
+	RopeScaling           any      `json:"rope_scaling"` // null for Z-Image; anything else is refused
+	AttentionBias         bool     `json:"attention_bias"`
+	VocabSize             int      `json:"vocab_size"`
+	TieWordEmbeddings     bool     `json:"tie_word_embeddings"`
+	UseSlidingWindow      bool     `json:"use_sliding_window"`
+	BOSTokenID            int      `json:"bos_token_id"`
+	EOSTokenID            int      `json:"eos_token_id"`
+	TorchDType            string   `json:"torch_dtype"`
+}
+
+// ZImageConfig is diffusers' ZImageTransformer2DModel config.json
+// (diffusers/models/transformers/transformer_z_image.py): the S3-DiT of
+// Z-Image-Turbo.
+type ZImageConfig struct {
+	AllPatchSize   []int   `json:"all_patch_size"`
+	AllFPatchSize  []int   `json:"all_f_patch_size"`
+	InChannels     int     `json:"in_channels"`
+	Dim            int     `json:"dim"`
+	NLayers        int     `json:"n_layers"`
+	NRefinerLayers int     `json:"n_refiner_layers"`
+	NHeads         int     `json:"n_heads"`
+	NKVHeads       int     `json:"n_kv_heads"`
+	NormEps        float32 `json:"norm_eps"`
+	QKNorm         bool    `json:"qk_norm"`
+	CapFeatDim     int     `json:"cap_feat_dim"`
+	RopeTheta      float64 `json:"rope_theta"`
+	TScale         float64 `json:"t_scale"`
+	AxesDims       []int   `json:"axes_dims"`
+	AxesLens       []int   `json:"axes_lens"`
+}
+
 // SchedulerConfig is a diffusers scheduler_config.json; the fields are the
 // union of what the supported schedulers read.
 type SchedulerConfig struct {
@@ -164,6 +210,20 @@ type SchedulerConfig struct {
 	SolverOrder            int       `json:"solver_order"`
 	AlgorithmType          string    `json:"algorithm_type"`
 	LowerOrderFinal        *bool     `json:"lower_order_final"`
+
+	// FlowMatchEulerDiscreteScheduler (Z-Image, FLUX, SD3).
+	Shift                *float64 `json:"shift"`
+	UseDynamicShifting   bool     `json:"use_dynamic_shifting"`
+	BaseShift            *float64 `json:"base_shift"`
+	MaxShift             *float64 `json:"max_shift"`
+	BaseImageSeqLen      *int     `json:"base_image_seq_len"`
+	MaxImageSeqLen       *int     `json:"max_image_seq_len"`
+	ShiftTerminal        *float64 `json:"shift_terminal"`
+	InvertSigmas         bool     `json:"invert_sigmas"`
+	TimeShiftType        string   `json:"time_shift_type"`
+	StochasticSampling   bool     `json:"stochastic_sampling"`
+	UseExponentialSigmas bool     `json:"use_exponential_sigmas"`
+	UseBetaSigmas        bool     `json:"use_beta_sigmas"`
 }
 
 // ModelIndex is a diffusers pipeline's model_index.json: the pipeline class

@@ -219,7 +219,7 @@ func (a *UNetAttention) Forward(rec *engine.Rec, x, kv *engine.Tensor) *engine.T
 	var o *engine.Tensor
 	if q != nil {
 		headDim := q.Shape[2] / a.Heads
-		o = rec.Attention(a.ToOut.Weight.Key+".attn", q, k, v, a.Heads, float32(1/math.Sqrt(float64(headDim))), false)
+		o = rec.Attention(a.ToOut.Weight.Key+".attn", q, k, v, engine.AttentionOptions{Heads: a.Heads, Scale: float32(1 / math.Sqrt(float64(headDim)))})
 	}
 	rec.Free(q, k, v)
 	out := a.ToOut.Forward(rec, o) // [B, L, dim]

@@ -65,7 +65,7 @@ func (c *unetCountingBackend) GroupNorm(_, _, _, _ *engine.Tensor, _ int, _ floa
 }
 func (c *unetCountingBackend) LayerNorm(_, _, _, _ *engine.Tensor, _ float32) error { return nil }
 func (c *unetCountingBackend) Softmax(_, _ *engine.Tensor) error                    { return nil }
-func (c *unetCountingBackend) Attention(_, _, _, _ *engine.Tensor, _ int, _ float32, _ bool) error {
+func (c *unetCountingBackend) Attention(_, _, _, _ *engine.Tensor, _ engine.AttentionOptions) error {
 	return nil
 }
 func (c *unetCountingBackend) Unary(_, _ *engine.Tensor, _ engine.UnaryOp) error      { return nil }
@@ -77,6 +77,11 @@ func (c *unetCountingBackend) Concat(_, _, _ *engine.Tensor) error              
 func (c *unetCountingBackend) Permute(_, _ *engine.Tensor, _ []int) error             { return nil }
 func (c *unetCountingBackend) Embedding(_, _ *engine.Tensor, _ []int32) error         { return nil }
 func (c *unetCountingBackend) Copy(_, _ *engine.Tensor) error                         { return nil }
+func (c *unetCountingBackend) RMSNorm(_, _, _ *engine.Tensor, _ float32) error        { return nil }
+func (c *unetCountingBackend) Rope(_, _, _, _ *engine.Tensor, _ int, _ engine.RopeMode) error {
+	return nil
+}
+func (c *unetCountingBackend) SwiGLU(_, _, _ *engine.Tensor) error { return nil }
 
 // unetPlaceholderResidency gives every parameter an allocated but unwritten
 // device tensor, skipping the generation of synthetic values.

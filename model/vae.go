@@ -330,7 +330,7 @@ func (a *VAEAttention) forward(rec *engine.Rec, x *engine.Tensor, tn *tileNorm) 
 	k := a.ToK.Forward(rec, tok)
 	v := a.ToV.Forward(rec, tok)
 	rec.Free(tok)
-	o := rec.Attention("mid_block.attentions.0", q, k, v, 1, float32(1/math.Sqrt(float64(c))), false) // [B, HW, C]
+	o := rec.Attention("mid_block.attentions.0", q, k, v, engine.AttentionOptions{Heads: 1, Scale: float32(1 / math.Sqrt(float64(c)))}) // [B, HW, C]
 	rec.Free(q, k, v)
 	p := a.ToOut.Forward(rec, o)
 	rec.Free(o)

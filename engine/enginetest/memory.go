@@ -171,7 +171,7 @@ func Views(t *testing.T, b engine.Backend, opts ...Option) {
 			func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error { return be.Softmax(d, in[0]) }},
 		{"Attention", []viewIn{{engine.Shape{2, 5, 8}, f32, true}, {engine.Shape{2, 7, 8}, f32, true}, {engine.Shape{2, 7, 8}, f32, true}},
 			engine.Shape{2, 5, 8}, f32, func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
-				return be.Attention(d, in[0], in[1], in[2], 2, 0.5, false)
+				return be.Attention(d, in[0], in[1], in[2], engine.AttentionOptions{Heads: 2, Scale: 0.5})
 			}},
 		{"Unary", []viewIn{{engine.Shape{2, 9}, f32, true}}, engine.Shape{2, 9}, f32,
 			func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {

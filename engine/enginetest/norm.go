@@ -194,7 +194,7 @@ func CheckAttention(t testing.TB, b engine.Backend, batch, lq, lk, heads, d int,
 	v := e.input("attention.v", engine.F32, engine.Shape{batch, lk, hd}, 1)
 	dst := e.output("attention.dst", engine.F32, engine.Shape{batch, lq, hd})
 	e.run(name, func(be engine.Backend, tt func(*operand) *engine.Tensor) error {
-		return be.Attention(tt(dst), tt(q), tt(k), tt(v), heads, scale, causal)
+		return be.Attention(tt(dst), tt(q), tt(k), tt(v), engine.AttentionOptions{Heads: heads, Scale: scale, Causal: causal})
 	})
 	if e.r != nil {
 		e.checkFull(name, dst, TolF32)

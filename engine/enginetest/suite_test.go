@@ -92,14 +92,16 @@ func (m ignoreTrans) MatMul(dst, a, b *engine.Tensor, transB bool, alpha float32
 
 type noCausal struct{ *ref.Backend }
 
-func (m noCausal) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32, causal bool) error {
-	return m.Backend.Attention(dst, q, k, v, heads, scale, false)
+func (m noCausal) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptions) error {
+	o.Causal = false
+	return m.Backend.Attention(dst, q, k, v, o)
 }
 
 type scaleOne struct{ *ref.Backend }
 
-func (m scaleOne) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32, causal bool) error {
-	return m.Backend.Attention(dst, q, k, v, heads, scale*1.01, causal)
+func (m scaleOne) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptions) error {
+	o.Scale *= 1.01
+	return m.Backend.Attention(dst, q, k, v, o)
 }
 
 type noSiLU struct{ *ref.Backend }

@@ -30,6 +30,8 @@ func activation(op engine.UnaryOp) func(float64) float64 {
 		return quickGELU
 	case engine.GELUTanh:
 		return geluTanh
+	case engine.Tanh:
+		return math.Tanh
 	}
 	return nil
 }

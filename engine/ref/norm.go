@@ -154,9 +154,11 @@ func softmax64(v []float64) {
 	}
 }
 
-// Attention: q [B, Lq, H*D], k and v [B, Lk, H*D] -> dst [B, Lq, H*D],
-// softmax(scale · q kᵀ) v per head; causal masks keys j > query i.
-func (b *Backend) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32, causal bool) error {
+// Attention: q [B, Lq, H*D], k and v [B, Lk, KV*D] -> dst [B, Lq, H*D],
+// softmax(scale · q kᵀ) v per head; query head h reads key/value head
+// h/(H/KV); causal masks keys j > query i, KeyLens the keys past a batch
+// row's length.
+func (b *Backend) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptions) error {
 	const op = "attention"
 	if err := checkAll(op, dst, q, k, v); err != nil {
 		return err
@@ -164,33 +166,41 @@ func (b *Backend) Attention(dst, q, k, v *engine.Tensor, heads int, scale float3
 	if err := wantF32(op, dst, q, k, v); err != nil {
 		return err
 	}
-	nb, lq, lk, d, err := engine.AttentionCheck(q, k, v, heads)
+	nb, lq, lk, d, err := engine.AttentionCheck(q, k, v, o)
 	if err != nil {
 		return err
 	}
 	if err := engine.WantShape(op, dst, q.Shape...); err != nil {
 		return err
 	}
-	qv, kv, vv, out := data(q), data(k), data(v), data(dst)
-	hd := heads * d
+	heads, kvHeads := o.Heads, o.KV()
+	group := heads / kvHeads
+	qv, kv, vv := data(q), data(k), data(v)
+	out := make([]float32, dst.NumElem()) // dst may alias q
+	hd, kvd := heads*d, kvHeads*d
 	s := make([]float64, lk)
 	acc := make([]float64, d)
 	for n := 0; n < nb; n++ {
+		valid := lk
+		if o.KeyLens != nil {
+			valid = o.KeyLens[n]
+		}
 		for h := 0; h < heads; h++ {
+			kh := h / group
 			for i := 0; i < lq; i++ {
 				qr := qv[(n*lq+i)*hd+h*d:][:d]
-				keys := lk
-				if causal {
-					keys = min(lk, i+1)
+				keys := valid
+				if o.Causal {
+					keys = min(keys, i+1)
 				}
 				for j := 0; j < keys; j++ {
-					s[j] = float64(scale) * dot(qr, kv[(n*lk+j)*hd+h*d:][:d])
+					s[j] = float64(o.Scale) * dot(qr, kv[(n*lk+j)*kvd+kh*d:][:d])
 				}
 				softmax64(s[:keys])
 				clear(acc)
 				for j := 0; j < keys; j++ {
 					p := s[j]
-					for e, x := range vv[(n*lk+j)*hd+h*d:][:d] {
+					for e, x := range vv[(n*lk+j)*kvd+kh*d:][:d] {
 						acc[e] += p * float64(x)
 					}
 				}
@@ -201,5 +211,6 @@ func (b *Backend) Attention(dst, q, k, v *engine.Tensor, heads int, scale float3
 			}
 		}
 	}
+	copy(data(dst), out)
 	return nil
 }

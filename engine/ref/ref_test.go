@@ -225,7 +225,7 @@ func TestAttentionHand(t *testing.T) {
 	k := tensor(t, b, "k", engine.F32, []float32{9, 9, -9, 9}, 1, 1, 4)
 	v := tensor(t, b, "v", engine.F32, []float32{1, 2, 3, 4}, 1, 1, 4)
 	d := tensor(t, b, "d", engine.F32, nil, 1, 2, 4)
-	must(t, b.Attention(d, q, k, v, 2, 0.7, false))
+	must(t, b.Attention(d, q, k, v, engine.AttentionOptions{Heads: 2, Scale: 0.7}))
 	near(t, "one key", read(t, b, d), []float32{1, 2, 3, 4, 1, 2, 3, 4}, 0)
 
 	// Two keys, one head of 1: scores q*k*scale; query 0 with causal sees key 0 only.
@@ -235,11 +235,11 @@ func TestAttentionHand(t *testing.T) {
 	d1 := tensor(t, b, "d1", engine.F32, nil, 1, 2, 1)
 	// Query 1, scale 1: scores [0, 2 ln 2] -> weights [1/5, 4/5] -> 0.6 + 4.8.
 	// Query 0: scores [0, ln 2] -> weights [1/3, 2/3] -> 1 + 4.
-	must(t, b.Attention(d1, q1, k1, v1, 1, 1, false))
+	must(t, b.Attention(d1, q1, k1, v1, engine.AttentionOptions{Heads: 1, Scale: 1}))
 	near(t, "two keys", read(t, b, d1), []float32{5, 5.4}, 1e-6)
-	must(t, b.Attention(d1, q1, k1, v1, 1, 1, true))
+	must(t, b.Attention(d1, q1, k1, v1, engine.AttentionOptions{Heads: 1, Scale: 1, Causal: true}))
 	near(t, "causal", read(t, b, d1), []float32{3, 5.4}, 1e-6)
-	if err := b.Attention(d1, q1, k1, v1, 3, 1, false); err == nil {
+	if err := b.Attention(d1, q1, k1, v1, engine.AttentionOptions{Heads: 3, Scale: 1}); err == nil {
 		t.Error("heads not dividing the width accepted")
 	}
 }

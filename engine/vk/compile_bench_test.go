@@ -31,8 +31,8 @@ func BenchmarkFirstDispatch(b *testing.B) {
 	}
 	q := benchTensor(b, d, "q", engine.F32, 1, 64, 512)
 	o := benchTensor(b, d, "o", engine.F32, 1, 64, 512)
-	tm("attention_D512", func() error { return d.Attention(o, q, q, q, 1, 0.1, false) })
-	tm("attention_D64", func() error { return d.Attention(o, q, q, q, 8, 0.1, false) })
+	tm("attention_D512", func() error { return d.Attention(o, q, q, q, engine.AttentionOptions{Heads: 1, Scale: 0.1}) })
+	tm("attention_D64", func() error { return d.Attention(o, q, q, q, engine.AttentionOptions{Heads: 8, Scale: 0.1}) })
 	a := benchTensor(b, d, "a", engine.F32, 1, 64, 64)
 	w := benchTensor(b, d, "w", engine.F16, 64, 64)
 	y := benchTensor(b, d, "y", engine.F32, 1, 64, 64)

@@ -10,15 +10,19 @@ import (
 
 // Attention: q [B, Lq, H*D], k and v [B, Lk, H*D] -> dst [B, Lq, H*D],
 // softmax(scale · q kᵀ) v per head, flash-style (no score matrix).
-func (d *Device) Attention(dst, q, k, v *engine.Tensor, heads int, scale float32, causal bool) error {
+func (d *Device) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptions) error {
 	if dst == nil || q == nil || k == nil || v == nil {
 		return fmt.Errorf("vk: attention: nil tensor")
 	}
 	c := d.newOp("attention " + q.Name)
-	b, lq, lk, dim, err := engine.AttentionCheck(q, k, v, heads)
+	b, lq, lk, dim, err := engine.AttentionCheck(q, k, v, o)
 	if err != nil {
 		return err
 	}
+	if o.KV() != o.Heads || o.KeyLens != nil {
+		return fmt.Errorf("vk: attention %s: grouped-query attention and key lengths are not implemented yet", q.Name)
+	}
+	heads, scale, causal := o.Heads, o.Scale, o.Causal
 	c.check(sameShape(c.op, dst, q))
 	for _, t := range []*engine.Tensor{q, k, v, dst} {
 		c.dtype(t, engine.F32)

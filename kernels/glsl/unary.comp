@@ -1,6 +1,6 @@
 #version 450
 #include "common.glsl"
-// dst[i] = op(x[i]); dst may alias x. op: 0 SiLU, 1 GELU (erf), 2 QuickGELU, 3 GELU (tanh).
+// dst[i] = op(x[i]); dst may alias x. op: 0 SiLU, 1 GELU (erf), 2 QuickGELU, 3 GELU (tanh), 4 tanh.
 layout(local_size_x_id = 0) in;
 layout(push_constant) uniform UnaryParams {
 	uint n;
@@ -21,6 +21,9 @@ VT apply(VT v) {
 	case 0: return v / (1.0 + exp(-v));
 	case 1: return 0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752));
 	case 2: return v / (1.0 + exp(-1.702 * v));
+	// Clamped: tanh(15) rounds to 1 in float32, and an exp-based tanh
+	// overflows to NaN far beyond it on some drivers.
+	case 4: return tanh(clamp(v, -15.0, 15.0));
 	}
 	VT u = clamp(0.7978845608028654 * (v + 0.044715 * v * v * v), -15.0, 15.0);
 	return 0.5 * v * (1.0 + tanh(u));
