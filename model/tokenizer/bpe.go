@@ -1,10 +1,15 @@
 package tokenizer
 
-import "container/heap"
+import (
+	"container/heap"
+	"strings"
+	"unicode/utf8"
+)
 
-// byteRunes is GPT-2/CLIP's bytes_to_unicode: printable Latin-1 bytes map to
-// themselves, the other 68 bytes to U+0100 upwards, so every byte sequence
-// becomes printable text that vocab.json can key on.
+// byteRunes is GPT-2's bytes_to_unicode, shared by CLIP and Qwen2:
+// printable Latin-1 bytes map to themselves, the other 68 bytes to U+0100
+// upwards, so every byte sequence becomes printable text that vocab.json can
+// key on.
 func byteRunes() [256]rune {
 	var m [256]rune
 	next := rune(256)
@@ -29,26 +34,55 @@ type merge struct {
 	id   int32
 }
 
-// shortWord is the length up to which bpe runs the plain quadratic loop;
-// longer words (no real prompt has them, but a pasted blob might) take the
-// heap, O(n log n).
+// bpeModel is the byte-level BPE that CLIP and Qwen2 share: vocab.json,
+// merges.txt keyed by id pairs, and the byte symbols. Symbols are vocab ids,
+// so each BPE step is a map lookup on an int pair; this equals merging
+// strings because every merge result is in the vocabulary (readMerges
+// checks it) and ids name strings one to one.
+type bpeModel struct {
+	vocab  map[string]int32
+	tokens []string // id -> vocab string (byte-mapped), or an added token's text
+	merges map[uint64]merge
+
+	byteID   [256]int32 // id of each byte's symbol
+	runeByte [512]int16 // byte of each byte-mapped rune, -1 if none
+
+	// ordered: each merge only uses symbols that earlier lines make and no
+	// pair repeats, as BPE training writes them. mergeHeap relies on it.
+	ordered bool
+}
+
+// initBytes fills byteID and runeByte from the vocabulary; it reports the
+// first byte symbol the vocabulary lacks.
+func (m *bpeModel) initBytes() (missing string, ok bool) {
+	br := byteRunes()
+	for b := range 256 {
+		id, ok := m.vocab[string(br[b])]
+		if !ok {
+			return string(br[b]), false
+		}
+		m.byteID[b] = id
+	}
+	for i := range m.runeByte {
+		m.runeByte[i] = -1
+	}
+	for b, r := range br {
+		m.runeByte[r] = int16(b)
+	}
+	return "", true
+}
+
+// shortWord is the length up to which merge runs the plain quadratic loop;
+// longer words (a long CJK run, a pasted blob) take the heap, O(n log n).
 const shortWord = 64
 
-// bpe appends the ids of one pre-token (its UTF-8 bytes) to dst. Symbols are
-// vocab ids, so each step is a map lookup on an int pair.
-func (t *Tokenizer) bpe(dst []int, tok string) []int {
-	if len(tok) == 0 {
-		return dst
-	}
-	word := make([]int32, len(tok))
-	for i := 0; i < len(tok); i++ {
-		word[i] = t.byteID[tok[i]]
-	}
-	word[len(word)-1] = t.byteEndID[tok[len(tok)-1]] // last symbol carries "</w>"
-	if len(word) > shortWord {
-		word = t.mergeHeap(word)
+// appendMerged runs BPE on a word of byte-symbol ids (reusing its storage)
+// and appends the resulting ids to dst.
+func (m *bpeModel) appendMerged(dst []int, word []int32) []int {
+	if len(word) > shortWord && m.ordered {
+		word = m.mergeHeap(word)
 	} else {
-		word = t.mergeLoop(word)
+		word = m.mergeLoop(word)
 	}
 	for _, id := range word {
 		dst = append(dst, int(id))
@@ -56,16 +90,16 @@ func (t *Tokenizer) bpe(dst []int, tok string) []int {
 	return dst
 }
 
-// mergeLoop is CLIPTokenizer.bpe: merge the lowest-ranked adjacent pair
-// everywhere, left to right, until no pair has a rank.
-func (t *Tokenizer) mergeLoop(word []int32) []int32 {
+// mergeLoop is transformers' GPT-2-style bpe: merge the lowest-ranked
+// adjacent pair everywhere, left to right, until no pair has a rank.
+func (m *bpeModel) mergeLoop(word []int32) []int32 {
 	for len(word) > 1 {
 		best := merge{rank: -1}
 		var bestA, bestB int32
 		for i := 0; i+1 < len(word); i++ {
-			m, ok := t.merges[mergeKey(word[i], word[i+1])]
-			if ok && (best.rank < 0 || m.rank < best.rank) {
-				best, bestA, bestB = m, word[i], word[i+1]
+			mg, ok := m.merges[mergeKey(word[i], word[i+1])]
+			if ok && (best.rank < 0 || mg.rank < best.rank) {
+				best, bestA, bestB = mg, word[i], word[i+1]
 			}
 		}
 		if best.rank < 0 {
@@ -86,10 +120,10 @@ func (t *Tokenizer) mergeLoop(word []int32) []int32 {
 }
 
 // mergeHeap gives mergeLoop's result with a priority queue of pairs ordered
-// by (rank, position). It is the same because Load checks that a merge only
-// uses symbols made by earlier lines, so a pair formed by a merge ranks after
-// it, and all occurrences of one pair go left to right before any later rank.
-func (t *Tokenizer) mergeHeap(word []int32) []int32 {
+// by (rank, position). It is the same when the merges are ordered (see
+// bpeModel.ordered): a pair formed by a merge then ranks after it, so all
+// occurrences of one pair go left to right before any later rank.
+func (m *bpeModel) mergeHeap(word []int32) []int32 {
 	n := len(word)
 	next := make([]int, n) // -1 at the end
 	prev := make([]int, n) // -1 at the start
@@ -102,8 +136,8 @@ func (t *Tokenizer) mergeHeap(word []int32) []int32 {
 		if i < 0 || next[i] < 0 {
 			return
 		}
-		if m, ok := t.merges[mergeKey(word[i], word[next[i]])]; ok {
-			heap.Push(h, pairAt{rank: m.rank, pos: i, a: word[i], b: word[next[i]], id: m.id})
+		if mg, ok := m.merges[mergeKey(word[i], word[next[i]])]; ok {
+			heap.Push(h, pairAt{rank: mg.rank, pos: i, a: word[i], b: word[next[i]], id: mg.id})
 		}
 	}
 	for i := 0; i+1 < n; i++ {
@@ -151,4 +185,60 @@ func (h *pairHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// appendTokenBytes appends the bytes a vocabulary token stands for: each
+// byte-mapped rune gives its byte, any other rune (an added token's text)
+// its UTF-8.
+func (m *bpeModel) appendTokenBytes(buf []byte, tok string) []byte {
+	for _, r := range tok {
+		if r >= 0 && int(r) < len(m.runeByte) && m.runeByte[r] >= 0 {
+			buf = append(buf, byte(m.runeByte[r]))
+		} else {
+			buf = utf8.AppendRune(buf, r)
+		}
+	}
+	return buf
+}
+
+// addedToken is a token matched verbatim in the text before any other
+// processing ("<|endoftext|>", "<|im_start|>", OpenCLIP's "!").
+type addedToken struct {
+	text   string
+	id     int
+	lstrip bool // strip whitespace left of it (transformers' AddedToken.lstrip)
+	rstrip bool // and right of it
+}
+
+// addedSet finds added tokens in text: at the first position where one
+// starts, the longest, as transformers' trie does when no token is a prefix
+// of another starting later.
+type addedSet struct {
+	toks  []addedToken // longest first
+	first [256]bool    // first bytes of the tokens
+}
+
+func newAddedSet(toks []addedToken) addedSet {
+	s := addedSet{toks: toks}
+	sortAdded(s.toks)
+	for _, a := range toks {
+		s.first[a.text[0]] = true
+	}
+	return s
+}
+
+// next returns the byte offset of the first added token in text and the
+// token, or len(text) and nil.
+func (s *addedSet) next(text string) (int, *addedToken) {
+	for i := 0; i < len(text); i++ {
+		if !s.first[text[i]] {
+			continue
+		}
+		for k := range s.toks {
+			if strings.HasPrefix(text[i:], s.toks[k].text) {
+				return i, &s.toks[k]
+			}
+		}
+	}
+	return len(text), nil
 }

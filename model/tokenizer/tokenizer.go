@@ -3,7 +3,9 @@
 // ftfy installed (the tokenization of openai/CLIP and open_clip): special
 // tokens split first, then per piece ftfy's text fixes, whitespace cleaning,
 // lowercasing, the CLIP pre-tokenization pattern, byte-to-unicode mapping
-// and BPE; BOS + up to 75 tokens + EOS, padded to 77.
+// and BPE; BOS + up to 75 tokens + EOS, padded to 77. The BPE machinery
+// (bpe.go) and the file readers (files.go) are written to serve other
+// byte-level BPE tokenizers too.
 //
 // A Tokenizer is immutable after Load and safe for concurrent use.
 package tokenizer
@@ -15,25 +17,13 @@ import (
 
 // Tokenizer is a loaded CLIP tokenizer.
 type Tokenizer struct {
-	vocab  map[string]int32
-	tokens []string // id -> vocab string (byte-mapped)
-	merges map[uint64]merge
-
-	byteID    [256]int32 // id of each byte's symbol
+	bpeModel
 	byteEndID [256]int32 // id of each byte's symbol + "</w>"
-	runeByte  [512]int16 // byte of each byte-mapped rune, -1 if none
 
-	split         []addedToken // tokens the text is split at, longest first
+	split         addedSet // tokens the text is split at
 	bos, eos, pad int
 	maxLen        int  // model_max_length: 77 for CLIP
 	cleanup       bool // clean_up_tokenization_spaces, for Decode
-}
-
-// addedToken is a token matched verbatim in the raw text before any other
-// processing ("<|startoftext|>", "<|endoftext|>" and, for OpenCLIP, "!").
-type addedToken struct {
-	text string
-	id   int
 }
 
 // Encoding is one tokenized context window.
@@ -107,7 +97,7 @@ func (t *Tokenizer) tokenize(text string) []int {
 	}
 	var ids []int
 	for len(text) > 0 {
-		i, a := t.nextAdded(text)
+		i, a := t.split.next(text)
 		ids = t.tokenizePiece(ids, text[:i])
 		if a == nil {
 			break
@@ -116,18 +106,6 @@ func (t *Tokenizer) tokenize(text string) []int {
 		text = text[i+len(a.text):]
 	}
 	return ids
-}
-
-// nextAdded finds the first added token in s (longest at a position).
-func (t *Tokenizer) nextAdded(s string) (int, *addedToken) {
-	for i := 0; i < len(s); i++ {
-		for k := range t.split {
-			if strings.HasPrefix(s[i:], t.split[k].text) {
-				return i, &t.split[k]
-			}
-		}
-	}
-	return len(s), nil
 }
 
 // tokenizePiece is CLIPTokenizer._tokenize with ftfy on text between added
@@ -163,13 +141,7 @@ func (t *Tokenizer) Decode(ids []int) string {
 			buf = utf8.AppendRune(buf, utf8.RuneError)
 			continue
 		}
-		for _, r := range t.tokens[id] {
-			if r >= 0 && int(r) < len(t.runeByte) && t.runeByte[r] >= 0 {
-				buf = append(buf, byte(t.runeByte[r]))
-			} else {
-				buf = utf8.AppendRune(buf, r)
-			}
-		}
+		buf = t.appendTokenBytes(buf, t.tokens[id])
 	}
 	s := strings.ToValidUTF8(string(buf), "\uFFFD")
 	s = strings.TrimFunc(strings.ReplaceAll(s, "</w>", " "), pyIsSpace)
@@ -181,4 +153,18 @@ func (t *Tokenizer) Decode(ids []int) string {
 		}
 	}
 	return s
+}
+
+// bpe appends the ids of one pre-token (its UTF-8 bytes) to dst; the last
+// symbol carries CLIP's end-of-word "</w>".
+func (t *Tokenizer) bpe(dst []int, tok string) []int {
+	if len(tok) == 0 {
+		return dst
+	}
+	word := make([]int32, len(tok))
+	for i := 0; i < len(tok); i++ {
+		word[i] = t.byteID[tok[i]]
+	}
+	word[len(word)-1] = t.byteEndID[tok[len(tok)-1]]
+	return t.appendMerged(dst, word)
 }
