@@ -91,32 +91,66 @@ func (m *bpeModel) appendMerged(dst []int, word []int32) []int {
 }
 
 // mergeLoop is transformers' GPT-2-style bpe: merge the lowest-ranked
-// adjacent pair everywhere, left to right, until no pair has a rank.
+// adjacent pair everywhere, left to right, until no pair has a rank. The
+// rank of each adjacent pair is kept between rounds and looked up again only
+// beside a merge, so a word costs a number of map lookups linear in its
+// length instead of quadratic.
 func (m *bpeModel) mergeLoop(word []int32) []int32 {
-	for len(word) > 1 {
-		best := merge{rank: -1}
-		var bestA, bestB int32
-		for i := 0; i+1 < len(word); i++ {
-			mg, ok := m.merges[mergeKey(word[i], word[i+1])]
-			if ok && (best.rank < 0 || mg.rank < best.rank) {
-				best, bestA, bestB = mg, word[i], word[i+1]
+	n := len(word)
+	if n < 2 {
+		return word
+	}
+	var pairBuf [shortWord]merge
+	var srcBuf [shortWord + 1]int32
+	pairs, src := pairBuf[:0], srcBuf[:0]
+	if n > shortWord {
+		pairs, src = make([]merge, 0, n-1), make([]int32, 0, n)
+	}
+	pairs, src = pairs[:n-1], src[:n]
+	for i := range pairs {
+		pairs[i] = m.pair(word[i], word[i+1])
+	}
+	for n > 1 {
+		best := -1
+		for i, p := range pairs[:n-1] {
+			if p.rank >= 0 && (best < 0 || p.rank < pairs[best].rank) {
+				best = i
 			}
 		}
-		if best.rank < 0 {
+		if best < 0 {
 			break
 		}
-		out := word[:0]
-		for i := 0; i < len(word); i++ {
-			if i+1 < len(word) && word[i] == bestA && word[i+1] == bestB {
-				out = append(out, best.id)
+		a, b, id := word[best], word[best+1], pairs[best].id
+		out := 0
+		for i := 0; i < n; out++ {
+			if i+1 < n && word[i] == a && word[i+1] == b {
+				word[out], src[out] = id, -1 // a new symbol
+				i += 2
+			} else {
+				word[out], src[out] = word[i], int32(i)
 				i++
-				continue
 			}
-			out = append(out, word[i])
 		}
-		word = out
+		n = out
+		// A pair of two old neighbours keeps its rank; src[j] >= j, so
+		// pairs[src[j]] is still the old entry when it is read.
+		for j := 0; j+1 < n; j++ {
+			if src[j] >= 0 && src[j+1] >= 0 {
+				pairs[j] = pairs[src[j]]
+			} else {
+				pairs[j] = m.pair(word[j], word[j+1])
+			}
+		}
 	}
-	return word
+	return word[:n]
+}
+
+// pair is the merge of two symbols; rank -1 if there is none.
+func (m *bpeModel) pair(a, b int32) merge {
+	if mg, ok := m.merges[mergeKey(a, b)]; ok {
+		return mg
+	}
+	return merge{rank: -1}
 }
 
 // mergeHeap gives mergeLoop's result with a priority queue of pairs ordered
