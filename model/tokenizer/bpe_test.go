@@ -39,6 +39,32 @@ func TestMergeHeapMatchesLoop(t *testing.T) {
 	}
 }
 
+// TestQwen2MergeHeapMatchesLoop: the same on the Qwen3 merges, whose long
+// words (CJK runs, repeated symbols) take the heap.
+func TestQwen2MergeHeapMatchesLoop(t *testing.T) {
+	q := loadQwen(t)
+	rng := rand.New(rand.NewSource(6))
+	alphabets := []string{"abcdefghijklmnopqrstuvwxyz", "aeinrst ", "#!=-", "一只戴着宇航员头盔的柴犬漂浮在太空中", "🐱🚀🎨✨"}
+	for i := range 300 {
+		alpha := []rune(alphabets[i%len(alphabets)])
+		var b strings.Builder
+		for range 1 + rng.Intn(300) {
+			b.WriteRune(alpha[rng.Intn(len(alpha))])
+		}
+		s := b.String()
+		word := func() []int32 {
+			w := make([]int32, len(s))
+			for i := 0; i < len(s); i++ {
+				w[i] = q.byteID[s[i]]
+			}
+			return w
+		}
+		if got, want := q.mergeHeap(word()), q.mergeLoop(word()); !slices.Equal(got, want) {
+			t.Fatalf("%q:\nheap %v\nloop %v", s, got, want)
+		}
+	}
+}
+
 // TestLongWord: a 200k-letter word (a pasted blob) tokenizes in well under
 // the quadratic loop's minutes.
 func TestLongWord(t *testing.T) {

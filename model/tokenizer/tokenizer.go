@@ -1,11 +1,12 @@
-// Package tokenizer is the CLIP byte-level BPE tokenizer of the Stable
-// Diffusion text encoders. It reproduces transformers' CLIPTokenizer with
-// ftfy installed (the tokenization of openai/CLIP and open_clip): special
-// tokens split first, then per piece ftfy's text fixes, whitespace cleaning,
-// lowercasing, the CLIP pre-tokenization pattern, byte-to-unicode mapping
-// and BPE; BOS + up to 75 tokens + EOS, padded to 77. The BPE machinery
-// (bpe.go) and the file readers (files.go) are written to serve other
-// byte-level BPE tokenizers too.
+// Package tokenizer holds the byte-level BPE tokenizers of the text
+// encoders. Tokenizer is CLIP's, of the Stable Diffusion text encoders. It
+// reproduces transformers' CLIPTokenizer with ftfy installed (the
+// tokenization of openai/CLIP and open_clip): special tokens split first,
+// then per piece ftfy's text fixes, whitespace cleaning, lowercasing, the
+// CLIP pre-tokenization pattern, byte-to-unicode mapping and BPE; BOS + up
+// to 75 tokens + EOS, padded to 77. Qwen2 (qwen2.go) is the Qwen2/Qwen3
+// tokenizer of Z-Image-Turbo's text encoder; both share the BPE machinery
+// of bpe.go and the file readers of files.go.
 //
 // A Tokenizer is immutable after Load and safe for concurrent use.
 package tokenizer
