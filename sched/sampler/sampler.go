@@ -1,7 +1,7 @@
 // Package sampler holds the pure-math diffusion schedulers: timesteps,
 // sigmas and the per-step update of flat float32 latents, with the formulas
 // of diffusers 0.30 (EulerDiscrete, EulerAncestralDiscrete, PNDM, DDIM, LCM,
-// DPMSolverMultistep). Tables are rebuilt the way diffusers computes them
+// DPMSolverMultistep) and 0.36 (FlowMatchEulerDiscrete). Tables are rebuilt the way diffusers computes them
 // (float32 torch tensors, float64 numpy arrays) and each update follows
 // torch's float32 operation order, so that a run reproduces the reference
 // latents to the last bit or close to it. No engine, no goroutines.
@@ -44,8 +44,17 @@ type Scheduler interface {
 // Options override the scheduler config.
 type Options struct {
 	// Karras uses the Karras et al. (2022) sigma spacing (diffusers'
-	// use_karras_sigmas); only euler and dpmpp_2m support it.
+	// use_karras_sigmas); euler, dpmpp_2m and flowmatch_euler support it.
 	Karras bool
+	// ImageSeqLen is the denoiser's image token count, from which a
+	// flow-match config with use_dynamic_shifting computes mu (diffusers'
+	// calculate_shift); ignored otherwise. See ZImageOptions.
+	ImageSeqLen int
+	// SigmaMin, when set, replaces a flow-match scheduler's smallest sigma
+	// before the shift, as a pipeline does by assigning
+	// scheduler.sigma_min (ZImagePipeline sets 0). nil keeps the
+	// scheduler's own, the shifted 1/num_train_timesteps.
+	SigmaMin *float64
 }
 
 // kinds: short name, diffusers class, aliases.
@@ -59,6 +68,7 @@ var kinds = []struct {
 	{"ddim", "DDIMScheduler", nil},
 	{"lcm", "LCMScheduler", nil},
 	{"dpmpp_2m", "DPMSolverMultistepScheduler", []string{"dpm++2m", "dpmpp2m", "dpm++_2m"}},
+	{"flowmatch_euler", "FlowMatchEulerDiscreteScheduler", []string{"flow_euler", "flowmatch"}},
 }
 
 // Names lists the short scheduler names New accepts.
@@ -70,9 +80,20 @@ func Names() []string {
 	return out
 }
 
+// sdNames lists the samplers for noise-prediction models.
+func sdNames() []string {
+	var out []string
+	for _, n := range Names() {
+		if n != "flowmatch_euler" {
+			out = append(out, n)
+		}
+	}
+	return out
+}
+
 // resolve maps a user or config name to a short name.
 func resolve(name string) (string, bool) {
-	l := strings.ToLower(strings.TrimSpace(name))
+	l := lowerTrim(name)
 	for _, k := range kinds {
 		if l == k.name || l == strings.ToLower(k.class) || slices.Contains(k.aliases, l) {
 			return k.name, true
@@ -81,10 +102,19 @@ func resolve(name string) (string, bool) {
 	return "", false
 }
 
+func lowerTrim(s string) string { return strings.ToLower(strings.TrimSpace(s)) }
+
 // New builds a scheduler. An empty name takes the config's _class_name;
 // otherwise name is a short name (Names) or a diffusers class name, any
 // case, and the config's fields still apply (as from_config does). A nil
 // cfg means all diffusers defaults.
+//
+// Noise-prediction (SD) and flow-matching (Z-Image) models need samplers
+// of their own family, and the config's class tells the model's family:
+// for a flow-matching model "euler" means flowmatch_euler (the Euler
+// method on its velocity, which is what the name asks for), and the
+// SD-only samplers are refused; flowmatch_euler is refused for an SD model.
+// With neither a name nor a class to go by, "euler" is the SD one.
 func New(name string, cfg *model.SchedulerConfig, opt Options) (Scheduler, error) {
 	if cfg == nil {
 		cfg = &model.SchedulerConfig{}
@@ -99,6 +129,25 @@ func New(name string, cfg *model.SchedulerConfig, opt Options) (Scheduler, error
 	short, ok := resolve(name)
 	if !ok {
 		return nil, fmt.Errorf("sampler: unknown scheduler %q (want one of %s, or a diffusers class name)", name, strings.Join(Names(), ", "))
+	}
+	if cfg.ClassName != "" {
+		flowModel := isFlowClass(cfg.ClassName)
+		if flowModel && short == "euler" {
+			short = "flowmatch_euler"
+		}
+		if flowModel != (short == "flowmatch_euler") {
+			if flowModel {
+				return nil, fmt.Errorf("sampler: %q does not fit a flow-matching model (its scheduler is %s): use euler (= flowmatch_euler)", name, cfg.ClassName)
+			}
+			return nil, fmt.Errorf("sampler: %q is for flow-matching models; this model's scheduler is %s (noise prediction): use one of %s", name, cfg.ClassName, strings.Join(sdNames(), ", "))
+		}
+	}
+	if short == "flowmatch_euler" {
+		fc, err := resolveFlowConfig(cfg, opt)
+		if err != nil {
+			return nil, err
+		}
+		return newFlowMatch(fc), nil
 	}
 	c, err := resolveConfig(short, cfg, opt)
 	if err != nil {

@@ -27,7 +27,7 @@ func sdConfig(class, spacing, prediction string) *model.SchedulerConfig {
 }
 
 func TestNames(t *testing.T) {
-	want := []string{"euler", "euler_a", "pndm", "ddim", "lcm", "dpmpp_2m"}
+	want := []string{"euler", "euler_a", "pndm", "ddim", "lcm", "dpmpp_2m", "flowmatch_euler"}
 	if got := Names(); !slices.Equal(got, want) {
 		t.Fatalf("Names() = %v, want %v", got, want)
 	}
@@ -226,7 +226,7 @@ func perfectModel(pred string, x []float32, c float64, a, s float64, ve bool) []
 func TestPerfectDenoiser(t *testing.T) {
 	const c = 0.75
 	rng := rand.New(rand.NewPCG(1, 2))
-	for _, name := range Names() {
+	for _, name := range sdNames() { // flowmatch_euler: TestFlowMatchStep
 		for _, pred := range []string{"epsilon", "v_prediction", "sample"} {
 			for _, spacing := range []string{"leading", "trailing", "linspace"} {
 				for _, karras := range []bool{false, true} {
