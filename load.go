@@ -38,6 +38,11 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 }
 
 func (p *Pipeline) load(ck *model.Checkpoint) error {
+	if ck.Arch == model.ZImage {
+		// The checkpoint opens (zimage info shows it); the Qwen tokenizer,
+		// the networks and the flow-matching runner are wired in separately.
+		return fmt.Errorf("zimage: %s: Z-Image models cannot generate yet", ck.Path)
+	}
 	if err := ck.RequireTokenizers(); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,7 +13,7 @@ import (
 	"github.com/zimage/zimage/model/safetensors"
 )
 
-// Arch is a Stable Diffusion architecture family.
+// Arch is a model architecture family.
 type Arch uint8
 
 const (
@@ -20,6 +21,7 @@ const (
 	SD1              // SD 1.x: CLIP ViT-L text encoder, 768-wide cross attention
 	SD2              // SD 2.x and SD-Turbo: OpenCLIP ViT-H (last layer dropped), linear projections
 	SDXL             // SDXL and SDXL-Turbo: CLIP ViT-L + OpenCLIP bigG, text_time conditioning
+	ZImage           // Z-Image(-Turbo): S3-DiT transformer, Qwen3 text encoder, FLUX VAE, flow matching
 )
 
 func (a Arch) String() string {
@@ -30,6 +32,8 @@ func (a Arch) String() string {
 		return "SD2"
 	case SDXL:
 		return "SDXL"
+	case ZImage:
+		return "z-image"
 	}
 	return "unknown"
 }
@@ -42,7 +46,7 @@ type Format uint8
 
 const (
 	FormatDiffusers  Format = iota + 1 // a diffusers pipeline folder
-	FormatSingleFile                   // one LDM-layout .safetensors file
+	FormatSingleFile                   // one .safetensors file: an LDM-layout SD checkpoint, or a Z-Image transformer
 )
 
 func (f Format) String() string {
@@ -70,9 +74,19 @@ type OpenOptions struct {
 	// files present there are used; its tokenizers are used when
 	// TokenizerDir is empty.
 	ConfigDir string
+	// TextEncoderPath and VAEPath supply Z-Image's text encoder and VAE,
+	// which a single transformer file lacks (the CLI's --text-encoder and
+	// --vae), or replace a folder's own. Each is a diffusers pipeline folder
+	// (its text_encoder/ or vae/ is used), a component folder (config.json
+	// and weights, sharded or not), or one .safetensors file (configs
+	// inferred from the tensors; the VAE in diffusers or original FLUX key
+	// names). Stable Diffusion checkpoints refuse them.
+	TextEncoderPath string
+	VAEPath         string
 }
 
-// UNetComponent is the denoiser's config and weights.
+// UNetComponent is the denoiser's config and weights (Stable Diffusion;
+// zero for Z-Image).
 type UNetComponent struct {
 	Class  string // "UNet2DConditionModel"
 	Config *UNetConfig
@@ -102,8 +116,37 @@ type TextEncoder struct {
 	Want CLIPWant
 }
 
+// TransformerComponent is a diffusion transformer's config and weights:
+// Z-Image's S3-DiT.
+type TransformerComponent struct {
+	Class  string // "ZImageTransformer2DModel"
+	Config *ZImageConfig
+	Source *Source
+}
+
+// QwenTextEncoder is Z-Image's text encoder, a Qwen3Model, with its
+// tokenizer. The pipeline feeds the transformer hidden_states[-2] (the
+// output of the second-to-last layer, no final norm), so the last layer
+// and the final norm are in Source but not needed (see FeatureLayers).
+type QwenTextEncoder struct {
+	Name   string // "text_encoder"
+	Class  string // "Qwen3Model"
+	Config *Qwen3Config
+	Source *Source
+	// TokenizerDir holds the Qwen2 tokenizer's vocab.json, merges.txt and
+	// tokenizer_config.json (chat template, added tokens); empty when no
+	// folder with a vocab.json was found (RequireTokenizers reports it and
+	// a folder lacking the other files).
+	TokenizerDir string
+}
+
+// FeatureLayers is how many decoder layers produce hidden_states[-2].
+func (q *QwenTextEncoder) FeatureLayers() int { return max(q.Config.NumHiddenLayers-1, 0) }
+
 // Checkpoint is an opened model: configs, and weights under canonical
-// diffusers keys, memory-mapped and not yet read.
+// diffusers keys, memory-mapped and not yet read. Stable Diffusion fills
+// UNet and TextEncoders; Z-Image fills Transformer and Qwen instead (UNet
+// is zero, TextEncoders empty). VAE and Scheduler serve both.
 type Checkpoint struct {
 	Path         string
 	Format       Format
@@ -111,7 +154,9 @@ type Checkpoint struct {
 	Index        *ModelIndex
 	UNet         UNetComponent
 	VAE          VAEComponent
-	TextEncoders []TextEncoder // in pipeline order (text_encoder, text_encoder_2)
+	TextEncoders []TextEncoder         // SD's CLIP encoders in pipeline order (text_encoder, text_encoder_2)
+	Transformer  *TransformerComponent // Z-Image; nil otherwise
+	Qwen         *QwenTextEncoder      // Z-Image; nil otherwise
 	Scheduler    *SchedulerConfig
 	// ForceZerosForEmptyPrompt: the unconditional embedding of an empty
 	// negative prompt is zeros (SDXL's model_index.json).
@@ -159,8 +204,63 @@ func (c *Checkpoint) Close() error {
 	return errors.Join(errs...)
 }
 
-// RequireTokenizers reports a text encoder without a tokenizer folder.
+// TokenizerFilesError reports a tokenizer folder that lacks files its
+// tokenizer needs (a Qwen2 tokenizer reads vocab.json, merges.txt and
+// tokenizer_config.json).
+type TokenizerFilesError struct {
+	Dir     string
+	Missing []string
+}
+
+func (e *TokenizerFilesError) Error() string {
+	return fmt.Sprintf("model: tokenizer folder %s lacks %s", e.Dir, strings.Join(e.Missing, ", "))
+}
+
+// ShardIndexError reports a sharded component whose
+// *.safetensors.index.json does not match its shard files: a listed shard
+// that is missing (Tensor empty; errors.Is(err, fs.ErrNotExist) holds), or
+// a tensor the index maps to a shard that lacks it.
+type ShardIndexError struct {
+	Component string
+	Index     string // the index file
+	Shard     string // the shard file
+	Tensor    string
+}
+
+func (e *ShardIndexError) Error() string {
+	if e.Tensor == "" {
+		return fmt.Sprintf("model: %s: shard %s listed in %s is missing", e.Component, e.Shard, e.Index)
+	}
+	return fmt.Sprintf("model: %s: the shard index %s maps %q to %s, which lacks it", e.Component, e.Index, e.Tensor, e.Shard)
+}
+
+func (e *ShardIndexError) Unwrap() error {
+	if e.Tensor == "" {
+		return fs.ErrNotExist
+	}
+	return nil
+}
+
+// qwenTokenizerFiles are what the Qwen2 tokenizer reads.
+var qwenTokenizerFiles = []string{"vocab.json", "merges.txt", "tokenizer_config.json"}
+
+// RequireTokenizers reports a text encoder without a tokenizer folder, or
+// (Z-Image) a tokenizer folder without the files its tokenizer reads.
 func (c *Checkpoint) RequireTokenizers() error {
+	if q := c.Qwen; q != nil {
+		if q.TokenizerDir == "" {
+			return fmt.Errorf("model: %s: no tokenizer for %s: pass the model's diffusers folder or its tokenizer/ folder (--tokenizer)", c.Path, q.Name)
+		}
+		var missing []string
+		for _, f := range qwenTokenizerFiles {
+			if !isFile(filepath.Join(q.TokenizerDir, f)) {
+				missing = append(missing, f)
+			}
+		}
+		if len(missing) > 0 {
+			return &TokenizerFilesError{Dir: q.TokenizerDir, Missing: missing}
+		}
+	}
 	for _, te := range c.TextEncoders {
 		if te.TokenizerDir == "" {
 			return fmt.Errorf("model: %s: no tokenizer for %s: single-file checkpoints carry no vocabulary; "+
@@ -176,7 +276,16 @@ func (c *Checkpoint) Sources() []*Source {
 	for _, te := range c.TextEncoders {
 		out = append(out, te.Source)
 	}
-	return append(out, c.UNet.Source, c.VAE.Source)
+	if c.Qwen != nil {
+		out = append(out, c.Qwen.Source)
+	}
+	if c.UNet.Source != nil {
+		out = append(out, c.UNet.Source)
+	}
+	if c.Transformer != nil {
+		out = append(out, c.Transformer.Source)
+	}
+	return append(out, c.VAE.Source)
 }
 
 func (c *Checkpoint) warnf(format string, args ...any) {

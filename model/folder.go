@@ -42,6 +42,15 @@ func openFolder(dir string, opts OpenOptions) (_ *Checkpoint, err error) {
 		return nil, err
 	}
 	c.ForceZerosForEmptyPrompt = c.Index.ForceZerosForEmptyPrompt
+	if isZImageIndex(c.Index) {
+		if err := c.openZImageFolder(dir, opts); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	if err := refuseZImageOptions(dir, opts); err != nil {
+		return nil, err
+	}
 
 	if err := c.checkClass("unet", "UNet2DConditionModel"); err != nil {
 		return nil, err
@@ -81,22 +90,28 @@ func openFolder(dir string, opts OpenOptions) (_ *Checkpoint, err error) {
 	for i := range c.TextEncoders {
 		c.TextEncoders[i].Want = wantFor(c.Arch, i)
 	}
+	if err := c.folderScheduler(dir, opts); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
 
+// folderScheduler reads the folder's scheduler config (the family's when
+// absent), replaced by ConfigDir's.
+func (c *Checkpoint) folderScheduler(dir string, opts OpenOptions) error {
 	c.Scheduler = &SchedulerConfig{}
 	schedPath := filepath.Join(dir, "scheduler", "scheduler_config.json")
 	if err := readJSON(schedPath, c.Scheduler); err != nil {
 		if !os.IsNotExist(err) {
-			return nil, err
+			return err
 		}
 		if err := readFamilyJSON(c.Arch, "scheduler/scheduler_config.json", c.Scheduler); err != nil {
-			return nil, err
+			return err
 		}
 		c.warnf("no scheduler/scheduler_config.json: using the %s default (%s)", c.Arch, c.Scheduler.ClassName)
 	}
-	if _, err := replaceFromDir(opts, "scheduler/scheduler_config.json", &c.Scheduler); err != nil {
-		return nil, err
-	}
-	return c, nil
+	_, err := replaceFromDir(opts, "scheduler/scheduler_config.json", &c.Scheduler)
+	return err
 }
 
 // checkClass requires model_index.json to list component with class.
@@ -145,6 +160,12 @@ func (c *Checkpoint) openComponent(dir, name, base string, cfg any, opts OpenOpt
 	if st, err := os.Stat(cdir); err != nil || !st.IsDir() {
 		return nil, &MissingComponentError{Path: dir, Component: name, Detail: "listed in model_index.json but the folder " + cdir + " is missing"}
 	}
+	return c.openComponentDir(dir, cdir, name, base, cfg, opts, legacy)
+}
+
+// openComponentDir opens the component folder cdir (config.json and
+// weights) as component name; dir names the model in errors.
+func (c *Checkpoint) openComponentDir(dir, cdir, name, base string, cfg any, opts OpenOptions, legacy *nameTable) (*Source, error) {
 	over, err := overrideJSON(opts, filepath.Join(name, "config.json"), cfg)
 	if err != nil {
 		return nil, err
@@ -183,9 +204,9 @@ func (c *Checkpoint) openComponent(dir, name, base string, cfg any, opts OpenOpt
 			}
 			src.AddTensor(canon, f.Tensor(key), sh.path)
 		}
-		for key := range sh.keys {
+		for _, key := range sortedKeys(sh.keys) {
 			if f.Tensor(key) == nil {
-				return nil, fmt.Errorf("model: %s: the shard index maps %q to %s, which lacks it", name, key, sh.path)
+				return nil, &ShardIndexError{Component: name, Index: sh.index, Shard: sh.path, Tensor: key}
 			}
 		}
 	}
@@ -193,8 +214,18 @@ func (c *Checkpoint) openComponent(dir, name, base string, cfg any, opts OpenOpt
 }
 
 type shard struct {
-	path string
-	keys map[string]bool // from the index; nil for an unsharded file
+	path  string
+	index string          // the index file; "" for an unsharded file
+	keys  map[string]bool // from the index; nil for an unsharded file
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 // weightFiles finds a component's safetensors file(s), fp16 variant first.
@@ -262,9 +293,9 @@ func readShardIndex(path, cdir, name string) ([]shard, error) {
 	for _, f := range files {
 		p := filepath.Join(cdir, f)
 		if !isFile(p) {
-			return nil, fmt.Errorf("model: %s: shard %s listed in %s is missing", name, p, path)
+			return nil, &ShardIndexError{Component: name, Index: path, Shard: p}
 		}
-		out = append(out, shard{path: p, keys: byFile[f]})
+		out = append(out, shard{path: p, index: path, keys: byFile[f]})
 	}
 	return out, nil
 }

@@ -11,7 +11,7 @@ import (
 
 // ComponentInfo summarises one component's weights.
 type ComponentInfo struct {
-	Name    string                    `json:"name"` // "unet", "vae", "text_encoder", "text_encoder_2"
+	Name    string                    `json:"name"` // "unet", "vae", "text_encoder", "text_encoder_2", "transformer"
 	Class   string                    `json:"class"`
 	Tensors int                       `json:"tensors"`
 	Params  int64                     `json:"params"`
@@ -19,7 +19,9 @@ type ComponentInfo struct {
 	// FileBytes is the size of the weights as stored.
 	FileBytes int64 `json:"file_bytes"`
 	// DeviceBytes is what the pipeline uploads: matrices as F16, vectors as
-	// F32 (see Weights.Param); for the VAE only the decoder half.
+	// F32 (see Weights.Param); for the VAE only the decoder half, for
+	// Z-Image's Qwen3 text encoder all but the last layer and final norm
+	// (the pipeline reads hidden_states[-2]).
 	DeviceBytes int64 `json:"device_bytes"`
 }
 
@@ -35,13 +37,21 @@ type Info struct {
 	FileBytes  int64           `json:"file_bytes"`
 	// DeviceWeightBytes sums the components' DeviceBytes.
 	DeviceWeightBytes int64 `json:"device_weight_bytes"`
-	// ActivationBytes estimates the peak activation memory of one 512x512
-	// image with classifier-free guidance (see activationBytes512).
+	// ActivationBytes estimates the peak activation memory of one image of
+	// ActivationSize² with ActivationRows batch rows: for Stable Diffusion
+	// 512² with classifier-free guidance (2 rows, see activationBytes512),
+	// for Z-Image its base size 1024² without guidance (1 row, as the
+	// turbo model runs; see Memory).
 	ActivationBytes int64 `json:"activation_bytes"`
+	ActivationSize  int   `json:"activation_size"`
+	ActivationRows  int   `json:"activation_rows"`
 	// DeviceBytes = DeviceWeightBytes + ActivationBytes: the device memory
-	// a fully resident run at 512x512 needs (offloading needs less).
-	DeviceBytes int64    `json:"device_bytes"`
-	Warnings    []string `json:"warnings"`
+	// a fully resident run needs (offloading needs less).
+	DeviceBytes int64 `json:"device_bytes"`
+	// Memory breaks the estimate down by stage for several sizes (Z-Image
+	// only).
+	Memory   []MemoryEstimate `json:"memory,omitempty"`
+	Warnings []string         `json:"warnings"`
 }
 
 // InfoSize is the image side the memory estimate assumes.
@@ -56,39 +66,50 @@ func (c *Checkpoint) Info() *Info {
 	if c.Scheduler != nil {
 		in.Scheduler = c.Scheduler.ClassName
 	}
-	add := func(name, class string, src *Source, used func(key string) bool) {
-		ci := ComponentInfo{Name: name, Class: class, DTypes: map[safetensors.DType]int{}}
-		for _, k := range src.Keys() {
-			e := src.Entry(k)
-			n := int64(e.NumElem())
-			ci.Tensors++
-			ci.Params += n
-			ci.DTypes[e.DType]++
-			ci.FileBytes += n * int64(e.DType.Size())
-			if used == nil || used(k) {
-				// Weights.Param's storage rule: F16 for rank >= 2, F32 below.
-				if len(e.Shape) >= 2 {
-					ci.DeviceBytes += 2 * n
-				} else {
-					ci.DeviceBytes += 4 * n
-				}
-			}
-		}
-		in.Components = append(in.Components, ci)
-		in.Params += ci.Params
-		in.FileBytes += ci.FileBytes
-		in.DeviceWeightBytes += ci.DeviceBytes
+	if c.Arch == ZImage {
+		c.zimageInfo(in)
+		return in
 	}
 	for _, te := range c.TextEncoders {
-		add(te.Name, te.Class, te.Source, nil)
+		in.add(te.Name, te.Class, te.Source, nil)
 	}
-	add("unet", c.UNet.Class, c.UNet.Source, nil)
-	add("vae", c.VAE.Class, c.VAE.Source, func(k string) bool {
-		return strings.HasPrefix(k, "decoder.") || strings.HasPrefix(k, "post_quant_conv.")
-	})
-	in.ActivationBytes = c.activationBytes512()
+	in.add("unet", c.UNet.Class, c.UNet.Source, nil)
+	in.add("vae", c.VAE.Class, c.VAE.Source, vaeDecoderKey)
+	in.ActivationBytes, in.ActivationSize, in.ActivationRows = c.activationBytes512(), InfoSize, 2
 	in.DeviceBytes = in.DeviceWeightBytes + in.ActivationBytes
 	return in
+}
+
+// add summarises a component's weights; used (nil: all) selects those the
+// pipeline uploads.
+func (in *Info) add(name, class string, src *Source, used func(key string) bool) ComponentInfo {
+	ci := ComponentInfo{Name: name, Class: class, DTypes: map[safetensors.DType]int{}}
+	for _, k := range src.Keys() {
+		e := src.Entry(k)
+		n := int64(e.NumElem())
+		ci.Tensors++
+		ci.Params += n
+		ci.DTypes[e.DType]++
+		ci.FileBytes += n * int64(e.DType.Size())
+		if used == nil || used(k) {
+			// Weights.Param's storage rule: F16 for rank >= 2, F32 below.
+			if len(e.Shape) >= 2 {
+				ci.DeviceBytes += 2 * n
+			} else {
+				ci.DeviceBytes += 4 * n
+			}
+		}
+	}
+	in.Components = append(in.Components, ci)
+	in.Params += ci.Params
+	in.FileBytes += ci.FileBytes
+	in.DeviceWeightBytes += ci.DeviceBytes
+	return ci
+}
+
+// vaeDecoderKey reports the VAE weights text-to-image uses.
+func vaeDecoderKey(k string) bool {
+	return strings.HasPrefix(k, "decoder.") || strings.HasPrefix(k, "post_quant_conv.")
 }
 
 // activationBytes512 estimates the largest F32 working set of the three
@@ -164,8 +185,12 @@ func (in *Info) String() string {
 	}
 	fmt.Fprintf(tw, "total\t\t\t%s\t\t%s\t%s\t\n", FormatCount(in.Params), FormatBytes(in.FileBytes), FormatBytes(in.DeviceWeightBytes))
 	tw.Flush()
-	fmt.Fprintf(&b, "\nestimated device memory at %dx%d: %s (weights %s as F16/F32 + activations ~%s, guidance batch of 2, all weights resident)\n",
-		InfoSize, InfoSize, FormatBytes(in.DeviceBytes), FormatBytes(in.DeviceWeightBytes), FormatBytes(in.ActivationBytes))
+	if len(in.Memory) > 0 {
+		in.writeMemory(&b)
+	} else {
+		fmt.Fprintf(&b, "\nestimated device memory at %dx%d: %s (weights %s as F16/F32 + activations ~%s, guidance batch of 2, all weights resident)\n",
+			InfoSize, InfoSize, FormatBytes(in.DeviceBytes), FormatBytes(in.DeviceWeightBytes), FormatBytes(in.ActivationBytes))
+	}
 	if len(in.Warnings) > 0 {
 		b.WriteString("\nwarnings:\n")
 		for _, w := range in.Warnings {

@@ -225,9 +225,10 @@ func unetRules(l unetLayout) []nameRule {
 
 // vaeRules: LDM numbers the decoder's up blocks from the shallowest level,
 // diffusers in execution order (deepest first). resnets bounds the resnet
-// index per block (the decoder has layers_per_block+1).
-func vaeRules(levels, resnets int) []nameRule {
-	p := ldmVAE
+// index per block (the decoder has layers_per_block+1). p is the prefix of
+// the VAE's keys: ldmVAE inside an SD single file, "" in a stand-alone
+// original-layout VAE file (the FLUX VAE's ae.safetensors).
+func vaeRules(p string, levels, resnets int) []nameRule {
 	rs := []nameRule{
 		{file: p + "quant_conv.", canon: "quant_conv."},
 		{file: p + "post_quant_conv.", canon: "post_quant_conv."},
@@ -288,6 +289,53 @@ func openCLIPRules(prefix string, layers int, projection bool) []nameRule {
 	for i := range layers {
 		rs = append(rs, nameRule{file: fmt.Sprintf("%stransformer.resblocks.%d.", prefix, i),
 			canon: fmt.Sprintf("text_model.encoder.layers.%d.", i), leaves: openCLIPLayerLeaves})
+	}
+	return rs
+}
+
+// zimageBlockLeaves: a block of the original Z-Image transformer (the
+// single files ComfyUI loads) -> diffusers' ZImageTransformerBlock, as
+// diffusers' convert_z_image_transformer_checkpoint_to_diffusers renames
+// it: the fused q/k/v rows split in thirds (Z-Image has as many key/value
+// heads as query heads), out -> to_out.0, q_norm/k_norm -> norm_q/norm_k.
+// The context refiner's blocks have no adaLN_modulation.
+var zimageBlockLeaves = []leaf{
+	{file: "attention.qkv.weight", canon: "attention.to_%s.weight", conv: convSplitQKV},
+	{file: "attention.out.weight", canon: "attention.to_out.0.weight"},
+	{file: "attention.out.bias", canon: "attention.to_out.0.bias"},
+	{file: "attention.q_norm.weight", canon: "attention.norm_q.weight"},
+	{file: "attention.k_norm.weight", canon: "attention.norm_k.weight"},
+	{file: "attention_norm1.weight", canon: "attention_norm1.weight"},
+	{file: "attention_norm2.weight", canon: "attention_norm2.weight"},
+	{file: "ffn_norm1.weight", canon: "ffn_norm1.weight"},
+	{file: "ffn_norm2.weight", canon: "ffn_norm2.weight"},
+	{file: "feed_forward.w1.weight", canon: "feed_forward.w1.weight"},
+	{file: "feed_forward.w2.weight", canon: "feed_forward.w2.weight"},
+	{file: "feed_forward.w3.weight", canon: "feed_forward.w3.weight"},
+	{file: "adaLN_modulation.0.weight", canon: "adaLN_modulation.0.weight"},
+	{file: "adaLN_modulation.0.bias", canon: "adaLN_modulation.0.bias"},
+}
+
+// zimageStacks are the transformer's block stacks, in run order.
+var zimageStacks = [3]string{"noise_refiner", "context_refiner", "layers"}
+
+// zimageRules: an original-layout Z-Image transformer under prefix ("" or
+// "model.diffusion_model.") with counts[i] blocks in zimageStacks[i].
+// diffusers keys the patch embedder and final layer by "<patch>-<frame
+// patch>" ("2-1"), the original has one of each.
+func zimageRules(prefix, patch string, counts [3]int) []nameRule {
+	rs := []nameRule{
+		{file: prefix + "x_embedder.", canon: "all_x_embedder." + patch + "."},
+		{file: prefix + "final_layer.", canon: "all_final_layer." + patch + "."},
+		{file: prefix + "t_embedder.", canon: "t_embedder."},
+		{file: prefix + "cap_embedder.", canon: "cap_embedder."},
+		{file: prefix + "x_pad_token", canon: "x_pad_token"},
+		{file: prefix + "cap_pad_token", canon: "cap_pad_token"},
+	}
+	for i, stack := range zimageStacks {
+		for j := range counts[i] {
+			rs = append(rs, nameRule{file: fmt.Sprintf("%s%s.%d.", prefix, stack, j), canon: fmt.Sprintf("%s.%d.", stack, j), leaves: zimageBlockLeaves})
+		}
 	}
 	return rs
 }

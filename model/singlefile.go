@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,13 +16,13 @@ import (
 // familyConfigs are the published diffusers configs each single file's
 // configs start from (see configs/SOURCES.md): SD 1.x from
 // runwayml/stable-diffusion-v1-5, SD 2.x from stabilityai/sd-turbo, SDXL
-// from stabilityai/sdxl-turbo.
+// from stabilityai/sdxl-turbo, Z-Image from Tongyi-MAI/Z-Image-Turbo.
 //
 //go:embed configs
 var familyConfigs embed.FS
 
 func readFamilyJSON(a Arch, rel string, v any) error {
-	dir := map[Arch]string{SD1: "sd1", SD2: "sd2", SDXL: "sdxl"}[a]
+	dir := map[Arch]string{SD1: "sd1", SD2: "sd2", SDXL: "sdxl", ZImage: "zimage"}[a]
 	b, err := familyConfigs.ReadFile("configs/" + dir + "/" + rel)
 	if err != nil {
 		return fmt.Errorf("model: no built-in %s config %s", a, rel)
@@ -31,6 +32,9 @@ func readFamilyJSON(a Arch, rel string, v any) error {
 	}
 	return nil
 }
+
+// shardName matches transformers' shard file names.
+var shardName = regexp.MustCompile(`-\d{5}-of-\d{5}\.safetensors$`)
 
 // ldmComponent is one network inside a single file.
 type ldmComponent struct {
@@ -49,6 +53,9 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 	case ".ckpt", ".pt", ".pth", ".bin":
 		return nil, fmt.Errorf("model: %s: PyTorch pickle checkpoints are not supported (they can run code when loaded); use the .safetensors release or convert it", path)
 	}
+	if shardName.MatchString(filepath.Base(path)) {
+		return nil, fmt.Errorf("model: %s: one shard of a sharded component; open the model's folder (for Z-Image, a whole transformer file with --text-encoder and --vae)", path)
+	}
 	f, err := safetensors.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("model: open checkpoint: %w", err)
@@ -60,6 +67,15 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 		}
 	}()
 	keys := f.Names()
+	if prefix, original, ok := zimageFileLayout(keys); ok {
+		if err := c.openZImageFile(f, prefix, original, opts); err != nil {
+			return nil, err
+		}
+		return c, nil
+	}
+	if err := refuseZImageOptions(path, opts); err != nil {
+		return nil, err
+	}
 	if c.Arch, err = detectArch(path, keys); err != nil {
 		return nil, err
 	}
@@ -67,10 +83,10 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 	if err != nil {
 		return nil, err
 	}
-	vaeLevels, vaeResnets := ldmVAELayout(keys)
+	vaeLevels, vaeResnets := ldmVAELayout(ldmVAE, keys)
 	comps := []*ldmComponent{
 		{name: "unet", prefix: ldmUNet, table: newNameTable(unetRules(ul))},
-		{name: "vae", prefix: ldmVAE, table: newNameTable(vaeRules(vaeLevels, vaeResnets))},
+		{name: "vae", prefix: ldmVAE, table: newNameTable(vaeRules(ldmVAE, vaeLevels, vaeResnets))},
 	}
 	var dropped []string // prefixes of tensors the pipeline does not use by design
 	switch c.Arch {
@@ -270,10 +286,11 @@ func sortedInts(m map[int]bool) []int {
 	return out
 }
 
-// ldmVAELayout returns the number of levels and the resnet index bound.
-func ldmVAELayout(keys []string) (levels, resnets int) {
+// ldmVAELayout returns the number of levels and the resnet index bound of
+// the LDM-layout VAE keys under prefix.
+func ldmVAELayout(prefix string, keys []string) (levels, resnets int) {
 	for _, k := range keys {
-		for _, p := range []string{ldmVAE + "encoder.down.", ldmVAE + "decoder.up."} {
+		for _, p := range []string{prefix + "encoder.down.", prefix + "decoder.up."} {
 			i, ok := indexAfter(k, p)
 			if !ok {
 				continue

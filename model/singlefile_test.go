@@ -37,7 +37,7 @@ func ldmTablesFor(t *testing.T, c *Checkpoint) map[string]*nameTable {
 	}
 	tables := map[string]*nameTable{
 		"unet": newNameTable(unetRules(ul)),
-		"vae":  newNameTable(vaeRules(len(c.VAE.Config.BlockOutChannels), c.VAE.Config.LayersPerBlock+1)),
+		"vae":  newNameTable(vaeRules(ldmVAE, len(c.VAE.Config.BlockOutChannels), c.VAE.Config.LayersPerBlock+1)),
 	}
 	switch c.Arch {
 	case SD1:
@@ -386,7 +386,8 @@ func TestNameTableInverse(t *testing.T) {
 	rules := [][]nameRule{
 		unetRules(unetLayout{levels: 4, layers: 2, upAttn: []bool{false, true, true, true}}),
 		unetRules(unetLayout{levels: 3, layers: 2, upAttn: []bool{true, true, false}}),
-		vaeRules(4, 3), hfCLIPRules(ldmCLIP), openCLIPRules(ldmXLCLIP2, 32, true), legacyVAERules(),
+		vaeRules(ldmVAE, 4, 3), vaeRules("", 4, 3), hfCLIPRules(ldmCLIP), openCLIPRules(ldmXLCLIP2, 32, true), legacyVAERules(),
+		zimageRules("", "2-1", [3]int{2, 2, 30}), zimageRules(zimageLDMPrefix, "2-1", [3]int{1, 1, 2}),
 	}
 	for _, rs := range rules {
 		tab := newNameTable(rs)
