@@ -56,6 +56,54 @@ func TestRuntimeErrorExitsOne(t *testing.T) {
 	}
 }
 
+// TestZImageInfoAndMakeModel: make-model writes a tiny Z-Image folder
+// that info reads, as text and JSON; a single transformer file needs
+// --text-encoder and --vae.
+func TestZImageInfoAndMakeModel(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "z")
+	code, _, stderr := run("make-model", "--arch", "z-image-turbo", "-o", dir)
+	if code != 0 {
+		t.Fatalf("make-model: exit %d: %s", code, stderr)
+	}
+	code, out, stderr := run("info", dir)
+	if code != 0 || !strings.Contains(out, "z-image") || !strings.Contains(out, "ZImageTransformer2DModel") || !strings.Contains(out, "1024x1024") {
+		t.Fatalf("info: exit %d, stderr %q, out:\n%s", code, stderr, out)
+	}
+	code, out, _ = run("info", "--json", dir)
+	var info struct {
+		Arch   string `json:"arch"`
+		Memory []any  `json:"memory"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); code != 0 || err != nil || info.Arch != "z-image" || len(info.Memory) == 0 {
+		t.Fatalf("info --json: exit %d, %v, %+v", code, err, info)
+	}
+	// The transformer alone, as one file (diffusers names): the text
+	// encoder and VAE come from the folder.
+	shards, _ := filepath.Glob(filepath.Join(dir, "transformer", "*-of-*.safetensors"))
+	if len(shards) < 2 {
+		t.Fatalf("transformer not sharded: %v", shards)
+	}
+	code, _, stderr = run("info", shards[0])
+	if code != 1 || !strings.Contains(stderr, "one shard") {
+		t.Errorf("a shard alone: exit %d, stderr %q", code, stderr)
+	}
+	// The tiny reference transformer is one whole file.
+	ref := testref.Dir(t, "tiny-z-image-turbo")
+	single := filepath.Join(ref, "transformer", "diffusion_pytorch_model.safetensors")
+	code, _, stderr = run("info", single)
+	if code != 1 || !strings.Contains(stderr, "--text-encoder") {
+		t.Errorf("a transformer file alone: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = run("info", "--vae", "/nonexistent/vae", single)
+	if code != 2 || !strings.Contains(stderr, "--vae") {
+		t.Errorf("--vae missing: exit %d, stderr %q", code, stderr)
+	}
+	code, out, stderr = run("info", "--text-encoder", ref, "--vae", filepath.Join(ref, "vae"), single)
+	if code != 0 || !strings.Contains(out, "single file") || !strings.Contains(out, "12.9M") {
+		t.Errorf("transformer file with --text-encoder and --vae: exit %d, stderr %q, out:\n%s", code, stderr, out)
+	}
+}
+
 func TestInfoBadFile(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.safetensors")
 	os.WriteFile(bad, []byte("abc"), 0o644)

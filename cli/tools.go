@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"os"
 	"strings"
 
 	ucli "github.com/urfave/cli/v2"
@@ -48,13 +49,23 @@ func infoCommand() *ucli.Command {
 		Flags: []ucli.Flag{
 			&ucli.StringFlag{Name: "tokenizer", Usage: "tokenizer folder for single-file checkpoints"},
 			&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs override the inferred ones"},
+			&ucli.StringFlag{Name: "text-encoder", Usage: "Z-Image: the Qwen3 text encoder a single transformer file lacks (a Z-Image diffusers folder, its text_encoder folder or a .safetensors file)"},
+			&ucli.StringFlag{Name: "vae", Usage: "Z-Image: the VAE a single transformer file lacks (a Z-Image diffusers folder, its vae folder or a .safetensors file)"},
 			&ucli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *ucli.Context) error {
 			if c.Args().Len() != 1 {
 				return usagef("info: want one PATH (a diffusers folder or a .safetensors file), got %d arguments", c.Args().Len())
 			}
-			ck, err := model.OpenCheckpoint(c.Args().First(), model.OpenOptions{TokenizerDir: c.String("tokenizer"), ConfigDir: c.String("config")})
+			for _, f := range []string{"text-encoder", "vae"} {
+				if p := c.String(f); p != "" {
+					if _, err := os.Stat(p); err != nil {
+						return usagef("--%s: %v", f, err)
+					}
+				}
+			}
+			ck, err := model.OpenCheckpoint(c.Args().First(), model.OpenOptions{TokenizerDir: c.String("tokenizer"), ConfigDir: c.String("config"),
+				TextEncoderPath: c.String("text-encoder"), VAEPath: c.String("vae")})
 			if err != nil {
 				return err
 			}
@@ -135,7 +146,7 @@ func makeModelCommand() *ucli.Command {
 		Name:  "make-model",
 		Usage: "write a random-weight model (diffusers folder) for demos, tests and benchmarks: its pictures are noise",
 		Flags: []ucli.Flag{
-			&ucli.StringFlag{Name: "arch", Value: "sd-turbo", Usage: "sd-turbo, sd15 or sdxl-turbo"},
+			&ucli.StringFlag{Name: "arch", Value: "sd-turbo", Usage: "sd-turbo, sd15, sdxl-turbo or z-image-turbo"},
 			&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs give the shapes (e.g. a real model's, for full-size benchmarks); default: tiny built-in shapes"},
 			&ucli.Uint64Flag{Name: "seed", Value: 1, Usage: "seed of the random weights"},
 			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Required: true, Usage: "folder to write"},

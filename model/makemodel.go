@@ -13,7 +13,7 @@ import (
 
 // SyntheticSpec describes a random-weight model for WriteSyntheticModel.
 type SyntheticSpec struct {
-	// Arch is "sd-turbo", "sd15" or "sdxl-turbo".
+	// Arch is "sd-turbo", "sd15", "sdxl-turbo" or "z-image-turbo".
 	Arch string
 	// ConfigDir, when set, is a diffusers folder whose config.json files give
 	// the shapes (for example a real model's configs, to benchmark the full
@@ -23,13 +23,21 @@ type SyntheticSpec struct {
 }
 
 // SyntheticArchs lists the architectures WriteSyntheticModel knows.
-func SyntheticArchs() []string { return []string{"sd-turbo", "sd15", "sdxl-turbo"} }
+func SyntheticArchs() []string { return []string{"sd-turbo", "sd15", "sdxl-turbo", "z-image-turbo"} }
 
 // WriteSyntheticModel writes a complete diffusers folder with seeded random
-// F16 weights and a byte-level CLIP vocabulary: a model that loads and runs
-// like a real one, for demos, tests and benchmarks where no trained weights
-// can be downloaded. Its pictures are noise.
+// weights and a byte-level vocabulary zimage writes itself: a model that
+// loads and runs like a real one, for demos, tests and benchmarks where no
+// trained weights can be downloaded. Its pictures are noise. Stable
+// Diffusion models get F16 weights and a CLIP vocabulary; Z-Image gets
+// BF16 weights under the real model's key names (the transformer and the
+// text encoder sharded with an index, as the real folder stores them; a
+// full-size one is about 20 GB) and a Qwen2 vocabulary, written as they
+// are made so that memory stays flat.
 func WriteSyntheticModel(dir string, spec SyntheticSpec) error {
+	if spec.Arch == "z-image-turbo" {
+		return writeZImageModel(dir, spec)
+	}
 	tpl, ok := tinyTemplates[spec.Arch]
 	if !ok {
 		return fmt.Errorf("model: synthetic arch %q: want one of %s", spec.Arch, strings.Join(SyntheticArchs(), ", "))
