@@ -16,6 +16,7 @@ import (
 
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model/safetensors"
+	"github.com/zimage/zimage/model/tokenizer"
 )
 
 func bf16Value(b uint16) float32 { return math.Float32frombits(uint32(b) << 16) }
@@ -63,10 +64,18 @@ func TestWriteZImageModel(t *testing.T) {
 			}
 		}
 	}
-	// The embedding table is as large as the synthetic tokenizer.
+	// The embedding table is as large as the synthetic tokenizer, which
+	// the Qwen2 tokenizer loads.
 	q := c.Qwen.Config
 	assert.Equal(t, []int{q.VocabSize, 64}, c.Qwen.Source.Entry("model.embed_tokens.weight").Shape)
 	assert.Less(t, q.VocabSize, 1000)
+	tok, err := tokenizer.LoadQwen2(c.Qwen.TokenizerDir)
+	require.NoError(t, err)
+	assert.Equal(t, q.VocabSize, tok.Len())
+	ids, _ := tok.EncodePrompt("一只橘色的猫坐在窗台上", 512)
+	for _, id := range ids {
+		require.Less(t, int(id), q.VocabSize)
+	}
 
 	for _, src := range c.Sources() {
 		for _, k := range src.Keys() {

@@ -82,4 +82,25 @@ func TestWriteQwenByteLevel(t *testing.T) {
 	for _, s := range []string{"<|im_start|>", "message.role", "<|im_end|>", "add_generation_prompt", "<|im_start|>assistant"} {
 		assert.Contains(t, cfg.Template, s)
 	}
+
+	// The Qwen2 tokenizer loads it; prompts in any script round-trip
+	// through the chat template, and the merges apply.
+	q, err := LoadQwen2(dir)
+	require.NoError(t, err)
+	assert.Equal(t, n, q.Len())
+	_, inVocab := vocab["<|endoftext|>"]
+	assert.False(t, inVocab, "an added token, not in vocab.json")
+	assert.Equal(t, len(vocab), q.PadID())
+	assert.Equal(t, len(vocab)+2, q.EOSID())
+	for _, p := range []string{"a red cat sitting on the chair", "一只橘色的猫坐在窗台上", "tabs\tand\nnew <|im_end|> lines", ""} {
+		ids, truncated := q.EncodePrompt(p, 512)
+		assert.Zero(t, truncated)
+		back := make([]int, len(ids))
+		for i, id := range ids {
+			require.Less(t, int(id), n)
+			back[i] = int(id)
+		}
+		assert.Equal(t, ChatPrompt(p), q.Decode(back))
+	}
+	assert.Equal(t, []int{vocab["Ġthe"]}, q.Encode(" the"))
 }
