@@ -152,7 +152,9 @@ func BenchmarkAttention(b *testing.B) {
 			v := benchTensor(b, d, "v", engine.F32, 1, c.lk, c.heads*c.dim)
 			dst := benchTensor(b, d, "o", engine.F32, 1, c.lq, c.heads*c.dim)
 			flops := 4 * float64(c.lq) * float64(c.lk) * float64(c.heads*c.dim)
-			runBench(b, d, flops, func() error { return d.Attention(dst, q, k, v, engine.AttentionOptions{Heads: c.heads, Scale: 0.125, Causal: c.causal}) })
+			runBench(b, d, flops, func() error {
+				return d.Attention(dst, q, k, v, engine.AttentionOptions{Heads: c.heads, Scale: 0.125, Causal: c.causal})
+			})
 		})
 	}
 }
