@@ -1,6 +1,10 @@
 package model
 
-import "github.com/zimage/zimage/engine"
+import (
+	"fmt"
+
+	"github.com/zimage/zimage/engine"
+)
 
 // Building blocks shared by the networks. Each mirrors a torch module; its
 // fields are the module's parameters under their checkpoint names.
@@ -79,4 +83,67 @@ func tensorOf(p *Param) *engine.Tensor {
 		return nil
 	}
 	return p.T
+}
+
+// RMSNorm is the root-mean-square norm of Qwen3 and Z-Image (torch's and
+// diffusers' RMSNorm with a gain): x / sqrt(mean(x²) + eps) * weight over the
+// last dim.
+type RMSNorm struct {
+	Weight *Param
+	Eps    float32
+}
+
+func loadRMSNorm(w *Weights, dim int, eps float32) *RMSNorm {
+	return &RMSNorm{Weight: w.Param("weight", dim), Eps: eps}
+}
+
+// Forward normalises x [..., dim] into a new tensor.
+func (n *RMSNorm) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
+	return rec.RMSNorm(n.Weight.Key, x, n.Weight.T, n.Eps)
+}
+
+// forwardHeads normalises every head of x [B, L, H*D] over its D elements
+// (the per-head q/k norm of Qwen3 and Z-Image; weight [D]) into a new
+// [B, L, H*D] tensor.
+func (n *RMSNorm) forwardHeads(rec *engine.Rec, x *engine.Tensor, heads int) *engine.Tensor {
+	if rec.Err() != nil {
+		return nil
+	}
+	if x == nil || len(x.Shape) != 3 || heads < 1 || x.Shape[2]%heads != 0 {
+		return rec.Fail(fmt.Errorf("model: head norm %s: input %v does not split into %d heads", n.Weight.Key, tensorShape(x), heads))
+	}
+	rows := x.NumElem() / (x.Shape[2] / heads)
+	dst := rec.Alloc(n.Weight.Key, x.Shape...)
+	dv, xv := rec.Reshape(dst, rows, x.Shape[2]/heads), rec.Reshape(x, rows, x.Shape[2]/heads)
+	if rec.Err() != nil {
+		rec.Free(dst)
+		return nil
+	}
+	if err := rec.B.RMSNorm(dv, xv, n.Weight.T, n.Eps); err != nil {
+		rec.Free(dst)
+		return rec.Fail(fmt.Errorf("model: head norm %s: %w", n.Weight.Key, err))
+	}
+	return dst
+}
+
+func tensorShape(t *engine.Tensor) string {
+	if t == nil {
+		return "nil"
+	}
+	return t.Shape.String()
+}
+
+// mulInPlace multiplies a by b (broadcast, e.g. [B, L, D] by [B, 1, D]) in
+// place and returns a.
+func mulInPlace(rec *engine.Rec, a, b *engine.Tensor) *engine.Tensor {
+	if rec.Err() != nil {
+		return nil
+	}
+	if a == nil || b == nil {
+		return rec.Fail(fmt.Errorf("model: multiply: nil operand"))
+	}
+	if err := rec.B.Binary(a, a, b, engine.Mul); err != nil {
+		return rec.Fail(err)
+	}
+	return a
 }

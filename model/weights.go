@@ -3,6 +3,7 @@ package model
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -42,6 +43,10 @@ type Source struct {
 	entries map[string]*Entry
 	used    map[string]bool
 	synth   func(key string, shape []int) *Entry
+	// StoreF32 keeps every parameter F32 on the device (twice the memory
+	// of F16 matrices): conformance tests use it to check a network's
+	// arithmetic against a float32 reference apart from F16 rounding.
+	StoreF32 bool
 }
 
 // NewSource returns an empty source.
@@ -140,11 +145,14 @@ func (e *NonFiniteError) Error() string {
 // Param is one weight of a network: where it comes from, the shape the
 // config implies, and its device copy while resident.
 type Param struct {
-	Key     string // canonical key, with the component's prefix path
-	Shape   engine.Shape
-	DType   engine.DType // device storage: F16 for matrices, F32 for vectors
-	src     *Entry
-	T       *engine.Tensor // nil unless resident
+	Key   string // canonical key, with the component's prefix path
+	Shape engine.Shape
+	DType engine.DType // device storage: F16 for matrices, F32 for vectors
+	src   *Entry
+	T     *engine.Tensor // nil unless resident
+	// Widened is set when the first upload found values outside F16's
+	// range in a tensor that would be stored F16: it is stored F32.
+	Widened bool
 	on      engine.Backend // the backend T lives on
 	checked bool
 }
@@ -164,6 +172,17 @@ func (p *Param) Upload(b engine.Backend) error {
 	if !p.checked {
 		if i := firstNonFinite(raw, p.src.DType); i >= 0 {
 			return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
+		}
+		// A BF16 or F32 value beyond F16's largest finite value (65504)
+		// would become Inf on the device, and an Inf weight NaN in the
+		// activations. Such a parameter stays F32 instead: twice the
+		// memory for that one tensor, exact values, and no silent change
+		// of the model. (Scaling the matrix into range would need a rescale
+		// op after every product; clamping would change the network.) The
+		// check runs once, on the first upload, so Bytes grows from then
+		// on; Widened reports it.
+		if p.DType == engine.F16 && p.src.DType != safetensors.F16 && firstOutsideF16(raw, p.src.DType) >= 0 {
+			p.DType, p.Widened = engine.F32, true
 		}
 		p.checked = true
 	}
@@ -229,6 +248,70 @@ func firstNonFinite(raw []byte, dt safetensors.DType) int {
 		}
 	}
 	return -1
+}
+
+// f16Max is the largest finite F16 value.
+const f16Max = 65504
+
+// firstOutsideF16 returns the index of the first element whose magnitude
+// exceeds F16's largest finite value, or -1 (non-finite values are
+// reported separately by firstNonFinite).
+func firstOutsideF16(raw []byte, dt safetensors.DType) int {
+	switch dt {
+	case safetensors.BF16:
+		for i := 0; i+1 < len(raw); i += 2 {
+			v := math.Float32frombits(uint32(binary.LittleEndian.Uint16(raw[i:])) << 16)
+			if v > f16Max || v < -f16Max {
+				return i / 2
+			}
+		}
+	case safetensors.F32:
+		for i := 0; i+3 < len(raw); i += 4 {
+			v := math.Float32frombits(binary.LittleEndian.Uint32(raw[i:]))
+			if v > f16Max || v < -f16Max {
+				return i / 4
+			}
+		}
+	}
+	return -1
+}
+
+// Rows gathers rows of a 2-D parameter on the host as float32, straight
+// from the checkpoint: an embedding table read a few rows at a time never
+// needs a device copy (Qwen3's is 778 MB at F16). Ids must be in range;
+// NaN/Inf in a gathered row is an error.
+func (p *Param) Rows(ids []int32) ([]float32, error) {
+	if p.src == nil || len(p.Shape) != 2 {
+		return nil, fmt.Errorf("model: rows of %s: not a loaded 2-D parameter", p.Key)
+	}
+	n, d := p.Shape[0], p.Shape[1]
+	raw := p.src.Bytes()
+	size := p.src.DType.Size()
+	out := make([]float32, 0, len(ids)*d)
+	for i, id := range ids {
+		if id < 0 || int(id) >= n {
+			return nil, fmt.Errorf("model: rows of %s: id %d (position %d) outside [0, %d)", p.Key, id, i, n)
+		}
+		row := raw[int(id)*d*size : (int(id)+1)*d*size]
+		for j := 0; j < d; j++ {
+			var v float32
+			switch p.src.DType {
+			case safetensors.F32:
+				v = math.Float32frombits(binary.LittleEndian.Uint32(row[4*j:]))
+			case safetensors.BF16:
+				v = math.Float32frombits(uint32(binary.LittleEndian.Uint16(row[2*j:])) << 16)
+			case safetensors.F16:
+				v = F16Value(binary.LittleEndian.Uint16(row[2*j:]))
+			default:
+				return nil, fmt.Errorf("model: rows of %s in %s: dtype %s", p.Key, p.src.File, p.src.DType)
+			}
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, &NonFiniteError{Key: p.Key, File: p.src.File, Index: int(id)*d + j}
+			}
+			out = append(out, v)
+		}
+	}
+	return out, nil
 }
 
 // Block is a group of parameters that is made resident together: the unit
@@ -371,6 +454,23 @@ func (w *Weights) Blocks() []*Block { return w.state.blocks }
 // Param returns the parameter name under the prefix, checked against shape.
 // Matrices and higher are stored F16 on the device, vectors F32.
 func (w *Weights) Param(name string, shape ...int) *Param {
+	return w.param(name, shape, false, true)
+}
+
+// ParamF32 is Param stored F32 on the device whatever its rank: for the
+// few small tensors where F16 rounding would cost accuracy for no memory
+// worth saving.
+func (w *Weights) ParamF32(name string, shape ...int) *Param {
+	return w.param(name, shape, true, true)
+}
+
+// HostParam is a parameter that belongs to no offload block: it is read on
+// the host (Param.Rows) and never uploaded by the residency machinery.
+func (w *Weights) HostParam(name string, shape ...int) *Param {
+	return w.param(name, shape, true, false)
+}
+
+func (w *Weights) param(name string, shape []int, f32, inBlock bool) *Param {
 	key := w.key(name)
 	e := w.src.Entry(key)
 	if e == nil && w.src.synth != nil {
@@ -391,10 +491,13 @@ func (w *Weights) Param(name string, shape ...int) *Param {
 		w.state.errs = append(w.state.errs, fmt.Errorf("model: %s: %q in %s: dtype %s, want F16, BF16 or F32", w.src.Name, key, e.File, e.DType))
 	}
 	dt := engine.F32
-	if len(shape) >= 2 {
+	if len(shape) >= 2 && !f32 && !w.src.StoreF32 {
 		dt = engine.F16
 	}
 	p := &Param{Key: key, Shape: engine.Shape(shape).Clone(), DType: dt, src: e}
+	if !inBlock {
+		return p
+	}
 	if w.state.cur == nil {
 		w.BeginBlock(w.src.Name)
 	}

@@ -151,10 +151,14 @@ func (s *Streamer) load(bl *model.Block) error {
 		bl.Evict(s.b)
 		return err
 	}
+	// Count what the upload made resident: a parameter whose values do
+	// not fit F16 is widened to F32 on its first upload (model.Param), so
+	// the block can be larger than need.
+	got := bl.Bytes()
 	s.resident = append(s.resident, bl)
-	s.inUse += need
+	s.inUse += got
 	if fresh {
-		s.Uploaded += need
+		s.Uploaded += got
 	}
 	return nil
 }
