@@ -291,3 +291,22 @@ func TestZImageErrors(t *testing.T) {
 	_, err = LoadZImage(src.Source, &wrong)
 	require.ErrorContains(t, err, "lack 2 / 1")
 }
+
+// TestZImageFLOPs checks the count at the real config against a hand count:
+// a 1024² image (4096 image tokens) with a 512-token caption runs 30 layers
+// on 4608 tokens: per layer 2·4608·(4·3840² + 3·3840·10240) linear FLOPs
+// plus 4·4608²·3840 for attention, about 1.96 TFLOP per layer and 58.7
+// TFLOP for the 30 (6.15 B parameters x 2 x 4608 tokens is 56.7 TFLOP of
+// matrix products alone); the four refiner blocks and the embedders add a
+// few percent.
+func TestZImageFLOPs(t *testing.T) {
+	m := loadFullSizeZImage(t)
+	got := m.FLOPCount(128, 128, 512, 1)
+	perLayer := 2*4608*(4*3840*3840+3*3840*10240.0) + 4*4608*4608*3840.0 + 2*256*4*3840
+	layers := 30 * perLayer
+	t.Logf("1024², 512 caption tokens: linear %.1f TFLOP, attention %.1f TFLOP; main layers %.1f TFLOP",
+		got.Linear/1e12, got.Attention/1e12, layers/1e12)
+	require.Greater(t, got.Total(), layers)
+	require.Less(t, got.Total(), 1.1*layers)
+	require.InDelta(t, 2*m.FLOPs(32, 32, 64, 1), m.FLOPs(32, 32, 64, 2), 1)
+}
