@@ -38,6 +38,8 @@ func unetActivationBytes(u *model.UNet, rows, h, w int) int64 {
 }
 
 // vaeActivationBytes is the untiled decoder's working set.
-func (r *runner) vaeActivationBytes() int64 {
-	return model.VAEDecodeBytes(&r.m.VAE.Config, 1, r.p.Height/8, r.p.Width/8)
+func (r *runner) vaeActivationBytes() int64 { return vaeActivationBytes(r.m.VAE, &r.p) }
+
+func vaeActivationBytes(vae *model.VAEDecoder, p *Params) int64 {
+	return model.VAEDecodeBytes(&vae.Config, 1, p.Height/8, p.Width/8)
 }

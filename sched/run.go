@@ -189,24 +189,7 @@ func (r *runner) plan() error {
 		textBlocks = append(textBlocks, e.Net.Blocks()...)
 	}
 	limit := func(blocks []*model.Block, reserve int64) (int64, error) {
-		total := BlocksBytes(blocks)
-		mode := r.p.Offload
-		if budget == 0 || mode == OffloadNone {
-			if budget > 0 && total+reserve > budget {
-				return 0, fmt.Errorf("sched: offload none: weights need %s plus about %s of activations, over the %s budget (use --offload layer or auto)",
-					model.FormatBytes(total), model.FormatBytes(reserve), model.FormatBytes(budget))
-			}
-			return 0, nil
-		}
-		if mode == OffloadAuto && total+reserve <= budget {
-			return 0, nil
-		}
-		room := budget - reserve
-		if big := LargestBlock(blocks); room < big {
-			return 0, fmt.Errorf("sched: a %s budget cannot run this model: its largest block needs %s of weights plus about %s of activations",
-				model.FormatBytes(budget), model.FormatBytes(big), model.FormatBytes(reserve))
-		}
-		return room, nil
+		return residentLimit(r.p.Offload, budget, blocks, reserve)
 	}
 	h, w := r.p.Height/8, r.p.Width/8
 	batch := r.p.Batch
@@ -233,6 +216,30 @@ func (r *runner) plan() error {
 	r.unetRes.SetOrder(r.m.UNet.Blocks())
 	r.vaeRes.SetOrder(r.m.VAE.Blocks())
 	return nil
+}
+
+// residentLimit is how many bytes of a network's weights may be resident at
+// once under the budget (0: no limit, the network stays resident), given
+// the activations it needs beside them; an error when even its largest
+// block cannot fit.
+func residentLimit(mode Offload, budget int64, blocks []*model.Block, reserve int64) (int64, error) {
+	total := BlocksBytes(blocks)
+	if budget == 0 || mode == OffloadNone {
+		if budget > 0 && total+reserve > budget {
+			return 0, fmt.Errorf("sched: offload none: weights need %s plus about %s of activations, over the %s budget (use --offload layer or auto)",
+				model.FormatBytes(total), model.FormatBytes(reserve), model.FormatBytes(budget))
+		}
+		return 0, nil
+	}
+	if mode == OffloadAuto && total+reserve <= budget {
+		return 0, nil
+	}
+	room := budget - reserve
+	if big := LargestBlock(blocks); room < big {
+		return 0, fmt.Errorf("sched: a %s budget cannot run this model: its largest block needs %s of weights plus about %s of activations",
+			model.FormatBytes(budget), model.FormatBytes(big), model.FormatBytes(reserve))
+	}
+	return room, nil
 }
 
 // releaseAll ends a run: streamed weights leave the device, while weights

@@ -1,7 +1,9 @@
 package sched
 
 import (
+	"context"
 	"fmt"
+	"image"
 	"math"
 
 	"github.com/zimage/zimage/engine"
@@ -248,45 +250,12 @@ func (r *runner) unet(in []float32, rows, c, h, w int, t float64) ([]float32, er
 	return out, rec.Err()
 }
 
-// decode turns the final latents into 8-bit images, one image at a time so
-// that the decoder's activations never hold more than one picture.
+// decode turns the final latents into 8-bit images.
 func (r *runner) decode() error {
-	h, w := r.p.Height/8, r.p.Width/8
-	c := r.m.UNet.Config.InChannels
-	per := c * h * w
-	tile := r.tileSize()
-	for i := 0; i < r.p.Batch; i++ {
-		if err := r.ctx.Err(); err != nil {
-			return err
-		}
-		rec := engine.NewRec(r.b)
-		z := rec.Write("vae_input", r.latents[i*per:(i+1)*per], 1, c, h, w)
-		var img *engine.Tensor
-		if tile > 0 {
-			// Tiles that auto mode chose only to fit memory use each tile's
-			// own GroupNorm statistics (as diffusers and sd.cpp do: no extra
-			// cost); asking for tiles buys the two-pass decode whose
-			// statistics follow the whole image (twice the work, 4-10 dB
-			// closer to the untiled decode).
-			opt := model.TileOptions{Size: tile, Overlap: tileOverlap(tile), LocalNorm: r.p.Tiling == TilingAuto}
-			img = r.m.VAE.DecodeTiled(rec, r.vaeRes, z, opt)
-		} else {
-			img = r.m.VAE.Decode(rec, r.vaeRes, z)
-		}
-		var px []float32
-		if err := rec.Err(); err == nil {
-			px, err = r.b.Read(img)
-			rec.Fail(err)
-		}
-		rec.Free(z, img)
-		if err := rec.Err(); err != nil {
-			return fmt.Errorf("sched: VAE decode of image %d: %w", i+1, err)
-		}
-		rgba, err := model.ImageToRGBA(px, r.p.Height, r.p.Width)
-		if err != nil {
-			return fmt.Errorf("sched: image %d: %w", i+1, err)
-		}
-		r.out.Images = append(r.out.Images, rgba)
+	imgs, err := decodeImages(r.ctx, r.b, r.m.VAE, r.vaeRes, &r.p, r.latents, r.m.UNet.Config.InChannels)
+	r.out.Images = append(r.out.Images, imgs...)
+	if err != nil {
+		return err
 	}
 	if !r.keepResident() {
 		r.vaeRes.Release()
@@ -294,33 +263,78 @@ func (r *runner) decode() error {
 	return nil
 }
 
+// decodeImages decodes latents [p.Batch, c, H/8, W/8] (diffusion space) one
+// image at a time, so that the decoder's activations never hold more than
+// one picture, tiling as p asks or the budget needs. The SD and Z-Image
+// runners share it.
+func decodeImages(ctx context.Context, b engine.Backend, vae *model.VAEDecoder, res *Streamer, p *Params, latents []float32, c int) ([]*image.RGBA, error) {
+	h, w := p.Height/8, p.Width/8
+	per := c * h * w
+	tile := tileSize(b, vae, p)
+	var out []*image.RGBA
+	for i := 0; i < p.Batch; i++ {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		rec := engine.NewRec(b)
+		z := rec.Write("vae_input", latents[i*per:(i+1)*per], 1, c, h, w)
+		var img *engine.Tensor
+		if tile > 0 {
+			// Tiles that auto mode chose only to fit memory use each tile's
+			// own GroupNorm statistics (as diffusers and sd.cpp do: no extra
+			// cost); asking for tiles buys the two-pass decode whose
+			// statistics follow the whole image (twice the work, 4-10 dB
+			// closer to the untiled decode).
+			opt := model.TileOptions{Size: tile, Overlap: tileOverlap(tile), LocalNorm: p.Tiling == TilingAuto}
+			img = vae.DecodeTiled(rec, res, z, opt)
+		} else {
+			img = vae.Decode(rec, res, z)
+		}
+		var px []float32
+		if err := rec.Err(); err == nil {
+			px, err = b.Read(img)
+			rec.Fail(err)
+		}
+		rec.Free(z, img)
+		if err := rec.Err(); err != nil {
+			return out, fmt.Errorf("sched: VAE decode of image %d: %w", i+1, err)
+		}
+		rgba, err := model.ImageToRGBA(px, p.Height, p.Width)
+		if err != nil {
+			return out, fmt.Errorf("sched: image %d: %w", i+1, err)
+		}
+		out = append(out, rgba)
+	}
+	return out, nil
+}
+
 // tileSize returns the VAE tile in latent pixels, or 0 to decode whole.
-func (r *runner) tileSize() int {
-	h, w := r.p.Height/8, r.p.Width/8
-	cfg := &r.m.VAE.Config
+func tileSize(b engine.Backend, vae *model.VAEDecoder, p *Params) int {
+	h, w := p.Height/8, p.Width/8
+	cfg := &vae.Config
 	var limit int64 // largest tensor the device can bind, 0 = none
-	if l, ok := r.b.(engine.TensorLimiter); ok {
+	if l, ok := b.(engine.TensorLimiter); ok {
 		limit = l.MaxTensorBytes()
 	}
 	room := int64(1) << 62
-	if r.p.Budget > 0 {
-		room = r.p.Budget - BlocksBytes(r.m.VAE.Blocks())
+	if p.Budget > 0 {
+		room = p.Budget - BlocksBytes(vae.Blocks())
 	}
-	switch r.p.Tiling {
+	switch p.Tiling {
 	case TilingOff:
 		return 0
 	case TilingOn:
-		if r.p.Tile > 0 {
-			return r.p.Tile
+		if p.Tile > 0 {
+			return p.Tile
 		}
 		return min(model.AutoTileSizeLimit(room, limit, cfg), max(h, w))
 	}
-	if r.p.Tile > 0 {
-		return r.p.Tile
+	if p.Tile > 0 {
+		return p.Tile
 	}
 	// Auto: decode whole when it fits the budget and the device's binding
 	// limit; tiles keep the activations flat at any size.
-	fits := r.vaeActivationBytes() <= room && (limit <= 0 || model.VAEMaxTensorBytes(cfg, 1, h, w) <= limit)
+	fits := vaeActivationBytes(vae, p) <= room && (limit <= 0 || model.VAEMaxTensorBytes(cfg, 1, h, w) <= limit)
 	if fits {
 		return 0
 	}
