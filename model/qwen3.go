@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/zimage/zimage/engine"
 )
@@ -134,7 +135,7 @@ func (m *Qwen3) Blocks() []*Block { return m.blocks }
 // EncodeBlocks are the blocks Encode needs, in the order it needs them:
 // every layer but the last (hidden_states[-2] is the last layer's input).
 // A streamer given this order prefetches nothing Encode will not run.
-func (m *Qwen3) EncodeBlocks() []*Block { return m.blocks[:len(m.Layers)-1] }
+func (m *Qwen3) EncodeBlocks() []*Block { return slices.Clone(m.blocks[:len(m.Layers)-1]) }
 
 // Bytes is the device size of the blocks Encode uploads.
 func (m *Qwen3) Bytes() int64 {

@@ -88,12 +88,12 @@ func (m *ZImage) Forward(rec *engine.Rec, res Residency, items []ZImageItem) [][
 		rec.Fail(err)
 		return nil
 	}
-	res2 := make([][]float32, bsz)
+	outs := make([][]float32, bsz)
 	row := out.Shape[2]
 	for i, l := range lay {
-		res2[i] = m.unpatchify(host[i*lu*row:], l)
+		outs[i] = m.unpatchify(host[i*lu*row:], l)
 	}
-	return res2
+	return outs
 }
 
 func (m *ZImage) see(name string, t *engine.Tensor) {

@@ -3,6 +3,7 @@ package sched
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"image/png"
@@ -10,12 +11,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/ref"
+	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model"
 )
@@ -197,8 +200,31 @@ func rgbaPSNR(a *image.RGBA, b image.Image) float64 {
 // predictions), 3.1e-4 without CFG, growing over the 9 steps to 1.6e-4.
 // Images: PSNR >= 50 dB against the float32 reference PNG, the issue's
 // target; observed 61.3 (CFG) to 62.9 dB (9 steps).
+//
+// The vk variant runs the same checks on the Vulkan device; it skips while
+// the device lacks the transformer ops (they land with the Vulkan kernels).
 func TestZImageRuns(t *testing.T) {
 	m, r := loadZImageModels(t)
+	t.Run("ref", func(t *testing.T) { testZImageRuns(t, m, r, ref.New()) })
+	t.Run("vk", func(t *testing.T) {
+		dev, err := vk.Open(vk.DefaultOptions())
+		if errors.Is(err, vk.ErrNoDevice) {
+			t.Skip("no Vulkan device")
+		}
+		require.NoError(t, err)
+		t.Cleanup(func() {
+			for _, nets := range [][]*model.Block{m.TextEncoder.Blocks(), m.Transformer.Blocks(), m.VAE.Blocks()} {
+				for _, bl := range nets {
+					bl.Evict(dev)
+				}
+			}
+			dev.Close()
+		})
+		testZImageRuns(t, m, r, dev)
+	})
+}
+
+func testZImageRuns(t *testing.T, m *ZImageModels, r *testref.Refs, b engine.Backend) {
 	for _, rn := range zimageRuns(t, r) {
 		t.Run(rn.ID, func(t *testing.T) {
 			if testing.Short() && rn.Steps > 2 {
@@ -218,7 +244,10 @@ func TestZImageRuns(t *testing.T) {
 			}
 			steps := 0
 			p.Progress = func(step, n int) { steps = step; require.Equal(t, rn.Steps, n) }
-			out, err := RunZImage(context.Background(), ref.New(), m, p)
+			out, err := RunZImage(context.Background(), b, m, p)
+			if b.Name() != "ref" && err != nil && strings.Contains(err.Error(), "not implemented yet") {
+				t.Skipf("%s: %v (runs once the Vulkan kernels land)", b.Name(), err)
+			}
 			require.NoError(t, err)
 			require.Equal(t, rn.Steps, steps)
 			require.Len(t, out.Images, 1)
