@@ -8,6 +8,7 @@ import (
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/tokenizer"
 	"github.com/zimage/zimage/sched/rng"
 	"github.com/zimage/zimage/sched/sampler"
 )
@@ -32,6 +33,15 @@ type PromptTokenizerFunc func(prompt string) ([]int32, error)
 
 // ChatIDs calls f.
 func (f PromptTokenizerFunc) ChatIDs(prompt string) ([]int32, error) { return f(prompt) }
+
+// QwenTokenizer adapts the Qwen2 tokenizer (its EncodePrompt applies the
+// chat template) to PromptTokenizer.
+func QwenTokenizer(q *tokenizer.Qwen2) PromptTokenizer {
+	return PromptTokenizerFunc(func(prompt string) ([]int32, error) {
+		ids, _ := q.EncodePrompt(prompt, 0)
+		return ids, nil
+	})
+}
 
 // ZImageModels are the networks of a Z-Image pipeline, loaded but not
 // necessarily resident.

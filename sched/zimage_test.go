@@ -21,6 +21,7 @@ import (
 	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/tokenizer"
 )
 
 const tinyZImage = "tiny-z-image-turbo"
@@ -29,7 +30,7 @@ const tinyZImage = "tiny-z-image-turbo"
 // prompt "blurry, low quality", which the references give as features
 // (run.cfg4_s2_96x64.cap_feats.1) but not as ids: the template's tokens
 // as in tok.0, and "blur" "ry" "," " low" " quality" from vocab.json and
-// merges.txt. TestZImageNegativeIDs checks them through the text encoder.
+// merges.txt.
 var zimageNegativeIDs = []int32{151644, 872, 198, 33542, 884, 11, 3347, 4271, 151645, 198, 151644, 77091, 198}
 
 // zimageRun is one refs.json run.
@@ -68,34 +69,13 @@ func openZImageComponent(t testing.TB, dir, component string, cfg any) *model.Fi
 	return src
 }
 
-// loadZImageModels loads the tiny pipeline with a tokenizer that answers
-// the references' prompts with the references' ids (the Qwen tokenizer
-// lands separately).
+// loadZImageModels loads the tiny pipeline with its Qwen2 tokenizer.
 func loadZImageModels(t testing.TB) (*ZImageModels, *testref.Refs) {
 	r := testref.Open(t, tinyZImage)
-	ids := map[string][]int32{"blurry, low quality": zimageNegativeIDs}
-	tok, _ := r.JSON["tokenizer"].(map[string]any)
-	for _, pv := range tok["prompts"].([]any) {
-		p := pv.(map[string]any)
-		name := p["name"].(string)
-		all, _ := r.Ints(t, name+".input_ids")
-		mask, _ := r.Ints(t, name+".attention_mask")
-		var row []int32
-		for i, id := range all {
-			if mask[i] != 0 {
-				row = append(row, int32(id))
-			}
-		}
-		ids[p["prompt"].(string)] = row
-	}
-	m := &ZImageModels{Tokenizer: PromptTokenizerFunc(func(p string) ([]int32, error) {
-		if row, ok := ids[p]; ok {
-			return row, nil
-		}
-		return nil, fmt.Errorf("test tokenizer: no reference ids for %q", p)
-	})}
+	tok, err := tokenizer.LoadQwen2(filepath.Join(r.Dir, "tokenizer"))
+	require.NoError(t, err)
+	m := &ZImageModels{Tokenizer: QwenTokenizer(tok)}
 	var qc model.Qwen3Config
-	var err error
 	m.TextEncoder, err = model.LoadQwen3(openZImageComponent(t, r.Dir, "text_encoder", &qc).Source, &qc)
 	require.NoError(t, err)
 	var zc model.ZImageConfig
@@ -264,10 +244,15 @@ func testZImageRuns(t *testing.T, m *ZImageModels, r *testref.Refs, b engine.Bac
 	}
 }
 
-// TestZImageNegativeIDs: the hand-written ids of the CFG run's negative
-// prompt give the reference's features (so they are the tokenizer's).
+// TestZImageNegativeIDs: the CFG run's negative prompt, whose features the
+// references hold but not its ids: the tokenizer gives the ids worked out
+// by hand from vocab.json and merges.txt, and they give the reference's
+// features.
 func TestZImageNegativeIDs(t *testing.T) {
 	m, r := loadZImageModels(t)
+	ids, err := m.Tokenizer.ChatIDs("blurry, low quality")
+	require.NoError(t, err)
+	require.Equal(t, zimageNegativeIDs, ids)
 	b := ref.New()
 	rec := engine.NewRec(b)
 	x := m.TextEncoder.Encode(rec, model.AllResident{B: b}, zimageNegativeIDs)
@@ -368,9 +353,10 @@ func TestZImageBadInput(t *testing.T) {
 	_, err := RunZImage(context.Background(), ref.New(), m, p)
 	require.ErrorContains(t, err, "size 72x64: Z-Image needs width and height that are positive multiples of 16")
 	p = zimageParams(t, r, rn)
-	p.Prompt = "no ids for this"
-	_, err = RunZImage(context.Background(), ref.New(), m, p)
-	require.ErrorContains(t, err, "sched: tokenizing the prompt")
+	m2 := *m
+	m2.Tokenizer = PromptTokenizerFunc(func(string) ([]int32, error) { return nil, errors.New("no vocabulary") })
+	_, err = RunZImage(context.Background(), ref.New(), &m2, p)
+	require.ErrorContains(t, err, "sched: tokenizing the prompt: no vocabulary")
 	p = zimageParams(t, r, rn)
 	p.Offload, p.Budget = OffloadLayer, 1<<20
 	_, err = RunZImage(context.Background(), ref.New(), m, p)
