@@ -13,8 +13,6 @@ import (
 	"github.com/zimage/zimage/internal/testref"
 )
 
-const tinyZImage = "tiny-z-image-turbo"
-
 func loadTestQwen3(t testing.TB) *Qwen3 {
 	t.Helper()
 	var cfg Qwen3Config

@@ -8,14 +8,14 @@ import (
 	"github.com/zimage/zimage/engine"
 )
 
-// ZImage is diffusers' ZImageTransformer2DModel
+// ZImageTransformer is diffusers' ZImageTransformer2DModel
 // (diffusers/models/transformers/transformer_z_image.py): Z-Image's
 // single-stream DiT. Image patches run through the noise refiner, caption
 // features through the context refiner, and both, image tokens first, through
 // the main layers; every sequence is padded to a multiple of 32 with learned
 // pad tokens. Fields mirror the checkpoint keys; sizes come from the config,
 // so the tiny test model and the 6 B real one run through the same code.
-type ZImage struct {
+type ZImageTransformer struct {
 	Config ZImageConfig
 
 	TEmbedder   *ZImageTimestepEmbedder // t_embedder.mlp.{0,2}
@@ -129,7 +129,7 @@ func zimageDefaults(cfg *ZImageConfig) ZImageConfig {
 //
 // n_kv_heads is ignored, as diffusers ignores it: its Attention gives keys
 // and values as many heads as queries (the key shapes check that).
-func LoadZImage(src *Source, cfg *ZImageConfig) (*ZImage, error) {
+func LoadZImage(src *Source, cfg *ZImageConfig) (*ZImageTransformer, error) {
 	if cfg == nil {
 		return nil, fmt.Errorf("model: %s: no Z-Image transformer config", src.Name)
 	}
@@ -174,7 +174,7 @@ func LoadZImage(src *Source, cfg *ZImageConfig) (*ZImage, error) {
 
 	d := c.Dim
 	ada := min(d, zimageAdaLNMax)
-	m := &ZImage{Config: c, headDim: hd, ffnDim: int(float64(d) / 3 * 8), adaDim: ada}
+	m := &ZImageTransformer{Config: c, headDim: hd, ffnDim: int(float64(d) / 3 * 8), adaDim: ada}
 	w := NewWeights(src)
 
 	// Everything a call needs before the first refiner block: the time and
@@ -240,7 +240,7 @@ func loadLinearF32(w *Weights, in, out int) *Linear {
 	return &Linear{Weight: w.ParamF32("weight", out, in), Bias: w.Param("bias", out)}
 }
 
-func (m *ZImage) loadBlock(w *Weights, modulated bool) *ZImageBlock {
+func (m *ZImageTransformer) loadBlock(w *Weights, modulated bool) *ZImageBlock {
 	c := m.Config
 	d := c.Dim
 	aw := w.Sub("attention")
@@ -275,10 +275,10 @@ func (m *ZImage) loadBlock(w *Weights, modulated bool) *ZImageBlock {
 // Blocks lists the offload blocks in the order Forward needs them: the
 // embedders and pad tokens, the noise refiner, the context refiner, the main
 // layers, the final layer.
-func (m *ZImage) Blocks() []*Block { return m.blocks }
+func (m *ZImageTransformer) Blocks() []*Block { return m.blocks }
 
 // Bytes is the device size of all weights.
-func (m *ZImage) Bytes() int64 {
+func (m *ZImageTransformer) Bytes() int64 {
 	var n int64
 	for _, b := range m.blocks {
 		n += b.Bytes()
@@ -311,7 +311,7 @@ type itemLayout struct {
 func roundUp(n, m int) int { return (n + m - 1) / m * m }
 
 // layout checks the items and computes each one's padded lengths.
-func (m *ZImage) layout(items []ZImageItem) ([]itemLayout, error) {
+func (m *ZImageTransformer) layout(items []ZImageItem) ([]itemLayout, error) {
 	if len(items) == 0 {
 		return nil, fmt.Errorf("model: transformer: no items")
 	}

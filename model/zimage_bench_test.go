@@ -19,15 +19,15 @@ import (
 // the Vulkan device, a 256² image (32x32 latent, 256 image tokens) and a
 // 64-token caption. Slow on lavapipe: run with
 //
-//	go test ./model -run '^$' -bench ZImage -benchtime=1x
+//	go test ./model -run '^$' -bench ZImageTransformer -benchtime=1x
 //
 // Metrics as in the UNet benchmark: s/op (weights resident, pipelines
-// compiled by a small warm-up call), GFLOP/s against ZImage.FLOPs, act-MB
+// compiled by a small warm-up call), GFLOP/s against ZImageTransformer.FLOPs, act-MB
 // (device memory above weights and inputs), weights-MB.
 func BenchmarkZImageTransformer256(b *testing.B) { benchZImage(b, 32, 32, 64) }
 func BenchmarkZImageTransformer512(b *testing.B) { benchZImage(b, 64, 64, 64) }
 
-func loadFullSizeZImage(t testing.TB) *ZImage {
+func loadFullSizeZImage(t testing.TB) *ZImageTransformer {
 	t.Helper()
 	root, _ := testref.Root()
 	path := filepath.Join(root, "..", "real_configs", "Tongyi-MAI-Z-Image-Turbo", "transformer", "config.json")

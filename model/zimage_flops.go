@@ -13,12 +13,12 @@ func (f ZImageFLOPs) Total() float64 { return f.Linear + f.Attention }
 
 // FLOPs of one Forward on batch items of an h x w latent with capLen
 // caption tokens each, counted on the padded sequences the call runs.
-func (m *ZImage) FLOPs(h, w, capLen, batch int) float64 {
+func (m *ZImageTransformer) FLOPs(h, w, capLen, batch int) float64 {
 	return m.FLOPCount(h, w, capLen, batch).Total()
 }
 
 // FLOPCount is FLOPs split by kind.
-func (m *ZImage) FLOPCount(h, w, capLen, batch int) ZImageFLOPs {
+func (m *ZImageTransformer) FLOPCount(h, w, capLen, batch int) ZImageFLOPs {
 	lx := roundUp((h/zimagePatch)*(w/zimagePatch), zimageSeqMulti)
 	lc := roundUp(capLen, zimageSeqMulti)
 	b := float64(batch)

@@ -16,7 +16,7 @@ import (
 // zeros that the attention masks out (AttentionOptions.KeyLens; no mask at
 // all when every row has the same length). Patchify and unpatchify run on
 // the host; everything else on the device. Nil on error (rec.Err()).
-func (m *ZImage) Forward(rec *engine.Rec, res Residency, items []ZImageItem) [][]float32 {
+func (m *ZImageTransformer) Forward(rec *engine.Rec, res Residency, items []ZImageItem) [][]float32 {
 	if rec.Err() != nil {
 		return nil
 	}
@@ -96,7 +96,7 @@ func (m *ZImage) Forward(rec *engine.Rec, res Residency, items []ZImageItem) [][
 	return outs
 }
 
-func (m *ZImage) see(name string, t *engine.Tensor) {
+func (m *ZImageTransformer) see(name string, t *engine.Tensor) {
 	if m.observe != nil && t != nil {
 		m.observe(name, t)
 	}
@@ -105,7 +105,7 @@ func (m *ZImage) see(name string, t *engine.Tensor) {
 // timeFreq is the sinusoidal embedding [B, 256] of t * t_scale with
 // torch's float32 operations: f_k = exp(-ln(10^4) * k / 128), then
 // cat(cos(t f), sin(t f)).
-func (m *ZImage) timeFreq(items []ZImageItem) []float32 {
+func (m *ZImageTransformer) timeFreq(items []ZImageItem) []float32 {
 	const half = zimageFreqDim / 2
 	freqs := make([]float32, half)
 	a := float32(-math.Log(10000))
@@ -127,7 +127,7 @@ func (m *ZImage) timeFreq(items []ZImageItem) []float32 {
 }
 
 // timeEmbed: the adaLN conditioning vector [B, min(dim, 256)].
-func (m *ZImage) timeEmbed(rec *engine.Rec, items []ZImageItem) *engine.Tensor {
+func (m *ZImageTransformer) timeEmbed(rec *engine.Rec, items []ZImageItem) *engine.Tensor {
 	tf := rec.Write("t_freq", m.timeFreq(items), len(items), zimageFreqDim)
 	h := m.TEmbedder.Linear1.Forward(rec, tf) // [B, 1024]
 	rec.Free(tf)
@@ -140,7 +140,7 @@ func (m *ZImage) timeEmbed(rec *engine.Rec, items []ZImageItem) *engine.Tensor {
 // embedImage patchifies every item on the host ("c f pf h ph w pw -> (f h w)
 // (pf ph pw c)"), embeds the patches and writes x_pad_token into each
 // item's padding rows and zeros into the batch padding: [B, Lx, D].
-func (m *ZImage) embedImage(rec *engine.Rec, items []ZImageItem, lay []itemLayout, lx int) *engine.Tensor {
+func (m *ZImageTransformer) embedImage(rec *engine.Rec, items []ZImageItem, lay []itemLayout, lx int) *engine.Tensor {
 	ch := m.Config.InChannels
 	feat := zimagePatch * zimagePatch * ch
 	host := make([]float32, len(items)*lx*feat)
@@ -173,7 +173,7 @@ func (m *ZImage) embedImage(rec *engine.Rec, items []ZImageItem, lay []itemLayou
 // embedCaption gathers the items' caption features into [B, Lc, cap_dim],
 // embeds them (RMSNorm, Linear) and writes cap_pad_token into each item's
 // padding rows and zeros into the batch padding: [B, Lc, D].
-func (m *ZImage) embedCaption(rec *engine.Rec, items []ZImageItem, lay []itemLayout, lc int) *engine.Tensor {
+func (m *ZImageTransformer) embedCaption(rec *engine.Rec, items []ZImageItem, lay []itemLayout, lc int) *engine.Tensor {
 	cd := m.Config.CapFeatDim
 	raw := rec.Alloc("cap_feats", len(items), lc, cd)
 	rows := rec.Reshape(raw, len(items)*lc, cd)
@@ -198,7 +198,7 @@ func (m *ZImage) embedCaption(rec *engine.Rec, items []ZImageItem, lay []itemLay
 
 // fillPads writes the pad token into rows [pads[i][0], pads[i][1]) of batch
 // row i of x [B, L, D] and zeros into rows [pads[i][1], L).
-func (m *ZImage) fillPads(rec *engine.Rec, x *engine.Tensor, l int, pads [][2]int, token *Param, name string) {
+func (m *ZImageTransformer) fillPads(rec *engine.Rec, x *engine.Tensor, l int, pads [][2]int, token *Param, name string) {
 	if rec.Err() != nil {
 		return
 	}
@@ -218,7 +218,7 @@ func (m *ZImage) fillPads(rec *engine.Rec, x *engine.Tensor, l int, pads [][2]in
 
 // unify joins each item's image tokens and caption tokens (image first)
 // into [B, Lu, D], zeros past each item's length.
-func (m *ZImage) unify(rec *engine.Rec, x, c *engine.Tensor, lay []itemLayout, lx, lc, lu int) *engine.Tensor {
+func (m *ZImageTransformer) unify(rec *engine.Rec, x, c *engine.Tensor, lay []itemLayout, lx, lc, lu int) *engine.Tensor {
 	d := m.Config.Dim
 	u := rec.Alloc("unified", len(lay), lu, d)
 	ur, xr, cr := rec.Reshape(u, len(lay)*lu, d), rec.Reshape(x, len(lay)*lx, d), rec.Reshape(c, len(lay)*lc, d)
@@ -278,7 +278,7 @@ func zeroRows(rec *engine.Rec, t *engine.Tensor, from, to int) {
 
 // unpatchify turns one item's output rows [Lu, p*p*C] (image tokens
 // first) into [C, H, W]: "f h w pf ph pw c -> c (f pf) (h ph) (w pw)".
-func (m *ZImage) unpatchify(rows []float32, l itemLayout) []float32 {
+func (m *ZImageTransformer) unpatchify(rows []float32, l itemLayout) []float32 {
 	ch := m.Config.InChannels
 	feat := zimagePatch * zimagePatch * ch
 	w2 := l.w / zimagePatch

@@ -18,7 +18,7 @@ import "math"
 // float32, then cos and sin (torch.polar in complex64).
 
 // ropeAngles returns, per axis, the float64 frequencies of its pairs.
-func (m *ZImage) ropeFreqs() [][]float64 {
+func (m *ZImageTransformer) ropeFreqs() [][]float64 {
 	c := m.Config
 	out := make([][]float64, len(c.AxesDims))
 	for a, d := range c.AxesDims {
@@ -45,7 +45,7 @@ func ropeRow(freqs [][]float64, pos [3]int, cos, sin []float32) {
 }
 
 // imageRope returns the tables [B, Lx, head/2] of the image tokens.
-func (m *ZImage) imageRope(lay []itemLayout, lx int) (cos, sin []float32) {
+func (m *ZImageTransformer) imageRope(lay []itemLayout, lx int) (cos, sin []float32) {
 	half := m.headDim / 2
 	freqs := m.ropeFreqs()
 	cos, sin = make([]float32, len(lay)*lx*half), make([]float32, len(lay)*lx*half)
@@ -64,7 +64,7 @@ func (m *ZImage) imageRope(lay []itemLayout, lx int) (cos, sin []float32) {
 }
 
 // captionRope returns the tables [B, Lc, head/2] of the caption tokens.
-func (m *ZImage) captionRope(lay []itemLayout, lc int) (cos, sin []float32) {
+func (m *ZImageTransformer) captionRope(lay []itemLayout, lc int) (cos, sin []float32) {
 	half := m.headDim / 2
 	freqs := m.ropeFreqs()
 	cos, sin = make([]float32, len(lay)*lc*half), make([]float32, len(lay)*lc*half)

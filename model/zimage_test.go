@@ -14,7 +14,7 @@ import (
 
 // loadTestZImage loads the tiny transformer; storeF32 keeps its matrices
 // F32 on the device instead of F16.
-func loadTestZImage(t testing.TB, storeF32 bool) *ZImage {
+func loadTestZImage(t testing.TB, storeF32 bool) *ZImageTransformer {
 	t.Helper()
 	var cfg ZImageConfig
 	src := openComponent(t, tinyZImage, "transformer", &cfg)
@@ -105,7 +105,7 @@ func TestZImageTransformer(t *testing.T) {
 	}
 }
 
-func testZImageTransformer(t *testing.T, r *testref.Refs, m *ZImage, rel float64) {
+func testZImageTransformer(t *testing.T, r *testref.Refs, m *ZImageTransformer, rel float64) {
 	zimageBound := func(want []float32) float64 {
 		d := testref.Compare(want, want)
 		return rel * (d.MaxRef + 1)
@@ -168,7 +168,7 @@ func testZImageTransformer(t *testing.T, r *testref.Refs, m *ZImage, rel float64
 // as (real, imag)) and the mask lengths. Bounds: t_freq and the tables are
 // float32 cos/sin of float32 angles here and in torch; a last-bit
 // difference of the libm gives at most ~1e-7.
-func checkZImageTables(t *testing.T, r *testref.Refs, m *ZImage, p string, items []ZImageItem) {
+func checkZImageTables(t *testing.T, r *testref.Refs, m *ZImageTransformer, p string, items []ZImageItem) {
 	t.Helper()
 	// t_freq: cos and sin of t*1000*f_k. torch's vectorised expf may round
 	// f_k one ulp away from ours, which moves an angle near 700 by up to an

@@ -48,7 +48,7 @@ func QwenTokenizer(q *tokenizer.Qwen2) PromptTokenizer {
 type ZImageModels struct {
 	Tokenizer   PromptTokenizer
 	TextEncoder *model.Qwen3
-	Transformer *model.ZImage
+	Transformer *model.ZImageTransformer
 	VAE         *model.VAEDecoder
 	Scheduler   *model.SchedulerConfig // scheduler_config.json
 }
@@ -446,7 +446,7 @@ func qwen3ActivationBytes(m *model.Qwen3, l int) int64 {
 // sequence of rows items (an h x w latent and a capLen caption each):
 // the sequence, its norm, q/k/v and the attention output, the two SwiGLU
 // halves, the image and caption sequences held beside it, rotary tables.
-func zimageActivationBytes(m *model.ZImage, rows, h, w, capLen int) int64 {
+func zimageActivationBytes(m *model.ZImageTransformer, rows, h, w, capLen int) int64 {
 	c := m.Config
 	lx := (h/2*(w/2) + 31) / 32 * 32
 	lc := (capLen + 31) / 32 * 32

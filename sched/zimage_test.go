@@ -366,3 +366,23 @@ func TestZImageBadInput(t *testing.T) {
 	_, err = RunZImage(ctx, ref.New(), m, zimageParams(t, r, rn))
 	require.ErrorIs(t, err, context.Canceled)
 }
+
+// TestZImageDefaultScheduler: without an injected schedule the runner
+// builds sched/sampler's flowmatch_euler from the scheduler config, which
+// must reproduce the reference run as the reference tables do.
+func TestZImageDefaultScheduler(t *testing.T) {
+	m, r := loadZImageModels(t)
+	rn := zimageRuns(t, r)[1] // g0_s2_64x64
+	p := zimageParams(t, r, rn)
+	p.Scheduler = nil
+	out, err := RunZImage(context.Background(), ref.New(), m, p)
+	require.NoError(t, err)
+	f, err := os.Open(filepath.Join(r.Dir, "images", rn.ID+".png"))
+	require.NoError(t, err)
+	defer f.Close()
+	want, err := png.Decode(f)
+	require.NoError(t, err)
+	db := rgbaPSNR(out.Images[0], want)
+	t.Logf("%s with %s: PSNR %.1f dB", rn.ID, out.SamplerName, db)
+	require.GreaterOrEqual(t, db, 50.0)
+}
