@@ -288,7 +288,11 @@ func (r *zrunner) denoise() error {
 	s := r.p.Scheduler
 	if s == nil {
 		var err error
-		if s, err = sampler.New(r.p.Sampler, r.m.Scheduler, sampler.Options{Karras: r.p.Karras}); err != nil {
+		// ZImagePipeline sets sigma_min = 0 and passes the image token
+		// count for dynamic shifting.
+		opt := sampler.ZImageOptions((r.p.Height / 16) * (r.p.Width / 16))
+		opt.Karras = r.p.Karras
+		if s, err = sampler.New(r.p.Sampler, r.m.Scheduler, opt); err != nil {
 			return err
 		}
 	}

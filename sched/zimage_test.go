@@ -384,5 +384,7 @@ func TestZImageDefaultScheduler(t *testing.T) {
 	require.NoError(t, err)
 	db := rgbaPSNR(out.Images[0], want)
 	t.Logf("%s with %s: PSNR %.1f dB", rn.ID, out.SamplerName, db)
-	require.GreaterOrEqual(t, db, 50.0)
+	// The schedule is bit-exact to the reference tables (sched/sampler), so
+	// the run must reach what the injected tables reach (62.2 dB).
+	require.GreaterOrEqual(t, db, 60.0)
 }
