@@ -25,7 +25,8 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 	for _, f := range opts {
 		f(&o)
 	}
-	ck, err := model.OpenCheckpoint(path, model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir})
+	ck, err := model.OpenCheckpoint(path, model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir,
+		TextEncoderPath: o.TextEncoderPath, VAEPath: o.VAEPath})
 	if err != nil {
 		return nil, err
 	}
@@ -38,44 +39,25 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 }
 
 func (p *Pipeline) load(ck *model.Checkpoint) error {
-	if ck.Arch == model.ZImage {
-		// The checkpoint opens (zimage info shows it); the Qwen tokenizer,
-		// the networks and the flow-matching runner are wired in separately.
-		return fmt.Errorf("zimage: %s: Z-Image models cannot generate yet", ck.Path)
-	}
 	if err := ck.RequireTokenizers(); err != nil {
 		return err
 	}
-	m := &sched.Models{
-		Scheduler:                ck.Scheduler,
-		ForceZerosForEmptyPrompt: ck.ForceZerosForEmptyPrompt,
-		SDXL:                     ck.Arch == model.SDXL,
-	}
-	for _, te := range ck.TextEncoders {
-		tok, err := tokenizer.Load(te.TokenizerDir)
-		if err != nil {
+	if ck.Arch == model.ZImage {
+		if err := p.loadZImage(ck); err != nil {
 			return err
 		}
-		net, err := model.LoadCLIPText(te.Source, te.Config)
-		if err != nil {
-			return fmt.Errorf("zimage: %s: %w", te.Name, err)
-		}
-		m.Encoders = append(m.Encoders, sched.TextEncoder{Tokenizer: tok, Net: net})
-	}
-	var err error
-	if m.UNet, err = model.LoadUNet(ck.UNet.Source, ck.UNet.Config); err != nil {
-		return fmt.Errorf("zimage: unet: %w", err)
-	}
-	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
-		return fmt.Errorf("zimage: vae: %w", err)
+	} else if err := p.loadSD(ck); err != nil {
+		return err
 	}
 	p.Warnings = append(p.Warnings, ck.Warnings...)
 	for _, src := range ck.Sources() {
-		// The VAE encoder is not used for text-to-image; it is expected to
-		// be unused and is not worth a warning.
+		// The VAE encoder is not used for text-to-image, nor are the Qwen
+		// text encoder's last layer and final norm (the pipeline reads
+		// hidden_states[-2]); they are expected to be unused and are not
+		// worth a warning.
 		var unused []string
 		for _, k := range src.Unused() {
-			if !(src.Name == "vae" && (strings.HasPrefix(k, "encoder.") || strings.HasPrefix(k, "quant_conv."))) {
+			if !expectedUnused(ck, src.Name, k) {
 				unused = append(unused, k)
 			}
 		}
@@ -83,7 +65,6 @@ func (p *Pipeline) load(ck *model.Checkpoint) error {
 			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: %d tensors in the checkpoint are not used (first: %s)", src.Name, len(unused), unused[0]))
 		}
 	}
-	p.models = m
 	p.info = describeModel(ck)
 	if p.opts.Backend != nil {
 		p.backend = p.opts.Backend
@@ -107,12 +88,75 @@ func (p *Pipeline) load(ck *model.Checkpoint) error {
 	return nil
 }
 
+// expectedUnused reports checkpoint tensors that text-to-image never reads.
+func expectedUnused(ck *model.Checkpoint, component, key string) bool {
+	switch {
+	case component == "vae":
+		return strings.HasPrefix(key, "encoder.") || strings.HasPrefix(key, "quant_conv.")
+	case ck.Qwen != nil && component == ck.Qwen.Source.Name:
+		last := fmt.Sprintf("model.layers.%d.", ck.Qwen.Config.NumHiddenLayers-1)
+		return strings.HasPrefix(key, last) || strings.HasPrefix(key, "model.norm.") || strings.HasPrefix(key, "lm_head.")
+	}
+	return false
+}
+
+// loadZImage builds the Z-Image networks: the Qwen2 tokenizer and Qwen3
+// text encoder, the S3-DiT and the FLUX VAE decoder.
+func (p *Pipeline) loadZImage(ck *model.Checkpoint) error {
+	tok, err := tokenizer.LoadQwen2(ck.Qwen.TokenizerDir)
+	if err != nil {
+		return err
+	}
+	m := &sched.ZImageModels{Tokenizer: sched.QwenTokenizer(tok), Scheduler: ck.Scheduler}
+	if m.TextEncoder, err = model.LoadQwen3(ck.Qwen.Source, ck.Qwen.Config); err != nil {
+		return fmt.Errorf("zimage: %s: %w", ck.Qwen.Name, err)
+	}
+	if m.Transformer, err = model.LoadZImage(ck.Transformer.Source, ck.Transformer.Config); err != nil {
+		return fmt.Errorf("zimage: transformer: %w", err)
+	}
+	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
+		return fmt.Errorf("zimage: vae: %w", err)
+	}
+	p.zimage = m
+	return nil
+}
+
+// loadSD builds the Stable Diffusion networks: CLIP tokenizers and text
+// encoders, the UNet and the VAE decoder.
+func (p *Pipeline) loadSD(ck *model.Checkpoint) error {
+	m := &sched.Models{
+		Scheduler:                ck.Scheduler,
+		ForceZerosForEmptyPrompt: ck.ForceZerosForEmptyPrompt,
+		SDXL:                     ck.Arch == model.SDXL,
+	}
+	for _, te := range ck.TextEncoders {
+		tok, err := tokenizer.Load(te.TokenizerDir)
+		if err != nil {
+			return err
+		}
+		net, err := model.LoadCLIPText(te.Source, te.Config)
+		if err != nil {
+			return fmt.Errorf("zimage: %s: %w", te.Name, err)
+		}
+		m.Encoders = append(m.Encoders, sched.TextEncoder{Tokenizer: tok, Net: net})
+	}
+	var err error
+	if m.UNet, err = model.LoadUNet(ck.UNet.Source, ck.UNet.Config); err != nil {
+		return fmt.Errorf("zimage: unet: %w", err)
+	}
+	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
+		return fmt.Errorf("zimage: vae: %w", err)
+	}
+	p.models = m
+	return nil
+}
+
 // Close releases the device and unmaps the weights.
 func (p *Pipeline) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	var errs []error
-	if p.models != nil && p.backend != nil {
+	if (p.models != nil || p.zimage != nil) && p.backend != nil {
 		for _, bl := range p.allBlocks() {
 			bl.Evict(p.backend)
 		}
@@ -121,12 +165,17 @@ func (p *Pipeline) Close() error {
 	for i := len(p.closers) - 1; i >= 0; i-- {
 		errs = append(errs, p.closers[i]())
 	}
-	p.closers, p.models = nil, nil
+	p.closers, p.models, p.zimage = nil, nil, nil
 	return errors.Join(errs...)
 }
 
 func (p *Pipeline) allBlocks() []*model.Block {
 	var out []*model.Block
+	if z := p.zimage; z != nil {
+		out = append(out, z.TextEncoder.Blocks()...)
+		out = append(out, z.Transformer.Blocks()...)
+		return append(out, z.VAE.Blocks()...)
+	}
 	for _, e := range p.models.Encoders {
 		out = append(out, e.Net.Blocks()...)
 	}
@@ -150,8 +199,14 @@ func describeModel(ck *model.Checkpoint) modelInfo {
 	}
 	// diffusers' default size: the UNet's sample_size in latent pixels.
 	info.BaseSize = 512
-	if s := ck.UNet.Config.SampleSize; s > 0 {
-		info.BaseSize = s * 8
+	if ck.UNet.Config != nil && ck.UNet.Config.SampleSize > 0 {
+		info.BaseSize = ck.UNet.Config.SampleSize * 8
+	}
+	if ck.Arch == model.ZImage {
+		// ZImagePipeline's default: 1024x1024; Z-Image-Turbo is distilled
+		// for 8 transformer calls (9 steps, the last of which has dt = 0)
+		// without guidance.
+		info.BaseSize, info.Turbo = 1024, true
 	}
 	info.Hash = modelHash(ck)
 	return info
@@ -160,15 +215,23 @@ func describeModel(ck *model.Checkpoint) modelInfo {
 // modelHash is AUTOMATIC1111's short "model hash": the first 8 hex digits
 // of the SHA-256 of 64 KiB read at offset 1 MiB of the weights file. It
 // reads 64 KiB instead of hashing gigabytes, and matches what A1111 shows
-// for the same single file. For a diffusers folder the UNet file is hashed.
+// for the same single file. For a diffusers folder the denoiser's (first)
+// file is hashed.
 func modelHash(ck *model.Checkpoint) string {
 	path := ck.Path
 	if ck.Format == model.FormatDiffusers {
-		keys := ck.UNet.Source.Keys()
+		den := ck.UNet.Source
+		if ck.Transformer != nil {
+			den = ck.Transformer.Source
+		}
+		if den == nil {
+			return ""
+		}
+		keys := den.Keys()
 		if len(keys) == 0 {
 			return ""
 		}
-		path = ck.UNet.Source.Entry(keys[0]).File
+		path = den.Entry(keys[0]).File
 	}
 	f, err := os.Open(path)
 	if err != nil {

@@ -41,6 +41,10 @@ type Options struct {
 	TokenizerDir string
 	// ConfigDir optionally overrides the configs inferred for a single file.
 	ConfigDir string
+	// TextEncoderPath and VAEPath supply the Qwen3 text encoder and the VAE
+	// that a single Z-Image transformer file lacks (a Z-Image diffusers
+	// folder, the component's folder, or one .safetensors file).
+	TextEncoderPath, VAEPath string
 	// Progress receives progress events (never stdout).
 	Progress func(Progress)
 	// Backend runs the networks on this backend instead of opening a Vulkan
@@ -66,6 +70,13 @@ func WithTokenizer(dir string) Option { return func(o *Options) { o.TokenizerDir
 // WithConfigDir overrides the configs inferred for a single-file checkpoint.
 func WithConfigDir(dir string) Option { return func(o *Options) { o.ConfigDir = dir } }
 
+// WithTextEncoder names the text encoder a single Z-Image transformer file
+// lacks.
+func WithTextEncoder(path string) Option { return func(o *Options) { o.TextEncoderPath = path } }
+
+// WithVAE names the VAE a single Z-Image transformer file lacks.
+func WithVAE(path string) Option { return func(o *Options) { o.VAEPath = path } }
+
 // WithProgress installs a progress callback.
 func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progress = f } }
 
@@ -85,7 +96,7 @@ type Progress struct {
 type Request struct {
 	Prompt         string
 	NegativePrompt string
-	Width, Height  int // multiples of 8; 0 = the model's default size
+	Width, Height  int // multiples of Pipeline.SizeMultiple (8; 16 for Z-Image); 0 = the model's default size
 	Steps          int // 0 = model default (1 for turbo models)
 	// Guidance is the classifier-free guidance scale; nil = model default
 	// (0 for turbo models, 7.5 otherwise). Values <= 1 turn guidance off.
@@ -100,6 +111,12 @@ type Request struct {
 	NoiseFile string
 	// LongPrompts encodes prompts over 75 tokens in several windows.
 	LongPrompts bool
+	// CFGTruncation and CFGNormalization are Z-Image's guidance options
+	// (ZImagePipeline's cfg_truncation and cfg_normalization): guidance
+	// stops once the normalised time exceeds CFGTruncation (0 = never), and
+	// CFGNormalization > 0 caps the guided prediction's norm at that many
+	// times the positive one's. Stable Diffusion models ignore them.
+	CFGTruncation, CFGNormalization float64
 	// VAETiling: sched.TilingAuto (default), TilingOn or TilingOff; Tile is
 	// the tile size in output pixels (multiple of 8), 0 = automatic.
 	VAETiling sched.Tiling
@@ -128,7 +145,8 @@ type Pipeline struct {
 	opts    Options
 	backend engine.Backend
 	ownsB   bool
-	models  *sched.Models
+	models  *sched.Models       // Stable Diffusion; nil for Z-Image
+	zimage  *sched.ZImageModels // Z-Image; nil for Stable Diffusion
 	info    modelInfo
 	closers []func() error
 	// Warnings are problems found while loading that did not stop it
@@ -156,10 +174,22 @@ func (p *Pipeline) Defaults() (width, height, steps int, guidance float64) {
 	if p.info.Turbo {
 		steps, guidance = 1, 0
 	}
+	if p.zimage != nil {
+		steps = 9 // ZImagePipeline's example and the model card: 8 transformer calls
+	}
 	return p.info.BaseSize, p.info.BaseSize, steps, guidance
 }
 
-// Arch names the detected architecture ("sd1", "sd2", "sdxl").
+// SizeMultiple is the step image sizes come in: 8 (the VAE's factor) for
+// Stable Diffusion, 16 for Z-Image (its latent is patchified 2x2).
+func (p *Pipeline) SizeMultiple() int {
+	if p.zimage != nil {
+		return 16
+	}
+	return 8
+}
+
+// Arch names the detected architecture ("sd1", "sd2", "sdxl", "z-image").
 func (p *Pipeline) Arch() string { return p.info.Arch }
 
 // Backend is the device the pipeline runs on.
@@ -169,7 +199,7 @@ func (p *Pipeline) Backend() engine.Backend { return p.backend }
 func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.models == nil {
+	if p.models == nil && p.zimage == nil {
 		return nil, fmt.Errorf("zimage: pipeline is closed")
 	}
 	start := time.Now()
@@ -216,7 +246,14 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 			f(Progress{Stage: "denoise", Step: step, Steps: steps, Elapsed: time.Since(start)})
 		}
 	}
-	out, err := sched.Run(ctx, p.backend, p.models, params)
+	var out *sched.Output
+	var err error
+	if p.zimage != nil {
+		out, err = sched.RunZImage(ctx, p.backend, p.zimage, sched.ZImageParams{
+			Params: params, CFGTruncation: req.CFGTruncation, CFGNormalization: req.CFGNormalization})
+	} else {
+		out, err = sched.Run(ctx, p.backend, p.models, params)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -246,7 +283,7 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 func a1111SamplerName(name string, karras bool) string {
 	n := map[string]string{
 		"euler": "Euler", "euler_a": "Euler a", "pndm": "PLMS", "ddim": "DDIM",
-		"lcm": "LCM", "dpmpp_2m": "DPM++ 2M",
+		"lcm": "LCM", "dpmpp_2m": "DPM++ 2M", "flowmatch_euler": "Euler",
 	}[strings.ToLower(name)]
 	if n == "" {
 		n = name

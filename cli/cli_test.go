@@ -22,20 +22,23 @@ func run(args ...string) (code int, stdout, stderr string) {
 func TestUsageErrorsExitTwoWithOneLine(t *testing.T) {
 	model := t.TempDir()
 	cases := map[string][]string{
-		"--width":     {"generate", "-m", model, "-p", "x", "-W", "100"},
-		"--height":    {"generate", "-m", model, "-p", "x", "-H", "32"},
-		"--steps":     {"generate", "-m", model, "-p", "x", "--steps", "0"},
-		"--cfg":       {"generate", "-m", model, "-p", "x", "--cfg", "99"},
-		"--sampler":   {"generate", "-m", model, "-p", "x", "--sampler", "heun++"},
-		"--vram":      {"generate", "-m", model, "-p", "x", "--vram", "lots"},
-		"--offload":   {"generate", "-m", model, "-p", "x", "--offload", "disk"},
-		"--output":    {"generate", "-m", model, "-p", "x", "-o", "/nonexistent/dir/a.png"},
-		"--model":     {"generate", "-m", "/nonexistent/model", "-p", "x"},
-		"--preset":    {"generate", "-m", model, "-p", "x", "--preset", "5:4"},
-		"--seed":      {"generate", "-m", model, "-p", "x", "--seed", "-5"},
-		"-bogus":      {"generate", "-m", model, "-p", "x", "--bogus"},
-		"--tile-size": {"generate", "-m", model, "-p", "x", "--tile-size", "12"},
-		"--arch":      {"make-model", "--arch", "sd3", "-o", model},
+		"--width":             {"generate", "-m", model, "-p", "x", "-W", "100"},
+		"--height":            {"generate", "-m", model, "-p", "x", "-H", "32"},
+		"--steps":             {"generate", "-m", model, "-p", "x", "--steps", "0"},
+		"--cfg":               {"generate", "-m", model, "-p", "x", "--cfg", "99"},
+		"--sampler":           {"generate", "-m", model, "-p", "x", "--sampler", "heun++"},
+		"--vram":              {"generate", "-m", model, "-p", "x", "--vram", "lots"},
+		"--offload":           {"generate", "-m", model, "-p", "x", "--offload", "disk"},
+		"--output":            {"generate", "-m", model, "-p", "x", "-o", "/nonexistent/dir/a.png"},
+		"--model":             {"generate", "-m", "/nonexistent/model", "-p", "x"},
+		"--preset":            {"generate", "-m", model, "-p", "x", "--preset", "5:4"},
+		"--seed":              {"generate", "-m", model, "-p", "x", "--seed", "-5"},
+		"-bogus":              {"generate", "-m", model, "-p", "x", "--bogus"},
+		"--tile-size":         {"generate", "-m", model, "-p", "x", "--tile-size", "12"},
+		"--arch":              {"make-model", "--arch", "sd3", "-o", model},
+		"--cfg-truncation":    {"generate", "-m", model, "-p", "x", "--cfg-truncation", "2"},
+		"--cfg-normalization": {"generate", "-m", model, "-p", "x", "--cfg-normalization", "-1"},
+		"--text-encoder":      {"generate", "-m", model, "-p", "x", "--text-encoder", "/nonexistent/te"},
 	}
 	for flag, args := range cases {
 		code, _, stderr := run(args...)
@@ -191,5 +194,45 @@ func TestGenerateWritesPNGWithMetadata(t *testing.T) {
 	}
 	if p.Seed != 3 || p.Steps != 1 || p.Width != 96 || p.Height != 64 || p.Sampler != "Euler a" || p.Model != "tiny-sdxl-turbo" {
 		t.Fatalf("parameters %+v", p)
+	}
+}
+
+// TestZImageTokenizeAndSizes: zimage tokenize shows the chat-templated ids
+// ZImagePipeline feeds Qwen3 (the reference ids), and a Z-Image size that
+// is no multiple of 16 is a usage error naming the size.
+func TestZImageTokenizeAndSizes(t *testing.T) {
+	r := testref.Open(t, "tiny-z-image-turbo")
+	prompts := r.JSON["tokenizer"].(map[string]any)["prompts"].([]any)
+	for _, pr := range prompts {
+		pm := pr.(map[string]any)
+		name := pm["name"].(string)
+		code, out, stderr := run("tokenize", "-m", r.Dir, "--json", pm["prompt"].(string))
+		if code != 0 {
+			t.Fatalf("%s: exit %d: %s", name, code, stderr)
+		}
+		var res []struct {
+			IDs       []int `json:"ids"`
+			Truncated int   `json:"truncated"`
+		}
+		if err := json.Unmarshal([]byte(out), &res); err != nil || len(res) != 1 {
+			t.Fatalf("%s: %v: %s", name, err, out)
+		}
+		want, _ := r.Ints(t, name+".input_ids")
+		valid := int(pm["n_valid"].(float64))
+		if len(res[0].IDs) != valid {
+			t.Fatalf("%s: %d ids, want %d", name, len(res[0].IDs), valid)
+		}
+		for i, id := range res[0].IDs {
+			if int64(id) != want[i] {
+				t.Fatalf("%s: id %d is %d, want %v", name, i, id, want[i])
+			}
+		}
+		if untrunc := int(pm["n_tokens_untruncated"].(float64)); res[0].Truncated != untrunc-valid {
+			t.Errorf("%s: truncated %d, want %d", name, res[0].Truncated, untrunc-valid)
+		}
+	}
+	code, _, stderr := run("generate", "-m", r.Dir, "-p", "x", "-W", "72", "-H", "64", "-o", filepath.Join(t.TempDir(), "a.png"))
+	if code != 2 || !strings.Contains(stderr, "72x64") || !strings.Contains(stderr, "16") {
+		t.Errorf("72x64 on Z-Image: exit %d, stderr %q; want 2 naming the size and 16", code, stderr)
 	}
 }

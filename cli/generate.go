@@ -26,16 +26,19 @@ func generateCommand() *ucli.Command {
 		Usage:     "generate images from a prompt",
 		ArgsUsage: " ",
 		Description: `Turbo models (SD-Turbo, SDXL-Turbo) make a good image in 1-4 steps without guidance (--cfg 0);
+   Z-Image-Turbo in 9 steps without guidance, at 1024x1024, from English or Chinese prompts;
    classic models (SD 1.5, SD 2.1, SDXL) want 20-30 steps and --cfg 5-8.`,
 		Flags: []ucli.Flag{
 			&ucli.StringFlag{Name: "model", Aliases: []string{"m"}, Required: true, Usage: "diffusers model folder or single-file .safetensors checkpoint"},
 			&ucli.StringFlag{Name: "prompt", Aliases: []string{"p"}, Usage: "what to draw"},
 			&ucli.StringFlag{Name: "negative-prompt", Aliases: []string{"n"}, Usage: "what to avoid (used only when --cfg > 1)"},
-			&ucli.IntFlag{Name: "width", Aliases: []string{"W"}, Usage: "image width in pixels, a multiple of 8 (the latent is 1/8 of the image)", DefaultText: "the model's base size"},
-			&ucli.IntFlag{Name: "height", Aliases: []string{"H"}, Usage: "image height in pixels, a multiple of 8", DefaultText: "the model's base size"},
-			&ucli.StringFlag{Name: "preset", Usage: "aspect ratio over the model's base size (its UNet sample size x 8: 512 for SD-Turbo, SDXL-Turbo and SD 1.x, 1024 for SDXL): 1:1, 4:3, 3:4, 3:2, 2:3, 16:9, 9:16"},
-			&ucli.IntFlag{Name: "steps", Usage: "denoising steps, 1-150", DefaultText: "1 for turbo models, 25 otherwise"},
+			&ucli.IntFlag{Name: "width", Aliases: []string{"W"}, Usage: "image width in pixels, a multiple of 8 (the latent is 1/8 of the image; Z-Image: a multiple of 16)", DefaultText: "the model's base size"},
+			&ucli.IntFlag{Name: "height", Aliases: []string{"H"}, Usage: "image height in pixels, a multiple of 8 (Z-Image: 16)", DefaultText: "the model's base size"},
+			&ucli.StringFlag{Name: "preset", Usage: "aspect ratio over the model's base size (512 for SD-Turbo, SDXL-Turbo and SD 1.x, 1024 for SDXL and Z-Image): 1:1, 4:3, 3:4, 3:2, 2:3, 16:9, 9:16"},
+			&ucli.IntFlag{Name: "steps", Usage: "denoising steps, 1-150", DefaultText: "1 for SD turbo models, 9 for Z-Image-Turbo, 25 otherwise"},
 			&ucli.Float64Flag{Name: "cfg", Value: -1, DefaultText: "0 for turbo models, 7.5 otherwise (SDXL 5)", Usage: "guidance scale: how strongly to follow the prompt; <= 1 turns guidance off and halves the work (classic models: 5-8)"},
+			&ucli.Float64Flag{Name: "cfg-truncation", Usage: "Z-Image: stop guiding once the normalised time (0 at noise, 1 at the image) passes this value, 0-1 (0 = never)"},
+			&ucli.Float64Flag{Name: "cfg-normalization", Usage: "Z-Image: cap the guided prediction's norm at this many times the unguided one's (0 = off, 1 = diffusers' True)"},
 			&ucli.Int64Flag{Name: "seed", Aliases: []string{"s"}, Value: -1, Usage: "noise seed, torch.randn-compatible; -1 picks a random one (always printed)"},
 			&ucli.IntFlag{Name: "batch", Aliases: []string{"b"}, Value: 1, Usage: "images per prompt, 1-16"},
 			&ucli.StringFlag{Name: "sampler", Usage: "euler, euler_a, pndm, ddim, lcm, dpmpp_2m (default: the model's scheduler)"},
@@ -49,6 +52,8 @@ func generateCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "noise", Usage: "safetensors file with explicit noise: latents [B,4,h,w] and noise.0, noise.1, ... for ancestral samplers"},
 			&ucli.StringFlag{Name: "tokenizer", Usage: "tokenizer folder for single-file checkpoints (a diffusers model folder works)"},
 			&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs override those inferred for a single-file checkpoint"},
+			&ucli.StringFlag{Name: "text-encoder", Usage: "Z-Image: the Qwen3 text encoder a single transformer file lacks (a Z-Image diffusers folder, its text_encoder folder or a .safetensors file)"},
+			&ucli.StringFlag{Name: "vae", Usage: "Z-Image: the VAE a single transformer file lacks (a Z-Image diffusers folder, its vae folder or a .safetensors file)"},
 			&ucli.BoolFlag{Name: "long-prompts", Usage: "encode prompts over 75 tokens in several windows (A1111 style) instead of truncating"},
 			&ucli.BoolFlag{Name: "json", Usage: "print a machine-readable summary on stdout"},
 			&ucli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
@@ -108,6 +113,9 @@ func runGenerate(c *ucli.Context) error {
 	if err := applyPreset(c, p, &req); err != nil {
 		return err
 	}
+	if m := p.SizeMultiple(); req.Width%m != 0 || req.Height%m != 0 {
+		return usagef("size %dx%d: %s wants a width and height that are multiples of %d (--width, --height)", req.Width, req.Height, p.Arch(), m)
+	}
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt)
 	defer stop()
 	res, err := p.Generate(ctx, req)
@@ -116,7 +124,11 @@ func runGenerate(c *ucli.Context) error {
 	}
 	bar.printf("seed %d\n", res.Parameters.Seed)
 	if res.Truncated > 0 {
-		bar.printf("prompt truncated: %d tokens beyond the 75-token limit were dropped (use --long-prompts)\n", res.Truncated)
+		if p.Arch() == "z-image" {
+			bar.printf("prompt truncated: %d tokens beyond the text encoder's 512-token limit were dropped\n", res.Truncated)
+		} else {
+			bar.printf("prompt truncated: %d tokens beyond the 75-token limit were dropped (use --long-prompts)\n", res.Truncated)
+		}
 	}
 	sum := genSummary{Width: res.Parameters.Width, Height: res.Parameters.Height, Steps: res.Parameters.Steps,
 		CFG: res.Parameters.CFGScale, Sampler: res.Parameters.Sampler, Seed: res.Parameters.Seed,
@@ -244,6 +256,26 @@ func requestFromFlags(c *ucli.Context) (zimage.Request, []zimage.Option, error) 
 	if d := c.String("config"); d != "" {
 		opts = append(opts, zimage.WithConfigDir(d))
 	}
+	for _, f := range []string{"text-encoder", "vae"} {
+		if v := c.String(f); v != "" {
+			if _, err := os.Stat(v); err != nil {
+				return req, nil, usagef("--%s: %v", f, err)
+			}
+		}
+	}
+	if v := c.String("text-encoder"); v != "" {
+		opts = append(opts, zimage.WithTextEncoder(v))
+	}
+	if v := c.String("vae"); v != "" {
+		opts = append(opts, zimage.WithVAE(v))
+	}
+	if v := c.Float64("cfg-truncation"); math.IsNaN(v) || v < 0 || v > 1 {
+		return req, nil, usagef("--cfg-truncation %v: want 0 to 1 (0 = never truncate)", v)
+	}
+	if v := c.Float64("cfg-normalization"); math.IsNaN(v) || v < 0 || v > 100 {
+		return req, nil, usagef("--cfg-normalization %v: want 0 (off) to 100", v)
+	}
+	req.CFGTruncation, req.CFGNormalization = c.Float64("cfg-truncation"), c.Float64("cfg-normalization")
 	req.LongPrompts = c.Bool("long-prompts")
 	if _, err := os.Stat(c.String("model")); err != nil {
 		return req, nil, usagef("--model: %v", err)
@@ -270,12 +302,13 @@ func applyPreset(c *ucli.Context, p *zimage.Pipeline, req *zimage.Request) error
 	base, _, _, _ := p.Defaults()
 	r := presets[preset]
 	ratio := math.Sqrt(r[0] / r[1])
-	round8 := func(v float64) int { return max(64, int(math.Round(v/8))*8) }
+	m := float64(p.SizeMultiple())
+	round := func(v float64) int { return max(64, int(math.Round(v/m)*m)) }
 	if req.Width == 0 {
-		req.Width = round8(float64(base) * ratio)
+		req.Width = round(float64(base) * ratio)
 	}
 	if req.Height == 0 {
-		req.Height = round8(float64(base) / ratio)
+		req.Height = round(float64(base) / ratio)
 	}
 	return nil
 }

@@ -86,6 +86,7 @@ type tokenizeResult struct {
 	Tokenizer string `json:"tokenizer"`
 	IDs       []int  `json:"ids"`
 	Truncated int    `json:"truncated"`
+	limit     int    // the tokenizer's context, for the message
 }
 
 func tokenizeCommand() *ucli.Command {
@@ -111,6 +112,20 @@ func tokenizeCommand() *ucli.Command {
 				return err
 			}
 			var out []tokenizeResult
+			if q := ck.Qwen; q != nil {
+				tok, err := tokenizer.LoadQwen2(q.TokenizerDir)
+				if err != nil {
+					return err
+				}
+				// The ids ZImagePipeline feeds Qwen3: the chat-templated
+				// prompt, cut at its 512-token maximum.
+				ids, truncated := tok.EncodePrompt(c.Args().First(), tokenizer.DefaultMaxSequenceLength)
+				res := tokenizeResult{Tokenizer: "tokenizer", Truncated: truncated, limit: tokenizer.DefaultMaxSequenceLength}
+				for _, id := range ids {
+					res.IDs = append(res.IDs, int(id))
+				}
+				out = append(out, res)
+			}
 			for i, te := range ck.TextEncoders {
 				tok, err := tokenizer.Load(te.TokenizerDir)
 				if err != nil {
@@ -121,7 +136,7 @@ func tokenizeCommand() *ucli.Command {
 				if i > 0 {
 					name = fmt.Sprintf("tokenizer_%d", i+1)
 				}
-				out = append(out, tokenizeResult{Tokenizer: name, IDs: enc.Unpadded, Truncated: enc.Truncated})
+				out = append(out, tokenizeResult{Tokenizer: name, IDs: enc.Unpadded, Truncated: enc.Truncated, limit: 77})
 			}
 			if c.Bool("json") {
 				return json.NewEncoder(c.App.Writer).Encode(out)
@@ -133,7 +148,7 @@ func tokenizeCommand() *ucli.Command {
 				}
 				fmt.Fprintf(c.App.Writer, "%s: %s\n", r.Tokenizer, strings.Join(ids, " "))
 				if r.Truncated > 0 {
-					fmt.Fprintf(c.App.Writer, "%s: truncated: %d tokens beyond the 77-token context were dropped\n", r.Tokenizer, r.Truncated)
+					fmt.Fprintf(c.App.Writer, "%s: truncated: %d tokens beyond the %d-token context were dropped\n", r.Tokenizer, r.Truncated, r.limit)
 				}
 			}
 			return nil
