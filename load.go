@@ -66,6 +66,7 @@ func (p *Pipeline) load(ck *model.Checkpoint) error {
 		}
 	}
 	p.info = describeModel(ck)
+	p.model = describeWeights(ck, p.info)
 	if p.opts.Backend != nil {
 		p.backend = p.opts.Backend
 		return nil

@@ -83,11 +83,12 @@ func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progres
 // WithBackend runs on an existing backend (tests, the reference backend).
 func WithBackend(b engine.Backend) Option { return func(o *Options) { o.Backend = b } }
 
-// Progress is one progress event.
+// Progress is one progress event: one as each stage starts (Step 0), one
+// after every denoising step, and "done" at the end.
 type Progress struct {
 	Stage   string // "text", "denoise", "decode", "done"
 	Image   int    // 1-based image of the batch being worked on
-	Step    int    // denoising step done (Stage "denoise")
+	Step    int    // denoising steps done
 	Steps   int
 	Elapsed time.Duration
 }
@@ -121,6 +122,10 @@ type Request struct {
 	// the tile size in output pixels (multiple of 8), 0 = automatic.
 	VAETiling sched.Tiling
 	Tile      int
+	// Progress, when set, receives this request's progress events (as
+	// well as the pipeline-wide WithProgress callback), on the goroutine
+	// that called Generate; it must return quickly.
+	Progress func(Progress)
 }
 
 // Result is what Generate returns.
@@ -149,6 +154,7 @@ type Pipeline struct {
 	zimage  *sched.ZImageModels // Z-Image; nil for Stable Diffusion
 	info    modelInfo
 	closers []func() error
+	model   ModelInfo
 	// Warnings are problems found while loading that did not stop it
 	// (unused tensors, guessed configs).
 	Warnings []string
@@ -191,6 +197,10 @@ func (p *Pipeline) SizeMultiple() int {
 
 // Arch names the detected architecture ("sd1", "sd2", "sdxl", "z-image").
 func (p *Pipeline) Arch() string { return p.info.Arch }
+
+// Turbo reports whether the model is a few-step distilled one (defaults of
+// 1 step and no guidance).
+func (p *Pipeline) Turbo() bool { return p.info.Turbo }
 
 // Backend is the device the pipeline runs on.
 func (p *Pipeline) Backend() engine.Backend { return p.backend }
@@ -241,11 +251,20 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		}
 		params.Noise = n
 	}
-	if f := p.opts.Progress; f != nil {
-		params.Progress = func(step, steps int) {
-			f(Progress{Stage: "denoise", Step: step, Steps: steps, Elapsed: time.Since(start)})
+	emit := func(Progress) {}
+	if f, g := p.opts.Progress, req.Progress; f != nil || g != nil {
+		emit = func(e Progress) {
+			e.Elapsed = time.Since(start)
+			if f != nil {
+				f(e)
+			}
+			if g != nil {
+				g(e)
+			}
 		}
 	}
+	params.Progress = func(step, steps int) { emit(Progress{Stage: "denoise", Step: step, Steps: steps}) }
+	params.OnStage = func(name string) { emit(Progress{Stage: name, Steps: steps}) }
 	var out *sched.Output
 	var err error
 	if p.zimage != nil {
@@ -273,9 +292,7 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	if len(out.Truncated) > 0 {
 		res.Truncated = out.Truncated[0]
 	}
-	if f := p.opts.Progress; f != nil {
-		f(Progress{Stage: "done", Steps: steps, Step: steps, Elapsed: res.Total})
-	}
+	emit(Progress{Stage: "done", Steps: steps, Step: steps})
 	return res, nil
 }
 

@@ -97,7 +97,7 @@ func runGenerate(c *ucli.Context) error {
 	}
 	bar := newProgressBar(c.App.ErrWriter, c.Bool("quiet"))
 	opts = append(opts, zimage.WithProgress(func(p zimage.Progress) {
-		if p.Stage == "denoise" {
+		if p.Stage == "denoise" && p.Step > 0 {
 			bar.step("denoise", p.Step, p.Steps)
 		}
 	}))

@@ -84,6 +84,9 @@ type Params struct {
 
 	// Progress is called after every denoising step.
 	Progress func(step, steps int)
+	// OnStage, when set, is called as each stage ("text", "denoise",
+	// "decode") starts, so that a caller can show where a run is.
+	OnStage func(name string)
 	// OnStep, when set, sees the latents after each step (0-based); it
 	// must not keep the slice.
 	OnStep func(step int, latents []float32)
@@ -126,6 +129,9 @@ func Run(ctx context.Context, b engine.Backend, m *Models, p Params) (*Output, e
 	for _, s := range steps {
 		t0 := time.Now()
 		b.ResetPeak()
+		if p.OnStage != nil {
+			p.OnStage(s.name)
+		}
 		if err := s.fn(); err != nil {
 			return nil, err
 		}

@@ -104,6 +104,9 @@ func RunZImage(ctx context.Context, b engine.Backend, m *ZImageModels, p ZImageP
 	for _, s := range stages {
 		t0 := time.Now()
 		b.ResetPeak()
+		if p.OnStage != nil {
+			p.OnStage(s.name)
+		}
 		if err := s.fn(); err != nil {
 			return nil, err
 		}
