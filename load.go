@@ -213,6 +213,22 @@ func describeModel(ck *model.Checkpoint) modelInfo {
 	return info
 }
 
+// ModelHash is AUTOMATIC1111's short model hash of the checkpoint at path
+// (see modelHash), read without loading the model; "" when it cannot be
+// read. Servers use it to list checkpoints under A1111's titles.
+func ModelHash(path string, opts ...Option) string {
+	var o Options
+	for _, f := range opts {
+		f(&o)
+	}
+	ck, err := model.OpenCheckpoint(path, model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir})
+	if err != nil {
+		return ""
+	}
+	defer ck.Close()
+	return modelHash(ck)
+}
+
 // modelHash is AUTOMATIC1111's short "model hash": the first 8 hex digits
 // of the SHA-256 of 64 KiB read at offset 1 MiB of the weights file. It
 // reads 64 KiB instead of hashing gigabytes, and matches what A1111 shows
