@@ -72,6 +72,7 @@ func NewApp(stdout, stderr io.Writer) *ucli.App {
 		},
 		Commands: []*ucli.Command{
 			generateCommand(),
+			serveCommand(),
 			devicesCommand(),
 			infoCommand(),
 			tokenizeCommand(),

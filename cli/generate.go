@@ -28,7 +28,7 @@ func generateCommand() *ucli.Command {
 		Description: `Turbo models (SD-Turbo, SDXL-Turbo) make a good image in 1-4 steps without guidance (--cfg 0);
    Z-Image-Turbo in 9 steps without guidance, at 1024x1024, from English or Chinese prompts;
    classic models (SD 1.5, SD 2.1, SDXL) want 20-30 steps and --cfg 5-8.`,
-		Flags: []ucli.Flag{
+		Flags: append([]ucli.Flag{
 			&ucli.StringFlag{Name: "model", Aliases: []string{"m"}, Required: true, Usage: "diffusers model folder or single-file .safetensors checkpoint"},
 			&ucli.StringFlag{Name: "prompt", Aliases: []string{"p"}, Usage: "what to draw"},
 			&ucli.StringFlag{Name: "negative-prompt", Aliases: []string{"n"}, Usage: "what to avoid (used only when --cfg > 1)"},
@@ -44,20 +44,11 @@ func generateCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "sampler", Usage: "euler, euler_a, pndm, ddim, lcm, dpmpp_2m (default: the model's scheduler)"},
 			&ucli.StringFlag{Name: "scheduler", Value: "default", Usage: "sigma schedule: default or karras"},
 			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "zimage-{seed}.png", Usage: "output PNG; {seed}, {n}, {prompt} and {date} are replaced"},
-			&ucli.StringFlag{Name: "vram", Usage: "device memory budget such as 512MB, 4GB, 3.5GiB (default: no limit)"},
-			&ucli.StringFlag{Name: "offload", Value: "auto", Usage: "weights: none (all on the device), layer (stream block by block), auto (stream only when over --vram)"},
-			&ucli.StringFlag{Name: "vae-tiling", Value: "auto", Usage: "decode the image in tiles: auto, on, off (tiles keep memory flat at any size)"},
-			&ucli.IntFlag{Name: "tile-size", Usage: "VAE tile size in output pixels, a multiple of 8", DefaultText: "chosen from the budget"},
-			&ucli.StringFlag{Name: "device", Aliases: []string{"d"}, Usage: "Vulkan device index or name (see 'zimage devices'; also $ZIMAGE_DEVICE)"},
 			&ucli.StringFlag{Name: "noise", Usage: "safetensors file with explicit noise: latents [B,4,h,w] and noise.0, noise.1, ... for ancestral samplers"},
-			&ucli.StringFlag{Name: "tokenizer", Usage: "tokenizer folder for single-file checkpoints (a diffusers model folder works)"},
-			&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs override those inferred for a single-file checkpoint"},
-			&ucli.StringFlag{Name: "text-encoder", Usage: "Z-Image: the Qwen3 text encoder a single transformer file lacks (a Z-Image diffusers folder, its text_encoder folder or a .safetensors file)"},
-			&ucli.StringFlag{Name: "vae", Usage: "Z-Image: the VAE a single transformer file lacks (a Z-Image diffusers folder, its vae folder or a .safetensors file)"},
 			&ucli.BoolFlag{Name: "long-prompts", Usage: "encode prompts over 75 tokens in several windows (A1111 style) instead of truncating"},
 			&ucli.BoolFlag{Name: "json", Usage: "print a machine-readable summary on stdout"},
 			&ucli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
-		},
+		}, deviceFlags()...),
 		Action: runGenerate,
 	}
 }
@@ -222,52 +213,17 @@ func requestFromFlags(c *ucli.Context) (zimage.Request, []zimage.Option, error) 
 	default:
 		return req, nil, usagef("--scheduler %q: want default or karras", c.String("scheduler"))
 	}
-	if v := c.String("vram"); v != "" {
-		n, err := ParseByteSize(v)
-		if err != nil {
-			return req, nil, usagef("--vram: %v", err)
-		}
-		opts = append(opts, zimage.WithBudget(n))
-	}
-	off, err := sched.ParseOffload(c.String("offload"))
+	dev, err := deviceFromFlags(c)
 	if err != nil {
-		return req, nil, usagef("--offload %q: want none, layer or auto", c.String("offload"))
+		return req, nil, err
 	}
-	opts = append(opts, zimage.WithOffload(off))
-	if req.VAETiling, err = sched.ParseTiling(c.String("vae-tiling")); err != nil {
-		return req, nil, usagef("--vae-tiling %q: want auto, on or off", c.String("vae-tiling"))
-	}
-	if t := c.Int("tile-size"); c.IsSet("tile-size") && (t < 64 || t%8 != 0) {
-		return req, nil, usagef("--tile-size %d: want a multiple of 8, at least 64 pixels", t)
-	}
-	req.Tile = c.Int("tile-size")
-	if d := c.String("device"); d != "" {
-		opts = append(opts, zimage.WithDevice(d))
-	}
+	opts = dev.opts
+	req.VAETiling, req.Tile = dev.tiling, dev.tile
 	if n := c.String("noise"); n != "" {
 		if _, err := os.Stat(n); err != nil {
 			return req, nil, usagef("--noise: %v", err)
 		}
 		req.NoiseFile = n
-	}
-	if t := c.String("tokenizer"); t != "" {
-		opts = append(opts, zimage.WithTokenizer(t))
-	}
-	if d := c.String("config"); d != "" {
-		opts = append(opts, zimage.WithConfigDir(d))
-	}
-	for _, f := range []string{"text-encoder", "vae"} {
-		if v := c.String(f); v != "" {
-			if _, err := os.Stat(v); err != nil {
-				return req, nil, usagef("--%s: %v", f, err)
-			}
-		}
-	}
-	if v := c.String("text-encoder"); v != "" {
-		opts = append(opts, zimage.WithTextEncoder(v))
-	}
-	if v := c.String("vae"); v != "" {
-		opts = append(opts, zimage.WithVAE(v))
 	}
 	if v := c.Float64("cfg-truncation"); math.IsNaN(v) || v < 0 || v > 1 {
 		return req, nil, usagef("--cfg-truncation %v: want 0 to 1 (0 = never truncate)", v)
@@ -281,6 +237,75 @@ func requestFromFlags(c *ucli.Context) (zimage.Request, []zimage.Option, error) 
 		return req, nil, usagef("--model: %v", err)
 	}
 	return req, opts, nil
+}
+
+// deviceFlags are the flags of every command that loads a model onto a
+// device (generate, serve).
+func deviceFlags() []ucli.Flag {
+	return []ucli.Flag{
+		&ucli.StringFlag{Name: "vram", Usage: "device memory budget such as 512MB, 4GB, 3.5GiB (default: no limit)"},
+		&ucli.StringFlag{Name: "offload", Value: "auto", Usage: "weights: none (all on the device), layer (stream block by block), auto (stream only when over --vram)"},
+		&ucli.StringFlag{Name: "vae-tiling", Value: "auto", Usage: "decode the image in tiles: auto, on, off (tiles keep memory flat at any size)"},
+		&ucli.IntFlag{Name: "tile-size", Usage: "VAE tile size in output pixels, a multiple of 8", DefaultText: "chosen from the budget"},
+		&ucli.StringFlag{Name: "device", Aliases: []string{"d"}, Usage: "Vulkan device index or name (see 'zimage devices'; also $ZIMAGE_DEVICE)"},
+		&ucli.StringFlag{Name: "tokenizer", Usage: "tokenizer folder for single-file checkpoints (a diffusers model folder works)"},
+		&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs override those inferred for a single-file checkpoint"},
+		&ucli.StringFlag{Name: "text-encoder", Usage: "Z-Image: the Qwen3 text encoder a single transformer file lacks (a Z-Image diffusers folder, its text_encoder folder or a .safetensors file)"},
+		&ucli.StringFlag{Name: "vae", Usage: "Z-Image: the VAE a single transformer file lacks (a Z-Image diffusers folder, its vae folder or a .safetensors file)"},
+	}
+}
+
+// deviceSettings are deviceFlags, validated.
+type deviceSettings struct {
+	opts   []zimage.Option
+	tiling sched.Tiling
+	tile   int
+}
+
+func deviceFromFlags(c *ucli.Context) (deviceSettings, error) {
+	var d deviceSettings
+	if v := c.String("vram"); v != "" {
+		n, err := ParseByteSize(v)
+		if err != nil {
+			return d, usagef("--vram: %v", err)
+		}
+		d.opts = append(d.opts, zimage.WithBudget(n))
+	}
+	off, err := sched.ParseOffload(c.String("offload"))
+	if err != nil {
+		return d, usagef("--offload %q: want none, layer or auto", c.String("offload"))
+	}
+	d.opts = append(d.opts, zimage.WithOffload(off))
+	if d.tiling, err = sched.ParseTiling(c.String("vae-tiling")); err != nil {
+		return d, usagef("--vae-tiling %q: want auto, on or off", c.String("vae-tiling"))
+	}
+	if t := c.Int("tile-size"); c.IsSet("tile-size") && (t < 64 || t%8 != 0) {
+		return d, usagef("--tile-size %d: want a multiple of 8, at least 64 pixels", t)
+	}
+	d.tile = c.Int("tile-size")
+	if v := c.String("device"); v != "" {
+		d.opts = append(d.opts, zimage.WithDevice(v))
+	}
+	if t := c.String("tokenizer"); t != "" {
+		d.opts = append(d.opts, zimage.WithTokenizer(t))
+	}
+	if v := c.String("config"); v != "" {
+		d.opts = append(d.opts, zimage.WithConfigDir(v))
+	}
+	for _, f := range []string{"text-encoder", "vae"} {
+		if v := c.String(f); v != "" {
+			if _, err := os.Stat(v); err != nil {
+				return d, usagef("--%s: %v", f, err)
+			}
+		}
+	}
+	if v := c.String("text-encoder"); v != "" {
+		d.opts = append(d.opts, zimage.WithTextEncoder(v))
+	}
+	if v := c.String("vae"); v != "" {
+		d.opts = append(d.opts, zimage.WithVAE(v))
+	}
+	return d, nil
 }
 
 func validSampler(name string) bool {
