@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -236,4 +237,17 @@ func progress(t *testing.T, ts *testServer) map[string]any {
 	var p map[string]any
 	require.NoError(t, json.Unmarshal(b, &p))
 	return p
+}
+
+// hostRSS reads the process's resident set from /proc.
+func hostRSS() (uint64, error) {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, err
+	}
+	var size, res uint64
+	if _, err := fmt.Sscan(string(b), &size, &res); err != nil {
+		return 0, err
+	}
+	return res * uint64(os.Getpagesize()), nil
 }

@@ -87,7 +87,11 @@ func (r *registry) scan() error {
 			if strings.HasPrefix(e.Name(), ".") {
 				continue
 			}
-			if e.IsDir() {
+			st, err := os.Stat(p) // follows links: models are often linked in
+			if err != nil {
+				continue
+			}
+			if st.IsDir() {
 				if _, err := os.Stat(filepath.Join(p, "model_index.json")); err == nil {
 					add(p)
 				}

@@ -180,24 +180,30 @@ func (q *queue) find(id string) *job {
 }
 
 // interrupt stops the job with that id (or the running one when id is ""):
-// a waiting job leaves the queue, a running one stops at the next step and
-// returns the images it finished.
+// a waiting job leaves the queue and is answered at once, a running one
+// stops at the next step and returns the images it finished.
 func (q *queue) interrupt(id string) bool {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	j := q.running
 	if id != "" {
 		j = q.find(id)
 	}
 	if j == nil || j.out != nil {
+		q.mu.Unlock()
 		return false
 	}
 	j.stop(errInterrupted)
+	waiting := false
 	for i, w := range q.waiting {
 		if w == j {
 			q.waiting = append(q.waiting[:i], q.waiting[i+1:]...)
+			waiting = true
 			break
 		}
+	}
+	q.mu.Unlock()
+	if waiting {
+		q.finish(j, &outcome{err: errInterrupted, interrupted: true})
 	}
 	return true
 }
