@@ -6,7 +6,8 @@ BIN       ?= bin/zimage
 TESTFLAGS ?= -count=1 -timeout 40m
 
 DEBIAN_PACKAGES = gcc libc6-dev mesa-vulkan-drivers libvulkan1 libvulkan-dev \
-	vulkan-validationlayers glslc spirv-tools vulkan-tools
+	vulkan-validationlayers glslc spirv-tools vulkan-tools \
+	chromium fonts-noto-cjk
 
 .PHONY: deps build kernels test test-short bench vet fmt demo clean
 

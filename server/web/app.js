@@ -3,6 +3,19 @@
 
 const $ = (id) => document.getElementById(id);
 
+// Strings only the script shows; the page's own English is in the HTML.
+const EN = {
+  "st.queued": "In queue: position {0}", "st.text": "Text encoder", "st.denoise": "Denoise", "st.decode": "VAE decode",
+  "st.done": "Done", "st.starting": "Starting…", "st.step": "step {0}/{1}", "st.image": "image {0}/{1}", "st.eta": "ETA {0}",
+  "st.interrupted": "Interrupted", "err.network": "Network error: {0}", "copied": "Copied", "gallery.empty": "No images yet",
+  "k.name": "Name", "k.arch": "Architecture", "k.params": "Parameters", "k.dtype": "Weights", "k.file": "Path", "k.hash": "Hash",
+  "k.base": "Base size", "k.device": "Device", "k.type": "Type", "k.memory": "Memory", "k.budget": "Budget (--vram)",
+  "k.offload": "Offload", "k.binding": "Binding limit", "k.driver": "Driver", "k.total": "Total", "k.peakdev": "Peak device memory",
+  "k.peakrss": "Peak host memory", "k.size": "Settings", "k.outputs": "Outputs folder", "k.queue": "Queue", "k.version": "Version",
+  "k.loading": "Loading", "k.error": "Error", "none": "none", "unlimited": "no limit", "no.run": "Nothing generated since the server started",
+  "steps.short": "steps",
+};
+
 const I18N = {
   "zh-CN": {
     "tab.generate": "生成", "tab.system": "系统", "tab.about": "关于", "model": "模型",
@@ -48,9 +61,10 @@ const state = {
 function t(key, ...args) {
   const dict = I18N[state.lang] || {};
   let s = dict[key];
+  if (s === undefined) s = EN[key];
   if (s === undefined) {
     const el = document.querySelector(`[data-i18n="${key}"]`);
-    s = (el && el.dataset.en) || key;
+    s = (el && (el.dataset.en || el.textContent)) || key;
   }
   return s.replace(/\{(\d)\}/g, (_, i) => args[+i]);
 }
