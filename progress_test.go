@@ -27,7 +27,7 @@ func TestRequestProgress(t *testing.T) {
 	}}
 	_, err = p.Generate(context.Background(), req)
 	require.NoError(t, err)
-	require.Equal(t, []string{"text:0/3", "denoise:0/3", "denoise:1/3", "denoise:2/3", "denoise:3/3", "decode:0/3", "done:3/3"}, got)
+	require.Equal(t, []string{"text:0/3", "denoise:0/3", "denoise:1/3", "denoise:2/3", "denoise:3/3", "decode:3/3", "done:3/3"}, got)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	steps := 0

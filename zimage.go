@@ -83,8 +83,9 @@ func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progres
 // WithBackend runs on an existing backend (tests, the reference backend).
 func WithBackend(b engine.Backend) Option { return func(o *Options) { o.Backend = b } }
 
-// Progress is one progress event: one as each stage starts (Step 0), one
-// after every denoising step, and "done" at the end.
+// Progress is one progress event: one as each stage starts, one after
+// every denoising step, and "done" at the end. Step counts the denoising
+// steps finished so far (Steps at "decode").
 type Progress struct {
 	Stage   string // "text", "denoise", "decode", "done"
 	Image   int    // 1-based image of the batch being worked on
@@ -263,8 +264,12 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 			}
 		}
 	}
-	params.Progress = func(step, steps int) { emit(Progress{Stage: "denoise", Step: step, Steps: steps}) }
-	params.OnStage = func(name string) { emit(Progress{Stage: name, Steps: steps}) }
+	done := 0 // steps finished, carried by the stage events that follow
+	params.Progress = func(step, steps int) {
+		done = step
+		emit(Progress{Stage: "denoise", Step: step, Steps: steps})
+	}
+	params.OnStage = func(name string) { emit(Progress{Stage: name, Step: done, Steps: steps}) }
 	var out *sched.Output
 	var err error
 	if p.zimage != nil {

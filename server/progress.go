@@ -35,7 +35,7 @@ func newEstimate(last *zimage.Result, pixels int) *estimate {
 // progressOf reports how far j is (0-1) and the seconds it still needs.
 // With an estimate from an earlier run the stages are weighted by their
 // measured cost (for one-step models the VAE decode is most of the time);
-// without one it falls back to AUTOMATIC1111's rule, steps over images.
+// without one, fixed weights per stage and the elapsed time.
 // The caller holds the queue's mutex.
 func progressOf(j *job, now time.Time) (frac, eta float64) {
 	if j.started.IsZero() || j.images == 0 {
@@ -62,11 +62,21 @@ func progressOf(j *job, now time.Time) (frac, eta float64) {
 			return min(frac, 1), max(eta, 0)
 		}
 	}
-	var fi float64
-	if j.steps > 0 {
-		fi = float64(j.step) / float64(j.steps)
+	// No measurement yet (the first image after a load): weigh the text
+	// encoder as one step and the decode as two, and let the ETA follow
+	// the elapsed time once something has finished.
+	units := float64(j.steps + 3)
+	var done float64
+	switch j.stage {
+	case "denoise":
+		done = 1 + float64(j.step)
+	case "decode", "done":
+		done = 1 + float64(j.steps)
 	}
-	frac = (0.01 + float64(j.image) + fi) / float64(j.images)
+	frac = (float64(j.image) + done/units) / float64(j.images)
+	if frac <= 0 {
+		return 0, 0
+	}
 	el := now.Sub(j.started).Seconds()
 	return min(frac, 1), max(el/frac-el, 0)
 }
