@@ -3,6 +3,7 @@ package zimage_test
 import (
 	"context"
 	"errors"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -51,4 +52,19 @@ func TestRequestProgress(t *testing.T) {
 	require.Positive(t, m.Params)
 	require.Equal(t, []string{"F16"}, m.DTypes)
 	require.Equal(t, 8, p.SizeMultiple())
+}
+
+// TestModelHash: every test model gets A1111's 8-digit hash without
+// loading (a server lists a models folder with it), Z-Image's transformer
+// included; a folder that is no model gets "".
+func TestModelHash(t *testing.T) {
+	root, ok := testref.Root()
+	if !ok {
+		t.Skipf("reference models not found at %s", root)
+	}
+	for _, m := range append(testref.Models, "tiny-z-image-turbo") {
+		h := zimage.ModelHash(filepath.Join(root, m))
+		require.Regexp(t, `^[0-9a-f]{8}$`, h, m)
+	}
+	require.Empty(t, zimage.ModelHash(t.TempDir()))
 }
