@@ -193,7 +193,13 @@ func (s *Server) writeJobError(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusInternalServerError, apiError{Error: "NonFiniteOutputError",
 			Detail: "the model produced NaN or Inf values, so no image is returned: " + err.Error(), Errors: err.Error()})
 	default:
-		writeJSON(w, http.StatusInternalServerError, apiError{Error: fmt.Sprintf("%T", errors.Unwrap(err)), Detail: err.Error(), Errors: err.Error()})
+		// A1111 names the exception's class; the innermost error's type is
+		// the closest (e.g. *errors.errorString for a plain error).
+		inner := err
+		for u := errors.Unwrap(inner); u != nil; u = errors.Unwrap(inner) {
+			inner = u
+		}
+		writeJSON(w, http.StatusInternalServerError, apiError{Error: strings.TrimPrefix(fmt.Sprintf("%T", inner), "*"), Detail: err.Error(), Errors: err.Error()})
 	}
 }
 
