@@ -55,7 +55,7 @@ func parseTxt2img(body []byte, mult, maxSide int) (spec, error) {
 			continue
 		}
 		if v := *f.v; v < MinSide || v > maxSide || v%mult != 0 {
-			return sp, fieldf(f.name, "%d: want a multiple of %d from %d to %d (the model works on a latent 1/8 of the image)", v, mult, MinSide, maxSide)
+			return sp, fieldf(f.name, "%d: want a multiple of %d (this model's size step) from %d to %d", v, mult, MinSide, maxSide)
 		}
 		*f.dst = *f.v
 	}
