@@ -12,9 +12,9 @@ package safetensors
 
 import (
 	"fmt"
-	"os"
 	"sort"
-	"syscall"
+
+	"github.com/zimage/zimage/model/internal/mmap"
 )
 
 // DType is a safetensors element type.
@@ -116,33 +116,18 @@ type File struct {
 // Open maps path read-only and parses its header. Nothing beyond the header
 // is read.
 func Open(path string) (*File, error) {
-	fh, err := os.Open(path)
+	mem, err := mmap.Map(path)
 	if err != nil {
 		return nil, fmt.Errorf("safetensors: %w", err)
 	}
-	defer fh.Close()
-	st, err := fh.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("safetensors: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("safetensors: %s is not a regular file", path)
-	}
-	size := st.Size()
-	if size < 8 {
+	if len(mem) < 8 {
+		mmap.Unmap(mem)
 		return nil, &FormatError{Path: path, Kind: KindShortFile,
-			Reason: fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", size)}
-	}
-	if int64(int(size)) != size {
-		return nil, fmt.Errorf("safetensors: %s: %d bytes do not fit the address space", path, size)
-	}
-	mem, err := syscall.Mmap(int(fh.Fd()), 0, int(size), syscall.PROT_READ, syscall.MAP_SHARED)
-	if err != nil {
-		return nil, fmt.Errorf("safetensors: mmap %s: %w", path, err)
+			Reason: fmt.Sprintf("file is %d bytes, shorter than the 8-byte header length", len(mem))}
 	}
 	f, err := parse(path, mem)
 	if err != nil {
-		syscall.Munmap(mem)
+		mmap.Unmap(mem)
 		return nil, err
 	}
 	f.mapped = true
@@ -185,7 +170,7 @@ func (f *File) Close() error {
 	if !mapped {
 		return nil
 	}
-	if err := syscall.Munmap(mem); err != nil {
+	if err := mmap.Unmap(mem); err != nil {
 		return fmt.Errorf("safetensors: munmap %s: %w", f.Path, err)
 	}
 	return nil
