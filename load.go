@@ -195,7 +195,7 @@ func describeModel(ck *model.Checkpoint) modelInfo {
 	// or SDXL file gets the classic leading spacing back.
 	byName := strings.Contains(strings.ToLower(name), "turbo")
 	info.Turbo = byName || (ck.Format == model.FormatDiffusers && ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing")
-	if ck.Format == model.FormatSingleFile && !byName && ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing" {
+	if ck.Format != model.FormatDiffusers && !byName && ck.Scheduler != nil && ck.Scheduler.TimestepSpacing == "trailing" {
 		ck.Scheduler.TimestepSpacing = "leading"
 	}
 	// diffusers' default size: the UNet's sample_size in latent pixels.

@@ -8,8 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 
+	"github.com/zimage/zimage/model/gguf"
 	"github.com/zimage/zimage/model/safetensors"
 )
 
@@ -47,6 +47,7 @@ type Format uint8
 const (
 	FormatDiffusers  Format = iota + 1 // a diffusers pipeline folder
 	FormatSingleFile                   // one .safetensors file: an LDM-layout SD checkpoint, or a Z-Image transformer
+	FormatGGUF                         // one GGUF file: an LDM-layout whole model (stable-diffusion.cpp's convert)
 )
 
 func (f Format) String() string {
@@ -55,6 +56,8 @@ func (f Format) String() string {
 		return "diffusers folder"
 	case FormatSingleFile:
 		return "single file"
+	case FormatGGUF:
+		return "GGUF file"
 	}
 	return "unknown"
 }
@@ -166,6 +169,7 @@ type Checkpoint struct {
 	Warnings []string
 
 	files []*safetensors.File
+	ggufs []*gguf.File
 }
 
 // MissingComponentError reports a component the pipeline needs that the
@@ -180,9 +184,9 @@ func (e *MissingComponentError) Error() string {
 	return fmt.Sprintf("model: %s: component %s: %s", e.Path, e.Component, e.Detail)
 }
 
-// OpenCheckpoint opens a diffusers pipeline folder or a single-file LDM
-// .safetensors checkpoint. It maps the weight files and reads their headers
-// only. Close releases the mappings.
+// OpenCheckpoint opens a diffusers pipeline folder, a single-file LDM
+// .safetensors checkpoint or a GGUF file of a whole model. It maps the
+// weight files and reads their headers only. Close releases the mappings.
 func OpenCheckpoint(path string, opts OpenOptions) (*Checkpoint, error) {
 	st, err := os.Stat(path)
 	if err != nil {
@@ -190,6 +194,9 @@ func OpenCheckpoint(path string, opts OpenOptions) (*Checkpoint, error) {
 	}
 	if st.IsDir() {
 		return openFolder(path, opts)
+	}
+	if isGGUF(path) {
+		return openGGUF(path, opts)
 	}
 	return openSingleFile(path, opts)
 }
@@ -200,7 +207,10 @@ func (c *Checkpoint) Close() error {
 	for _, f := range c.files {
 		errs = append(errs, f.Close())
 	}
-	c.files = nil
+	for _, f := range c.ggufs {
+		errs = append(errs, f.Close())
+	}
+	c.files, c.ggufs = nil, nil
 	return errors.Join(errs...)
 }
 
@@ -368,61 +378,6 @@ func encoderName(i int) string {
 		return "text_encoder"
 	}
 	return fmt.Sprintf("text_encoder_%d", i+1)
-}
-
-// addMapped adds checkpoint tensor t to src under its canonical key(s),
-// converting as the name table says.
-func addMapped(src *Source, keys []string, conv conversion, t *safetensors.Tensor, file string) error {
-	switch conv {
-	case convCopy:
-		src.AddTensor(keys[0], t, file)
-	case convLinearFrom1x1:
-		s := t.Shape
-		switch {
-		case len(s) == 2:
-			src.AddTensor(keys[0], t, file)
-		case len(s) == 4 && s[2] == 1 && s[3] == 1:
-			return src.AddReshaped(keys[0], t, file, []int{s[0], s[1]})
-		default:
-			return fmt.Errorf("model: %q in %s: shape %v, want a 1x1 convolution [out, in, 1, 1] or a matrix", t.Name, file, s)
-		}
-	case convSplitQKV:
-		if len(t.Shape) == 0 || t.Shape[0]%3 != 0 {
-			return fmt.Errorf("model: %q in %s: shape %v, want a fused q/k/v tensor of 3*D rows", t.Name, file, t.Shape)
-		}
-		d := t.Shape[0] / 3
-		shape := append([]int{d}, t.Shape[1:]...)
-		for i, k := range keys {
-			if err := src.AddRows(k, t, file, i*d, (i+1)*d, shape); err != nil {
-				return err
-			}
-		}
-	case convTranspose:
-		if len(t.Shape) != 2 {
-			return fmt.Errorf("model: %q in %s: shape %v, want a matrix", t.Name, file, t.Shape)
-		}
-		addTransposed(src, keys[0], t, file)
-	}
-	return nil
-}
-
-// addTransposed adds the transpose of a matrix. The copy is made on first
-// read (and kept), so opening stays free of reads; it is small (SDXL's
-// 1280x1280 projection is 3 MiB in F16).
-func addTransposed(src *Source, key string, t *safetensors.Tensor, file string) {
-	rows, cols, size := t.Shape[0], t.Shape[1], t.DType.Size()
-	var once sync.Once
-	var out []byte
-	src.entries[key] = &Entry{Key: key, DType: t.DType, Shape: []int{cols, rows}, File: file, data: func() []byte {
-		once.Do(func() {
-			in := t.Data()
-			if len(in) != rows*cols*size {
-				return // file closed: nil, like an untransposed entry
-			}
-			out = transpose(in, rows, cols, size)
-		})
-		return out
-	}}
 }
 
 // transpose swaps the axes of a row-major [rows, cols] matrix of size-byte

@@ -15,7 +15,7 @@ type ComponentInfo struct {
 	Class   string                    `json:"class"`
 	Tensors int                       `json:"tensors"`
 	Params  int64                     `json:"params"`
-	DTypes  map[safetensors.DType]int `json:"dtypes"` // tensor count per stored dtype
+	DTypes  map[safetensors.DType]int `json:"dtypes"` // tensor count per stored dtype or GGUF block type
 	// FileBytes is the size of the weights as stored.
 	FileBytes int64 `json:"file_bytes"`
 	// DeviceBytes is what the pipeline uploads: matrices as F16, vectors as
@@ -89,8 +89,8 @@ func (in *Info) add(name, class string, src *Source, used func(key string) bool)
 		n := int64(e.NumElem())
 		ci.Tensors++
 		ci.Params += n
-		ci.DTypes[e.DType]++
-		ci.FileBytes += n * int64(e.DType.Size())
+		ci.DTypes[safetensors.DType(e.TypeName())]++ // a GGUF block type ("Q4_K") counts under its name
+		ci.FileBytes += e.StoredBytes()
 		if used == nil || used(k) {
 			// Weights.Param's storage rule: F16 for rank >= 2, F32 below.
 			if len(e.Shape) >= 2 {

@@ -44,11 +44,9 @@ type ldmComponent struct {
 	src    *Source
 }
 
-// openSingleFile opens an LDM-layout checkpoint: detects the family from
-// the keys, maps every key through the name table into per-component
-// Sources, and infers the configs from the family's and the tensors'
-// shapes.
-func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
+// openSingleFile opens a .safetensors checkpoint: an LDM-layout SD file or
+// a Z-Image transformer.
+func openSingleFile(path string, opts OpenOptions) (*Checkpoint, error) {
 	switch strings.ToLower(filepath.Ext(path)) {
 	case ".ckpt", ".pt", ".pth", ".bin":
 		return nil, fmt.Errorf("model: %s: PyTorch pickle checkpoints are not supported (they can run code when loaded); use the .safetensors release or convert it", path)
@@ -61,18 +59,28 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 		return nil, fmt.Errorf("model: open checkpoint: %w", err)
 	}
 	c := &Checkpoint{Path: path, Format: FormatSingleFile, files: []*safetensors.File{f}}
+	if prefix, original, ok := zimageFileLayout(f.Names()); ok {
+		if err := c.openZImageFile(f, prefix, original, opts); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	return c.openLDM(f.Names(), func(key string) (*Entry, error) { return tensorEntry(key, f.Tensor(key), path), nil }, opts)
+}
+
+// openLDM maps the tensors of an LDM-layout file (a single .safetensors or
+// a GGUF; tensor returns each key's entry): detects the family from the
+// keys, maps every key through the name table into per-component Sources,
+// and infers the configs from the family's and the tensors' shapes. It
+// closes c on error.
+func (c *Checkpoint) openLDM(keys []string, tensor func(key string) (*Entry, error), opts OpenOptions) (_ *Checkpoint, err error) {
+	path := c.Path
 	defer func() {
 		if err != nil {
 			c.Close()
 		}
 	}()
-	keys := f.Names()
-	if prefix, original, ok := zimageFileLayout(keys); ok {
-		if err := c.openZImageFile(f, prefix, original, opts); err != nil {
-			return nil, err
-		}
-		return c, nil
-	}
 	if err := refuseZImageOptions(path, opts); err != nil {
 		return nil, err
 	}
@@ -99,8 +107,12 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 		if n < 2 {
 			return nil, fmt.Errorf("model: %s: SD 2.x text encoder has %d transformer blocks, want at least 2", path, n)
 		}
-		comps = append(comps, &ldmComponent{name: "text_encoder", prefix: ldmOpenCLIP, table: newNameTable(openCLIPRules(ldmOpenCLIP, n-1, false))})
-		dropped = append(dropped, fmt.Sprintf("%stransformer.resblocks.%d.", ldmOpenCLIP, n-1), ldmOpenCLIP+"text_projection")
+		layers := sd2TextLayers(n, opts)
+		comps = append(comps, &ldmComponent{name: "text_encoder", prefix: ldmOpenCLIP, table: newNameTable(openCLIPRules(ldmOpenCLIP, layers, false))})
+		for i := layers; i < n; i++ {
+			dropped = append(dropped, fmt.Sprintf("%stransformer.resblocks.%d.", ldmOpenCLIP, i))
+		}
+		dropped = append(dropped, ldmOpenCLIP+"text_projection")
 	case SDXL:
 		n := countResblocks(keys, ldmXLCLIP2)
 		comps = append(comps,
@@ -115,7 +127,11 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 		if ignoredKey(key) || hasAnyPrefix(key, dropped) {
 			continue
 		}
-		if mapped, err := mapKey(comps, key, f.Tensor(key), path); mapped || err != nil {
+		t, err := tensor(key)
+		if err != nil {
+			return nil, err
+		}
+		if mapped, err := mapKey(comps, key, t); mapped || err != nil {
 			if err != nil {
 				return nil, err
 			}
@@ -139,7 +155,7 @@ func openSingleFile(path string, opts OpenOptions) (_ *Checkpoint, err error) {
 }
 
 // mapKey adds key to the component whose prefix it has, if the table maps it.
-func mapKey(comps []*ldmComponent, key string, t *safetensors.Tensor, path string) (bool, error) {
+func mapKey(comps []*ldmComponent, key string, t *Entry) (bool, error) {
 	for _, comp := range comps {
 		if !strings.HasPrefix(key, comp.prefix) {
 			continue
@@ -150,10 +166,10 @@ func mapKey(comps []*ldmComponent, key string, t *safetensors.Tensor, path strin
 		}
 		for _, k := range canon {
 			if prev := comp.src.Entry(k); prev != nil {
-				return false, fmt.Errorf("model: %s: %s: two tensors map to %q (the file mixes old and new key spellings); %q is one of them", path, comp.name, k, key)
+				return false, fmt.Errorf("model: %s: %s: two tensors map to %q (the file mixes old and new key spellings); %q is one of them", t.File, comp.name, k, key)
 			}
 		}
-		return true, addMapped(comp.src, canon, conv, t, path)
+		return true, addMapped(comp.src, canon, conv, t)
 	}
 	return false, nil
 }

@@ -10,15 +10,21 @@ import (
 	"github.com/x448/float16"
 
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model/gguf"
 	"github.com/zimage/zimage/model/safetensors"
 )
 
 // Entry is one checkpoint tensor under its canonical (diffusers) key: a
-// whole safetensors tensor, or a contiguous row range of one (single-file
-// checkpoints fuse q/k/v projections that diffusers keeps apart).
+// whole safetensors or GGUF tensor, or a contiguous row range of one
+// (single-file checkpoints fuse q/k/v projections that diffusers keeps
+// apart). See entry.go.
 type Entry struct {
 	Key   string
-	DType safetensors.DType
+	DType safetensors.DType // element type; empty for a block-quantized entry
+	// Quant is the ggml block type (Q8_0, Q4_K, ...) of a block-quantized
+	// entry read from a GGUF file, whose Bytes are then whole blocks in
+	// row-major order of Shape; the zero value (a plain type) otherwise.
+	Quant gguf.Type
 	Shape []int
 	File  string
 	data  func() []byte
@@ -56,20 +62,15 @@ func NewSource(name string) *Source {
 
 // AddTensor adds a whole safetensors tensor under key.
 func (s *Source) AddTensor(key string, t *safetensors.Tensor, file string) {
-	s.entries[key] = &Entry{Key: key, DType: t.DType, Shape: append([]int(nil), t.Shape...), File: file, data: t.Data}
+	s.entries[key] = tensorEntry(key, t, file)
 }
 
 // AddRows adds rows [from, to) of the first axis of t under key, with the
 // given shape (whose element count must equal the rows' elements).
 func (s *Source) AddRows(key string, t *safetensors.Tensor, file string, from, to int, shape []int) error {
-	if len(t.Shape) == 0 || from < 0 || to > t.Shape[0] || from >= to {
-		return fmt.Errorf("model: %s in %s: rows [%d,%d) out of range of %v", t.Name, file, from, to, t.Shape)
-	}
-	row := int(t.NumElem()) / t.Shape[0] * t.DType.Size()
-	e := &Entry{Key: key, DType: t.DType, Shape: shape, File: file,
-		data: func() []byte { return t.Data()[from*row : to*row] }}
-	if e.NumElem()*t.DType.Size() != (to-from)*row {
-		return fmt.Errorf("model: %s in %s: shape %v does not match rows [%d,%d)", t.Name, file, shape, from, to)
+	e, err := tensorEntry(t.Name, t, file).rows(key, from, to, shape)
+	if err != nil {
+		return err
 	}
 	s.entries[key] = e
 	return nil
@@ -168,9 +169,18 @@ func (p *Param) Upload(b engine.Backend) error {
 		return nil
 	}
 	p.Evict(nil)
-	raw := p.src.Bytes()
+	raw, dtype := p.src.Bytes(), p.src.DType
+	if p.src.Quantized() {
+		// No quantized kernels yet: the device holds the exact dequantized
+		// values, converted to p.DType (16-bit for matrices).
+		v, err := p.src.Float32s()
+		if err != nil {
+			return fmt.Errorf("model: upload %s: %w", p.Key, err)
+		}
+		raw, dtype = float32Bytes(v), safetensors.F32
+	}
 	if !p.checked {
-		if i := firstNonFinite(raw, p.src.DType); i >= 0 {
+		if i := firstNonFinite(raw, dtype); i >= 0 {
 			return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
 		}
 		// A BF16 or F32 value beyond F16's largest finite value (65504)
@@ -191,7 +201,7 @@ func (p *Param) Upload(b engine.Backend) error {
 		return fmt.Errorf("model: upload %s: %w", p.Key, err)
 	}
 	src := engine.F16
-	switch p.src.DType {
+	switch dtype {
 	case safetensors.F32:
 		src = engine.F32
 	case safetensors.BF16:
@@ -485,10 +495,11 @@ func (w *Weights) param(name string, shape []int, f32, inBlock bool) *Param {
 	if !engine.Shape(e.Shape).Equal(shape) {
 		w.state.errs = append(w.state.errs, &ShapeError{Component: w.src.Name, Key: key, File: e.File, Got: e.Shape, Want: shape})
 	}
-	switch e.DType {
-	case safetensors.F16, safetensors.BF16, safetensors.F32:
+	switch {
+	case e.Quantized(): // dequantized on upload (see Param.Upload)
+	case e.DType == safetensors.F16, e.DType == safetensors.BF16, e.DType == safetensors.F32:
 	default:
-		w.state.errs = append(w.state.errs, fmt.Errorf("model: %s: %q in %s: dtype %s, want F16, BF16 or F32", w.src.Name, key, e.File, e.DType))
+		w.state.errs = append(w.state.errs, fmt.Errorf("model: %s: %q in %s: dtype %s, want F16, BF16, F32 or a GGUF block type", w.src.Name, key, e.File, e.TypeName()))
 	}
 	dt := engine.F32
 	if len(shape) >= 2 && !f32 && !w.src.StoreF32 {

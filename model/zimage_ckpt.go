@@ -184,7 +184,7 @@ func (c *Checkpoint) openZImageFile(f *safetensors.File, prefix string, original
 			// the same layout, groups its key/value heads).
 			return &ShapeError{Component: "transformer", Key: key, File: path, Got: t.Shape, Want: []int{3 * dim, dim}}
 		}
-		if err := addMapped(src, canon, conv, t, path); err != nil {
+		if err := addMapped(src, canon, conv, tensorEntry(key, t, path)); err != nil {
 			return err
 		}
 	}
@@ -435,7 +435,7 @@ func (c *Checkpoint) openVAEPath(path string, opts OpenOptions) error {
 		canon, conv, ok := table.toCanon(key)
 		switch {
 		case ok:
-			if err := addMapped(src, canon, conv, f.Tensor(key), path); err != nil {
+			if err := addMapped(src, canon, conv, tensorEntry(key, f.Tensor(key), path)); err != nil {
 				return err
 			}
 		case ldm:

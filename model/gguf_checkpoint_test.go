@@ -1,0 +1,277 @@
+package model
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model/gguf"
+)
+
+// ggufFiles lists the test data's GGUF files with the tiny model each was
+// converted from (skipping when the test data is absent).
+func ggufFiles(t *testing.T) (dir string, files map[string]string) {
+	t.Helper()
+	root, ok := testref.Root()
+	if !ok {
+		t.Skipf("reference models not found at %s", root)
+	}
+	dir = filepath.Join(root, "gguf")
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.gguf"))
+	if len(paths) == 0 {
+		t.Skipf("no GGUF test data in %s", dir)
+	}
+	files = map[string]string{}
+	for _, p := range paths {
+		base := filepath.Base(p)
+		files[p] = base[:strings.IndexByte(base, '.')]
+	}
+	return dir, files
+}
+
+// ldmPart is where a diffusers parameter comes from in the LDM file, as
+// the test data's own conversion mapped it (gguf_tensors.json).
+type ldmPart struct {
+	ldm        string
+	rows       []int
+	fromShape4 bool
+}
+
+func ggufMapping(t *testing.T, dir, model string) map[string]ldmPart {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(dir, "gguf_tensors.json"))
+	require.NoError(t, err)
+	var doc struct {
+		Models map[string]struct {
+			Mapping map[string][]struct {
+				Component string `json:"component"`
+				Name      string `json:"name"`
+				Rows      []int  `json:"ldm_rows"`
+			} `json:"mapping"`
+		} `json:"models"`
+	}
+	require.NoError(t, json.Unmarshal(raw, &doc))
+	out := map[string]ldmPart{}
+	for ldm, parts := range doc.Models[model].Mapping {
+		for _, p := range parts {
+			out[p.Component+"/"+p.Name] = ldmPart{ldm: ldm, rows: p.Rows}
+		}
+	}
+	return out
+}
+
+// TestOpenGGUF opens every test-data file as a checkpoint (with the tiny
+// model's folder for configs and tokenizers): the same components, keys,
+// shapes and configs as the diffusers folder, every value the ggml
+// dequantization of the LDM tensor the test data maps it from (q/k/v rows
+// of the fused SD 2.x projections included), and quantized tensors kept
+// quantized, split rows too.
+func TestOpenGGUF(t *testing.T) {
+	dir, files := ggufFiles(t)
+	for _, path := range sortedNames(files) {
+		model := files[path]
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			mdir := testref.Dir(t, model)
+			ref := openTest(t, mdir, OpenOptions{})
+			c := openTest(t, path, OpenOptions{ConfigDir: mdir, TokenizerDir: mdir})
+			assert.Equal(t, FormatGGUF, c.Format)
+			assert.Equal(t, ref.Arch, c.Arch)
+			assert.Empty(t, c.Warnings)
+			require.NoError(t, c.RequireTokenizers())
+			assert.True(t, reflect.DeepEqual(ref.UNet.Config, c.UNet.Config) && reflect.DeepEqual(ref.VAE.Config, c.VAE.Config))
+			require.Len(t, c.TextEncoders, len(ref.TextEncoders))
+			assert.Equal(t, ref.TextEncoders[0].Config, c.TextEncoders[0].Config)
+
+			f, err := gguf.Open(path)
+			require.NoError(t, err)
+			defer f.Close()
+			mapping := ggufMapping(t, dir, model)
+			quantized, checked := 0, 0
+			for i, src := range c.Sources() {
+				want := ref.Sources()[i]
+				require.Equal(t, want.Keys(), src.Keys(), src.Name)
+				for _, k := range src.Keys() {
+					e := src.Entry(k)
+					require.Equal(t, want.Entry(k).Shape, e.Shape, "%s %s", src.Name, k)
+					m, ok := mapping[src.Name+"/"+k]
+					require.True(t, ok, "%s %s not in the test data's mapping", src.Name, k)
+					lt := f.Tensor(m.ldm)
+					all, err := gguf.Float32s(lt)
+					require.NoError(t, err)
+					if m.rows != nil {
+						row := len(all) / lt.Shape()[0]
+						all = all[m.rows[0]*row : m.rows[1]*row]
+					}
+					got, err := e.Float32s()
+					require.NoError(t, err)
+					require.Equal(t, len(all), len(got), "%s %s", src.Name, k)
+					for j := range got {
+						if math.Float32bits(got[j]) != math.Float32bits(all[j]) {
+							t.Fatalf("%s %s element %d: %v, want %v (from %s)", src.Name, k, j, got[j], all[j], m.ldm)
+						}
+					}
+					if lt.Type.Quantized() {
+						assert.True(t, e.Quantized(), "%s %s lost its %s blocks", src.Name, k, lt.Type)
+						assert.Equal(t, lt.Type, e.Quant)
+						quantized++
+					}
+					checked++
+				}
+			}
+			t.Logf("%d canonical tensors match ggml's dequantization, %d of them kept quantized", checked, quantized)
+
+			// The networks load from it, using every tensor but the VAE
+			// encoder's.
+			_, err = LoadCLIPText(c.TextEncoders[0].Source, c.TextEncoders[0].Config)
+			require.NoError(t, err)
+			_, err = LoadUNet(c.UNet.Source, c.UNet.Config)
+			require.NoError(t, err)
+			_, err = LoadVAEDecoder(c.VAE.Source, c.VAE.Config)
+			require.NoError(t, err)
+			assert.Empty(t, c.UNet.Source.Unused())
+			assert.Empty(t, c.TextEncoders[0].Source.Unused())
+
+			info := c.Info()
+			assert.Equal(t, FormatGGUF, info.Format)
+			assert.InDelta(t, float64(f.Size()), float64(info.FileBytes), float64(f.Size())/20, "stored sizes add up to about the file")
+		})
+	}
+}
+
+// TestOpenGGUFInferred: without metadata or ConfigDir the family comes
+// from the tensor names and the sizes from their shapes.
+func TestOpenGGUFInferred(t *testing.T) {
+	_, files := ggufFiles(t)
+	for _, path := range sortedNames(files) {
+		model := files[path]
+		ref := openTest(t, testref.Dir(t, model), OpenOptions{})
+		c := openTest(t, path, OpenOptions{})
+		assert.Equal(t, ref.Arch, c.Arch, path)
+		assert.Equal(t, ref.UNet.Config.BlockOutChannels, c.UNet.Config.BlockOutChannels, path)
+		assert.Equal(t, ref.UNet.Config.CrossAttentionDim.At(0), c.UNet.Config.CrossAttentionDim.At(0), path)
+		assert.Equal(t, ref.VAE.Config.BlockOutChannels, c.VAE.Config.BlockOutChannels, path)
+		if c.Arch == SD2 {
+			// Published SD 2.x files hold the whole OpenCLIP tower and the
+			// pipeline drops its last block; this file, converted back from
+			// diffusers, holds only diffusers' blocks (ConfigDir tells).
+			assert.Equal(t, ref.TextEncoders[0].Config.NumHiddenLayers-1, c.TextEncoders[0].Config.NumHiddenLayers)
+		} else {
+			assert.Equal(t, ref.TextEncoders[0].Config.NumHiddenLayers, c.TextEncoders[0].Config.NumHiddenLayers)
+		}
+	}
+}
+
+func writeGGUF(t *testing.T, meta gguf.Metadata, ts []gguf.WriteTensor) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "x.gguf")
+	require.NoError(t, gguf.WriteFile(p, meta, ts))
+	return p
+}
+
+func f32Tensor(name string, shape ...int) gguf.WriteTensor {
+	n := 1
+	for _, d := range shape {
+		n *= d
+	}
+	return gguf.WriteTensor{Name: name, Type: gguf.F32, Shape: shape, Data: make([]byte, 4*n)}
+}
+
+func TestGGUFRefusesOtherModels(t *testing.T) {
+	cases := []struct {
+		name    string
+		meta    gguf.Metadata
+		tensors []gguf.WriteTensor
+		want    []string
+	}{
+		{"flux", gguf.Metadata{{Key: "general.architecture", Value: gguf.String("flux")}},
+			[]gguf.WriteTensor{f32Tensor("double_blocks.0.img_attn.proj.weight", 8, 8)}, []string{"a FLUX transformer", `general.architecture="flux"`}},
+		{"flux in a checkpoint", nil, []gguf.WriteTensor{f32Tensor("model.diffusion_model.double_blocks.0.img_attn.proj.weight", 8, 8)}, []string{"FLUX"}},
+		{"llama", gguf.Metadata{{Key: "general.architecture", Value: gguf.String("llama")}, {Key: "general.name", Value: gguf.String("Llama 3")}},
+			[]gguf.WriteTensor{f32Tensor("token_embd.weight", 4, 8)}, []string{"language model", `general.architecture="llama"`, "Llama 3"}},
+		{"z-image", nil, []gguf.WriteTensor{f32Tensor("cap_embedder.1.weight", 8, 8)}, []string{"Z-Image"}},
+		{"unknown with metadata", gguf.Metadata{{Key: "general.architecture", Value: gguf.String("mystery")}},
+			[]gguf.WriteTensor{f32Tensor("a.weight", 8)}, []string{"not a Stable Diffusion UNet", "mystery"}},
+		{"unknown", nil, []gguf.WriteTensor{f32Tensor("a.weight", 8)}, []string{"no metadata and no known tensor layout", "a.weight"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := OpenCheckpoint(writeGGUF(t, c.meta, c.tensors), OpenOptions{})
+			var ue *UnsupportedModelError
+			require.True(t, errors.As(err, &ue), "got %v", err)
+			for _, w := range c.want {
+				assert.Contains(t, err.Error(), w)
+			}
+			assert.Contains(t, err.Error(), "zimage runs SD 1.x, SD 2.x and SDXL")
+		})
+	}
+	// A UNet alone is named as such.
+	_, err := OpenCheckpoint(writeGGUF(t, gguf.Metadata{{Key: "general.architecture", Value: gguf.String("sd1")}},
+		[]gguf.WriteTensor{f32Tensor("input_blocks.0.0.weight", 8, 4, 3, 3)}), OpenOptions{})
+	var me *MissingComponentError
+	require.True(t, errors.As(err, &me), "got %v", err)
+	assert.Contains(t, err.Error(), "UNet alone")
+}
+
+// TestGGUFBadFiles: damaged files and unsupported tensor types are named
+// errors through OpenCheckpoint.
+func TestGGUFBadFiles(t *testing.T) {
+	_, files := ggufFiles(t)
+	var path string
+	for p := range files {
+		if strings.HasSuffix(p, "tiny-sd15.q8_0.gguf") {
+			path = p
+		}
+	}
+	require.NotEmpty(t, path)
+	raw, err := os.ReadFile(path)
+	require.NoError(t, err)
+	for _, cut := range []int{3, 20, 5000, len(raw) - 1000} {
+		p := filepath.Join(t.TempDir(), "cut.gguf")
+		require.NoError(t, os.WriteFile(p, raw[:cut], 0o644))
+		_, err := OpenCheckpoint(p, OpenOptions{})
+		var fe *gguf.FormatError
+		if cut < 4 {
+			// too short to carry the magic: read as a safetensors file
+			assert.Error(t, err)
+			continue
+		}
+		require.True(t, errors.As(err, &fe), "cut at %d: %v", cut, err)
+		assert.Contains(t, err.Error(), "cut.gguf")
+	}
+
+	// An LDM file with a tensor type zimage does not decode.
+	f, err := gguf.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+	var ts []gguf.WriteTensor
+	for _, tt := range f.Tensors() {
+		w := gguf.WriteTensor{Name: tt.Name, Type: tt.Type, Shape: tt.Shape(), Data: tt.Data()}
+		if tt.Name == "model.diffusion_model.out.0.weight" {
+			w.Type, w.Shape, w.Data = gguf.IQ4_NL, []int{32}, make([]byte, 18)
+		}
+		ts = append(ts, w)
+	}
+	_, err = OpenCheckpoint(writeGGUF(t, nil, ts), OpenOptions{})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `"model.diffusion_model.out.0.weight"`)
+	assert.Contains(t, err.Error(), "IQ4_NL is not supported")
+}
+
+func sortedNames[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
