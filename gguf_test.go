@@ -15,6 +15,7 @@ import (
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/ref"
 	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model/gguf"
 )
 
 // TestGGUFMatchesDequantizedReference runs every test-data GGUF file
@@ -108,4 +109,74 @@ func sortedIDs(m map[string]image.Image) []string {
 	}
 	sort.Strings(ids)
 	return ids
+}
+
+// TestGGUFUNetAlone runs a tiny SD 1.5 folder with the quantized UNet of a
+// ComfyUI-style GGUF (no prefix, general.architecture sd1): the image is
+// byte-identical to the run with the same UNet dequantized into an F32
+// GGUF, since both put the exact dequantized values on the device.
+func TestGGUFUNetAlone(t *testing.T) {
+	root, ok := testref.Root()
+	if !ok {
+		t.Skipf("reference models not found at %s", root)
+	}
+	f, err := gguf.Open(filepath.Join(root, "gguf", "tiny-sd15.q8_0.gguf"))
+	if err != nil {
+		t.Skip(err)
+	}
+	defer f.Close()
+	meta := gguf.Metadata{{Key: "general.architecture", Value: gguf.String("sd1")}}
+	var quant, plain []gguf.WriteTensor
+	for _, tt := range f.Tensors() {
+		name, ok := strings.CutPrefix(tt.Name, "model.diffusion_model.")
+		if !ok {
+			continue
+		}
+		quant = append(quant, gguf.WriteTensor{Name: name, Type: tt.Type, Shape: tt.Shape(), Data: tt.Data()})
+		v, err := gguf.Float32s(tt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, 4*len(v))
+		if err := gguf.Quantize(gguf.F32, v, b); err != nil {
+			t.Fatal(err)
+		}
+		plain = append(plain, gguf.WriteTensor{Name: name, Type: gguf.F32, Shape: tt.Shape(), Data: b})
+	}
+	dir := t.TempDir()
+	qpath, ppath := filepath.Join(dir, "unet.q8_0.gguf"), filepath.Join(dir, "unet.f32.gguf")
+	if err := gguf.WriteFile(qpath, meta, quant); err != nil {
+		t.Fatal(err)
+	}
+	if err := gguf.WriteFile(ppath, meta, plain); err != nil {
+		t.Fatal(err)
+	}
+	r := testref.Open(t, "tiny-sd15")
+	var rn testref.Run
+	for _, x := range r.Runs(t) {
+		if x.Steps == 1 {
+			rn = x
+		}
+	}
+	gen := func(opts ...zimage.Option) image.Image {
+		p, err := zimage.Load(r.Dir, append(opts, zimage.WithBackend(ref.New()))...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		res, err := p.Generate(context.Background(), request(r, rn))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res.Images[0]
+	}
+	q, pl, orig := gen(zimage.WithUNet(qpath)), gen(zimage.WithUNet(ppath)), gen()
+	if db := psnr(t, q, pl); !math.IsInf(db, 1) {
+		t.Errorf("quantized UNet file vs its dequantized F32 copy: %.1f dB, want identical", db)
+	}
+	db := psnr(t, q, orig)
+	t.Logf("%s with the Q8_0 UNet: %.1f dB vs the 16-bit model", rn.ID, db)
+	if math.IsInf(db, 1) {
+		t.Error("the UNet file was not used: the image equals the folder's own")
+	}
 }

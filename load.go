@@ -26,7 +26,7 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 		f(&o)
 	}
 	ck, err := model.OpenCheckpoint(path, model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir,
-		TextEncoderPath: o.TextEncoderPath, VAEPath: o.VAEPath})
+		TextEncoderPath: o.TextEncoderPath, VAEPath: o.VAEPath, UNet: o.UNet})
 	if err != nil {
 		return nil, err
 	}

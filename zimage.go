@@ -45,6 +45,9 @@ type Options struct {
 	// that a single Z-Image transformer file lacks (a Z-Image diffusers
 	// folder, the component's folder, or one .safetensors file).
 	TextEncoderPath, VAEPath string
+	// UNet is a file with the denoiser alone (e.g. a ComfyUI-GGUF .gguf)
+	// used instead of the model's own.
+	UNet string
 	// Progress receives progress events (never stdout).
 	Progress func(Progress)
 	// Backend runs the networks on this backend instead of opening a Vulkan
@@ -76,6 +79,10 @@ func WithTextEncoder(path string) Option { return func(o *Options) { o.TextEncod
 
 // WithVAE names the VAE a single Z-Image transformer file lacks.
 func WithVAE(path string) Option { return func(o *Options) { o.VAEPath = path } }
+
+// WithUNet runs the model with the denoiser of another file (a UNet
+// alone, such as a quantized ComfyUI-GGUF file).
+func WithUNet(path string) Option { return func(o *Options) { o.UNet = path } }
 
 // WithProgress installs a progress callback.
 func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progress = f } }

@@ -45,6 +45,7 @@ func generateCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "scheduler", Value: "default", Usage: "sigma schedule: default or karras"},
 			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "zimage-{seed}.png", Usage: "output PNG; {seed}, {n}, {prompt} and {date} are replaced"},
 			&ucli.StringFlag{Name: "noise", Usage: "safetensors file with explicit noise: latents [B,4,h,w] and noise.0, noise.1, ... for ancestral samplers"},
+			&ucli.StringFlag{Name: "unet", Usage: "file with the UNet alone (e.g. a quantized ComfyUI-GGUF .gguf) to use instead of the model's"},
 			&ucli.BoolFlag{Name: "long-prompts", Usage: "encode prompts over 75 tokens in several windows (A1111 style) instead of truncating"},
 			&ucli.BoolFlag{Name: "json", Usage: "print a machine-readable summary on stdout"},
 			&ucli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
@@ -232,6 +233,12 @@ func requestFromFlags(c *ucli.Context) (zimage.Request, []zimage.Option, error) 
 		return req, nil, usagef("--cfg-normalization %v: want 0 (off) to 100", v)
 	}
 	req.CFGTruncation, req.CFGNormalization = c.Float64("cfg-truncation"), c.Float64("cfg-normalization")
+	if u := c.String("unet"); u != "" {
+		if _, err := os.Stat(u); err != nil {
+			return req, nil, usagef("--unet: %v", err)
+		}
+		opts = append(opts, zimage.WithUNet(u))
+	}
 	req.LongPrompts = c.Bool("long-prompts")
 	if _, err := os.Stat(c.String("model")); err != nil {
 		return req, nil, usagef("--model: %v", err)

@@ -86,6 +86,11 @@ type OpenOptions struct {
 	// names). Stable Diffusion checkpoints refuse them.
 	TextEncoderPath string
 	VAEPath         string
+	// UNet is a file holding the denoiser alone, used instead of the
+	// checkpoint's own: a ComfyUI-GGUF .gguf (quantized), or a .gguf or
+	// .safetensors UNet under LDM or diffusers names. The checkpoint
+	// supplies everything else.
+	UNet string
 }
 
 // UNetComponent is the denoiser's config and weights (Stable Diffusion;
@@ -192,13 +197,23 @@ func OpenCheckpoint(path string, opts OpenOptions) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model: open checkpoint: %w", err)
 	}
-	if st.IsDir() {
-		return openFolder(path, opts)
+	var c *Checkpoint
+	switch {
+	case st.IsDir():
+		c, err = openFolder(path, opts)
+	case isGGUF(path):
+		c, err = openGGUF(path, opts)
+	default:
+		c, err = openSingleFile(path, opts)
 	}
-	if isGGUF(path) {
-		return openGGUF(path, opts)
+	if err != nil || opts.UNet == "" {
+		return c, err
 	}
-	return openSingleFile(path, opts)
+	if err := c.useUNetFile(opts.UNet); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // Close unmaps every weight file; the Sources' bytes become invalid.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model/gguf"
+	"github.com/zimage/zimage/model/safetensors"
 )
 
 // ggufFiles lists the test data's GGUF files with the tiny model each was
@@ -274,4 +275,113 @@ func sortedNames[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// comfyUNet writes the UNet tensors of an LDM GGUF as ComfyUI-GGUF
+// publishes a denoiser: names without model.diffusion_model.,
+// general.architecture, and tensors whose rows are not whole 256-element
+// super-blocks flattened to [n/256, 256] with comfy.gguf.orig_shape.<name>
+// (the bytes are the same row-major blocks).
+func comfyUNet(t *testing.T, whole *gguf.File, arch string) (path string, flattened int) {
+	t.Helper()
+	meta := gguf.Metadata{{Key: "general.architecture", Value: gguf.String(arch)}}
+	var ts []gguf.WriteTensor
+	for _, tt := range whole.Tensors() {
+		name, ok := strings.CutPrefix(tt.Name, ldmUNet)
+		if !ok {
+			continue
+		}
+		shape := tt.Shape()
+		n := int(tt.NumElem())
+		if len(shape) > 1 && n%256 == 0 && shape[len(shape)-1]%256 != 0 {
+			dims := make([]int64, len(shape))
+			for i, d := range shape {
+				dims[i] = int64(d)
+			}
+			v, err := gguf.Array(dims)
+			require.NoError(t, err)
+			meta = append(meta, gguf.KV{Key: "comfy.gguf.orig_shape." + name, Value: v})
+			shape = []int{n / 256, 256}
+			flattened++
+		}
+		ts = append(ts, gguf.WriteTensor{Name: name, Type: tt.Type, Shape: shape, Data: tt.Data()})
+	}
+	return writeGGUF(t, meta, ts), flattened
+}
+
+// TestGGUFUNetAlone: a ComfyUI-GGUF UNet, a diffusers-named GGUF UNet and a
+// prefixed LDM .safetensors UNet each replace a folder model's UNet, with
+// the same entries (quantized blocks included) as the whole-model file.
+func TestGGUFUNetAlone(t *testing.T) {
+	_, files := ggufFiles(t)
+	var path string
+	for p := range files {
+		if strings.HasSuffix(p, "tiny-sd15.q8_0.gguf") {
+			path = p
+		}
+	}
+	dir := testref.Dir(t, "tiny-sd15")
+	whole := openTest(t, path, OpenOptions{ConfigDir: dir})
+	f, err := gguf.Open(path)
+	require.NoError(t, err)
+	defer f.Close()
+
+	unet, flattened := comfyUNet(t, f, "sd1")
+	require.Greater(t, flattened, 10, "the tiny UNet has convolutions to flatten")
+	t.Logf("%d tensors flattened", flattened)
+	c := openTest(t, dir, OpenOptions{UNet: unet})
+	assert.Empty(t, c.Warnings)
+	want, got := whole.UNet.Source, c.UNet.Source
+	require.Equal(t, want.Keys(), got.Keys())
+	quantized := 0
+	for _, k := range want.Keys() {
+		w, g := want.Entry(k), got.Entry(k)
+		require.Equal(t, w.Shape, g.Shape, k)
+		require.Equal(t, w.TypeName(), g.TypeName(), k)
+		require.Equal(t, w.Bytes(), g.Bytes(), k)
+		if g.Quantized() {
+			quantized++
+		}
+	}
+	assert.Equal(t, 121, quantized, "the UNet's Q8_0 tensors (gguf_refs.json per_component)")
+	_, err = LoadUNet(c.UNet.Source, c.UNet.Config)
+	require.NoError(t, err)
+	// The folder's own text encoder and VAE stay.
+	assert.Equal(t, "F16", c.VAE.Source.Entry("decoder.conv_in.weight").TypeName())
+
+	// Diffusers names in a GGUF, and LDM names with the prefix in a
+	// safetensors file.
+	folder := openTest(t, dir, OpenOptions{})
+	var dts []gguf.WriteTensor
+	for _, k := range folder.UNet.Source.Keys() {
+		e := folder.UNet.Source.Entry(k)
+		dts = append(dts, gguf.WriteTensor{Name: k, Type: gguf.F16, Shape: e.Shape, Data: e.Bytes()})
+	}
+	c = openTest(t, dir, OpenOptions{UNet: writeGGUF(t, nil, dts)})
+	sameSource(t, folder.UNet.Source, c.UNet.Source)
+
+	single := filepath.Join(t.TempDir(), "unet.safetensors")
+	var sts []safetensors.WriteTensor
+	for _, w := range singleFileTensors(t, folder) {
+		if strings.HasPrefix(w.Name, ldmUNet) {
+			sts = append(sts, w)
+		}
+	}
+	require.NoError(t, safetensors.WriteFile(single, sts, nil))
+	c = openTest(t, dir, OpenOptions{UNet: single})
+	sameSource(t, folder.UNet.Source, c.UNet.Source)
+
+	// An SDXL UNet does not fit an SD 1.x model; a whole model is not a UNet.
+	sdxl, _ := comfyUNet(t, f, "sdxl")
+	_, err = OpenCheckpoint(dir, OpenOptions{UNet: sdxl})
+	assert.ErrorContains(t, err, `general.architecture "sdxl"`)
+	_, err = OpenCheckpoint(dir, OpenOptions{UNet: path})
+	assert.ErrorContains(t, err, "whole model")
+	bad, _ := comfyUNet(t, f, "sd1")
+	raw, err := os.ReadFile(bad)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(bad, raw[:len(raw)/2], 0o644))
+	_, err = OpenCheckpoint(dir, OpenOptions{UNet: bad})
+	var fe *gguf.FormatError
+	assert.True(t, errors.As(err, &fe), "truncated UNet file: %v", err)
 }

@@ -204,7 +204,7 @@ func detectArch(path string, keys []string) (Arch, error) {
 		return SD1, nil
 	case has(ldmUNet):
 		return 0, &MissingComponentError{Path: path, Component: "text_encoder",
-			Detail: "the file has a UNet (model.diffusion_model.*) but no text encoder (cond_stage_model.* or conditioner.embedders.*); UNet-only files are not supported"}
+			Detail: "the file has a UNet (model.diffusion_model.*) but no text encoder (cond_stage_model.* or conditioner.embedders.*); a UNet-only file is used as the UNet of a model that has them (OpenOptions.UNet, zimage --unet)"}
 	}
 	return 0, fmt.Errorf("model: %s: not a Stable Diffusion single-file checkpoint: no model.diffusion_model.* tensors (for a diffusers model, pass the pipeline folder with model_index.json)", path)
 }
