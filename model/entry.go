@@ -23,24 +23,21 @@ func tensorEntry(key string, t *safetensors.Tensor, file string) *Entry {
 	return &Entry{Key: key, DType: t.DType, Shape: append([]int(nil), t.Shape...), File: file, data: t.Data}
 }
 
-// ggufEntry is a whole GGUF tensor as an entry: F32, F16 and BF16 as the
-// safetensors dtypes, block types as Quant. shape is the logical (torch)
-// shape, normally the reversed ggml dims.
-func ggufEntry(key string, t *gguf.Tensor, file string, shape []int) (*Entry, error) {
+// ggufEntry is a whole GGUF tensor as an entry: plain types as the
+// safetensors dtypes, block types as Quant (types gguf cannot decode too:
+// the file still opens, and a network that asks for such a tensor gets a
+// named error from Weights.Param). shape is the logical (torch) shape,
+// normally the reversed ggml dims.
+func ggufEntry(key string, t *gguf.Tensor, file string, shape []int) *Entry {
 	e := &Entry{Key: key, Shape: shape, File: file, data: t.Data}
-	switch {
-	case t.Type == gguf.F32:
-		e.DType = safetensors.F32
-	case t.Type == gguf.F16:
-		e.DType = safetensors.F16
-	case t.Type == gguf.BF16:
-		e.DType = safetensors.BF16
-	case t.Type.Quantized() && t.Type.Supported():
+	plain := map[gguf.Type]safetensors.DType{gguf.F32: safetensors.F32, gguf.F16: safetensors.F16, gguf.BF16: safetensors.BF16,
+		gguf.F64: safetensors.F64, gguf.I8: safetensors.I8, gguf.I16: safetensors.I16, gguf.I32: safetensors.I32, gguf.I64: safetensors.I64}
+	if dt, ok := plain[t.Type]; ok {
+		e.DType = dt
+	} else {
 		e.Quant = t.Type
-	default:
-		return nil, fmt.Errorf("model: %q in %s: tensor type %s is not supported (zimage reads %v)", t.Name, file, t.Type, gguf.SupportedTypes())
 	}
-	return e, nil
+	return e
 }
 
 // Quantized reports whether the entry holds ggml blocks (see Quant).

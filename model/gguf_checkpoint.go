@@ -139,7 +139,7 @@ func ggufTensor(f *gguf.File, name, key string) (*Entry, error) {
 			shape[i] = int(d)
 		}
 	}
-	return ggufEntry(key, t, f.Path, shape)
+	return ggufEntry(key, t, f.Path, shape), nil
 }
 
 // openGGUF opens a GGUF file of a whole model in the LDM layout.

@@ -262,10 +262,13 @@ func TestGGUFBadFiles(t *testing.T) {
 		}
 		ts = append(ts, w)
 	}
-	_, err = OpenCheckpoint(writeGGUF(t, nil, ts), OpenOptions{})
+	// The file opens (an unused tensor of such a type would only be
+	// warned about); the UNet that needs it fails by name.
+	c := openTest(t, writeGGUF(t, nil, ts), OpenOptions{})
+	_, err = LoadUNet(c.UNet.Source, c.UNet.Config)
 	require.Error(t, err)
-	assert.Contains(t, err.Error(), `"model.diffusion_model.out.0.weight"`)
-	assert.Contains(t, err.Error(), "IQ4_NL is not supported")
+	assert.Contains(t, err.Error(), `"conv_norm_out.weight"`)
+	assert.Contains(t, err.Error(), "type IQ4_NL, want F16, BF16, F32 or one of the GGUF types")
 }
 
 func sortedNames[V any](m map[string]V) []string {
@@ -384,4 +387,152 @@ func TestGGUFUNetAlone(t *testing.T) {
 	_, err = OpenCheckpoint(dir, OpenOptions{UNet: bad})
 	var fe *gguf.FormatError
 	assert.True(t, errors.As(err, &fe), "truncated UNet file: %v", err)
+}
+
+// TestGGUFOwnConversion converts each tiny model (SD 1.5, SD-Turbo with the
+// whole OpenCLIP tower and packed q/k/v, SDXL-Turbo with its transposed
+// OpenCLIP projection) into an LDM GGUF, quantizing every tensor whose rows
+// allow it (Q4_K on 256-multiples, else Q8_0, Q4_0 or Q5_1 in turn), and
+// opens it: the family comes from the names, and every canonical tensor is
+// the file tensor it maps back to through the name table's inverse
+// (rows of fused tensors, transposed projections), decoded exactly.
+func TestGGUFOwnConversion(t *testing.T) {
+	for _, name := range testref.Models {
+		t.Run(name, func(t *testing.T) {
+			dir := testref.Dir(t, name)
+			ref := openTest(t, dir, OpenOptions{})
+			var ts []gguf.WriteTensor
+			cycle := []gguf.Type{gguf.Q8_0, gguf.Q4_0, gguf.Q5_1}
+			for i, w := range singleFileTensors(t, ref) {
+				gw := gguf.WriteTensor{Name: w.Name, Shape: w.Shape, Data: w.Data}
+				switch w.DType {
+				case safetensors.F16:
+					gw.Type = gguf.F16
+				case safetensors.F32:
+					gw.Type = gguf.F32
+				case safetensors.I64:
+					gw.Type = gguf.I64
+				default:
+					t.Fatalf("%s: dtype %s", w.Name, w.DType)
+				}
+				inner := 1
+				if len(w.Shape) > 0 {
+					inner = w.Shape[len(w.Shape)-1]
+				}
+				if gw.Type == gguf.F16 && inner%32 == 0 {
+					q := cycle[i%len(cycle)]
+					if inner%256 == 0 {
+						q = gguf.Q4_K
+					}
+					v := make([]float32, len(w.Data)/2)
+					require.NoError(t, gguf.Dequantize(gguf.F16, w.Data, v))
+					n, _ := q.RowBytes(len(v))
+					gw.Type, gw.Data = q, make([]byte, n)
+					require.NoError(t, gguf.Quantize(q, v, gw.Data))
+				}
+				ts = append(ts, gw)
+			}
+			path := writeGGUF(t, nil, ts)
+			c := openTest(t, path, OpenOptions{ConfigDir: dir})
+			require.Equal(t, ref.Arch, c.Arch)
+			f, err := gguf.Open(path)
+			require.NoError(t, err)
+			defer f.Close()
+			tables := ldmTablesFor(t, c)
+			kept, decoded := 0, 0
+			for _, src := range c.Sources() {
+				require.Equal(t, ref.Sources()[indexOf(c.Sources(), src)].Keys(), src.Keys(), src.Name)
+				for _, k := range src.Keys() {
+					file, conv, part, ok := tables[src.Name].toFile(k)
+					require.True(t, ok, k)
+					ft := f.Tensor(file)
+					require.NotNil(t, ft, file)
+					want, err := gguf.Float32s(ft)
+					require.NoError(t, err)
+					s := ft.Shape()
+					switch conv {
+					case convSplitQKV:
+						n := len(want) / 3
+						want = want[part*n : (part+1)*n]
+					case convTranspose:
+						tr := make([]float32, len(want))
+						for r := range s[0] {
+							for c := range s[1] {
+								tr[c*s[0]+r] = want[r*s[1]+c]
+							}
+						}
+						want = tr
+					}
+					e := src.Entry(k)
+					got, err := e.Float32s()
+					require.NoError(t, err)
+					require.Equal(t, want, got, "%s %s from %s", src.Name, k, file)
+					if ft.Type.Quantized() {
+						if e.Quantized() {
+							kept++
+						} else {
+							require.Equal(t, convTranspose, conv, "%s %s: only a transpose decodes its blocks", src.Name, k)
+							decoded++
+						}
+					}
+				}
+			}
+			t.Logf("%d quantized canonical tensors keep their blocks, %d decoded (transposed)", kept, decoded)
+			if c.Arch == SDXL {
+				assert.Equal(t, 1, decoded, "the OpenCLIP-bigG text_projection")
+			}
+			for _, te := range c.TextEncoders {
+				_, err := LoadCLIPText(te.Source, te.Config)
+				require.NoError(t, err)
+			}
+			_, err = LoadUNet(c.UNet.Source, c.UNet.Config)
+			require.NoError(t, err)
+		})
+	}
+}
+
+func indexOf(list []*Source, s *Source) int {
+	for i, x := range list {
+		if x == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// TestEntryRowsCuttingBlocks: a row range that starts or ends inside a
+// block (never the case for q/k/v thirds, but possible for any range) is
+// decoded into exact F32 values; whole-block ranges keep the blocks.
+func TestEntryRowsCuttingBlocks(t *testing.T) {
+	v := make([]float32, 96)
+	for i := range v {
+		v[i] = float32(i%13) - 6
+	}
+	q := make([]byte, 3*34)
+	require.NoError(t, gguf.Quantize(gguf.Q8_0, v, q))
+	e := &Entry{Key: "w", Quant: gguf.Q8_0, Shape: []int{4, 24}, File: "f", data: func() []byte { return q }}
+	all, err := e.Float32s()
+	require.NoError(t, err)
+
+	cut, err := e.rows("w.mid", 1, 3, []int{2, 24})
+	require.NoError(t, err)
+	assert.False(t, cut.Quantized())
+	assert.Equal(t, safetensors.F32, cut.DType)
+	got, err := cut.Float32s()
+	require.NoError(t, err)
+	assert.Equal(t, all[24:72], got)
+
+	e.Shape = []int{3, 32}
+	whole, err := e.rows("w.k", 1, 2, []int{32})
+	require.NoError(t, err)
+	assert.True(t, whole.Quantized())
+	assert.Equal(t, q[34:68], whole.Bytes())
+
+	tr := e.transposed("w.T")
+	got, err = tr.Float32s()
+	require.NoError(t, err)
+	assert.Equal(t, []int{32, 3}, tr.Shape)
+	assert.Equal(t, all[32], got[1], "element [1][0] of the original is [0][1] of the transpose")
+	assert.Equal(t, int64(3*34), e.StoredBytes())
+	assert.Equal(t, "Q8_0", e.TypeName())
 }

@@ -496,10 +496,10 @@ func (w *Weights) param(name string, shape []int, f32, inBlock bool) *Param {
 		w.state.errs = append(w.state.errs, &ShapeError{Component: w.src.Name, Key: key, File: e.File, Got: e.Shape, Want: shape})
 	}
 	switch {
-	case e.Quantized(): // dequantized on upload (see Param.Upload)
+	case e.Quantized() && e.Quant.Supported(): // dequantized on upload (see Param.Upload)
 	case e.DType == safetensors.F16, e.DType == safetensors.BF16, e.DType == safetensors.F32:
 	default:
-		w.state.errs = append(w.state.errs, fmt.Errorf("model: %s: %q in %s: dtype %s, want F16, BF16, F32 or a GGUF block type", w.src.Name, key, e.File, e.TypeName()))
+		w.state.errs = append(w.state.errs, fmt.Errorf("model: %s: %q in %s: type %s, want F16, BF16, F32 or one of the GGUF types %v", w.src.Name, key, e.File, e.TypeName(), gguf.SupportedTypes()))
 	}
 	dt := engine.F32
 	if len(shape) >= 2 && !f32 && !w.src.StoreF32 {
