@@ -29,7 +29,7 @@ func generateCommand() *ucli.Command {
    Z-Image-Turbo in 9 steps without guidance, at 1024x1024, from English or Chinese prompts;
    classic models (SD 1.5, SD 2.1, SDXL) want 20-30 steps and --cfg 5-8.`,
 		Flags: append([]ucli.Flag{
-			&ucli.StringFlag{Name: "model", Aliases: []string{"m"}, Required: true, Usage: "diffusers model folder or single-file .safetensors checkpoint"},
+			&ucli.StringFlag{Name: "model", Aliases: []string{"m"}, Required: true, Usage: "diffusers model folder, single-file .safetensors checkpoint, or .gguf (a whole SD model, or a Z-Image transformer)"},
 			&ucli.StringFlag{Name: "prompt", Aliases: []string{"p"}, Usage: "what to draw"},
 			&ucli.StringFlag{Name: "negative-prompt", Aliases: []string{"n"}, Usage: "what to avoid (used only when --cfg > 1)"},
 			&ucli.IntFlag{Name: "width", Aliases: []string{"W"}, Usage: "image width in pixels, a multiple of 8 (the latent is 1/8 of the image; Z-Image: a multiple of 16)", DefaultText: "the model's base size"},

@@ -55,7 +55,7 @@ func infoCommand() *ucli.Command {
 		},
 		Action: func(c *ucli.Context) error {
 			if c.Args().Len() != 1 {
-				return usagef("info: want one PATH (a diffusers folder or a .safetensors file), got %d arguments", c.Args().Len())
+				return usagef("info: want one PATH (a diffusers folder, a .safetensors or a .gguf file), got %d arguments", c.Args().Len())
 			}
 			for _, f := range []string{"text-encoder", "vae"} {
 				if p := c.String(f); p != "" {

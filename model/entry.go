@@ -17,6 +17,15 @@ import (
 // whole blocks, so a later quantized kernel reads the file's bytes; where
 // it is not (a row range cutting blocks, a transpose), the entry holds the
 // exact dequantized values as F32 instead.
+//
+// On the device, Param.Upload decodes a quantized entry for now and stores
+// it as Param.DType (F16 matrices). The quantized-kernel work is meant to
+// upload Bytes unchanged as a tensor of a block type wherever every GEMM
+// row is whole blocks (a Linear [out, in] needs in % BlockSize == 0, a conv
+// [out, in, kh, kw] in*kh*kw % BlockSize == 0; ComfyUI's flattened tensors
+// may not qualify) and decode the rest. A LoRA term belongs beside such a
+// weight as its own low-rank pair added in the forward pass, never merged
+// into the blocks.
 
 // tensorEntry is a whole safetensors tensor as an entry.
 func tensorEntry(key string, t *safetensors.Tensor, file string) *Entry {
