@@ -19,9 +19,10 @@ import (
 //   - ComfyUI-GGUF publishes the denoiser alone under its original key
 //     names (LDM names without the model.diffusion_model. prefix, or
 //     diffusers names), with general.architecture ("sd1", "sdxl", "flux",
-//     ...). Such a file is the UNet of another model (OpenOptions.UNet).
-// Anything else (FLUX, SD3, Z-Image's DiT, language models) is refused by
-// name.
+//     ...). Such a file is the UNet of another model (OpenOptions.UNet);
+//     a Z-Image transformer ("lumina2") opens like a .safetensors one, with
+//     the text encoder and VAE from OpenOptions.
+// Anything else (FLUX, SD3, language models, ...) is refused by name.
 
 // isGGUF reports whether the file at path starts with the GGUF magic.
 func isGGUF(path string) bool {
@@ -45,7 +46,7 @@ type UnsupportedModelError struct {
 }
 
 func (e *UnsupportedModelError) Error() string {
-	return fmt.Sprintf("model: %s: %s: zimage runs SD 1.x, SD 2.x and SDXL (SD-Turbo, SDXL-Turbo) models", e.Path, e.What)
+	return fmt.Sprintf("model: %s: %s: zimage runs SD 1.x, SD 2.x, SDXL (SD-Turbo, SDXL-Turbo) and Z-Image models", e.Path, e.What)
 }
 
 // ggufKind is what a GGUF file holds.
@@ -65,8 +66,7 @@ var foreignLayouts = []struct{ key, what string }{
 	{"transformer_blocks.0.attn.norm_added_k.weight", "a FLUX transformer (diffusers layout)"},
 	{"joint_blocks.0.x_block.attn.qkv.weight", "an SD3 transformer"},
 	{"transformer_blocks.0.attn.add_q_proj.weight", "an SD3 transformer (diffusers layout)"},
-	{"cap_embedder.1.weight", "a Lumina 2 / Z-Image transformer"},
-	{"noise_refiner.0.attention.qkv.weight", "a Z-Image transformer"},
+	{"cap_embedder.1.weight", "a Lumina 2-style transformer without Z-Image's blocks (layers.N.adaLN_modulation)"},
 	{"double_layers.3.modX.1.weight", "an AuraFlow transformer"},
 	{"blocks.0.self_attn.norm_q.weight", "a Wan video transformer"},
 	{"double_blocks.0.img_attn_proj.weight", "a HunyuanVideo transformer"},
@@ -124,6 +124,9 @@ func classifyGGUF(path string, f *gguf.File) (ggufKind, error) {
 // the bytes are the same row-major data, so the entry takes that shape.
 func ggufTensor(f *gguf.File, name, key string) (*Entry, error) {
 	t := f.Tensor(name)
+	if t == nil {
+		return nil, nil
+	}
 	shape := t.Shape()
 	if v, ok := f.Metadata.Get("comfy.gguf.orig_shape." + name); ok {
 		dims, ok := v.Ints()
@@ -142,11 +145,22 @@ func ggufTensor(f *gguf.File, name, key string) (*Entry, error) {
 	return ggufEntry(key, t, f.Path, shape), nil
 }
 
-// openGGUF opens a GGUF file of a whole model in the LDM layout.
+// openGGUF opens a GGUF file of a whole SD model in the LDM layout, or a
+// Z-Image transformer (ComfyUI-GGUF's, original key names) whose text
+// encoder and VAE come from OpenOptions as for a .safetensors one.
 func openGGUF(path string, opts OpenOptions) (*Checkpoint, error) {
 	f, err := gguf.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("model: open checkpoint: %w", err)
+	}
+	if prefix, original, ok := zimageFileLayout(f.Names()); ok {
+		c := &Checkpoint{Path: path, Format: FormatGGUF, ggufs: []*gguf.File{f}}
+		tensor := func(key string) (*Entry, error) { return ggufTensor(f, key, key) }
+		if err := c.openZImageFile(f.Names(), tensor, prefix, original, opts); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
 	}
 	kind, err := classifyGGUF(path, f)
 	if err != nil {

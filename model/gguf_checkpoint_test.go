@@ -199,7 +199,7 @@ func TestGGUFRefusesOtherModels(t *testing.T) {
 		{"flux in a checkpoint", nil, []gguf.WriteTensor{f32Tensor("model.diffusion_model.double_blocks.0.img_attn.proj.weight", 8, 8)}, []string{"FLUX"}},
 		{"llama", gguf.Metadata{{Key: "general.architecture", Value: gguf.String("llama")}, {Key: "general.name", Value: gguf.String("Llama 3")}},
 			[]gguf.WriteTensor{f32Tensor("token_embd.weight", 4, 8)}, []string{"language model", `general.architecture="llama"`, "Llama 3"}},
-		{"z-image", nil, []gguf.WriteTensor{f32Tensor("cap_embedder.1.weight", 8, 8)}, []string{"Z-Image"}},
+		{"lumina 2 fragment", nil, []gguf.WriteTensor{f32Tensor("cap_embedder.1.weight", 8, 8)}, []string{"Lumina 2-style"}},
 		{"unknown with metadata", gguf.Metadata{{Key: "general.architecture", Value: gguf.String("mystery")}},
 			[]gguf.WriteTensor{f32Tensor("a.weight", 8)}, []string{"not a Stable Diffusion UNet", "mystery"}},
 		{"unknown", nil, []gguf.WriteTensor{f32Tensor("a.weight", 8)}, []string{"no metadata and no known tensor layout", "a.weight"}},
@@ -212,7 +212,7 @@ func TestGGUFRefusesOtherModels(t *testing.T) {
 			for _, w := range c.want {
 				assert.Contains(t, err.Error(), w)
 			}
-			assert.Contains(t, err.Error(), "zimage runs SD 1.x, SD 2.x and SDXL")
+			assert.Contains(t, err.Error(), "zimage runs SD 1.x, SD 2.x, SDXL")
 		})
 	}
 	// A UNet alone is named as such.

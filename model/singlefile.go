@@ -60,7 +60,13 @@ func openSingleFile(path string, opts OpenOptions) (*Checkpoint, error) {
 	}
 	c := &Checkpoint{Path: path, Format: FormatSingleFile, files: []*safetensors.File{f}}
 	if prefix, original, ok := zimageFileLayout(f.Names()); ok {
-		if err := c.openZImageFile(f, prefix, original, opts); err != nil {
+		tensor := func(key string) (*Entry, error) {
+			if t := f.Tensor(key); t != nil {
+				return tensorEntry(key, t, path), nil
+			}
+			return nil, nil
+		}
+		if err := c.openZImageFile(f.Names(), tensor, prefix, original, opts); err != nil {
 			c.Close()
 			return nil, err
 		}

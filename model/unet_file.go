@@ -15,6 +15,9 @@ import (
 // names. c keeps its text encoders, VAE, tokenizers and configs; the UNet
 // loader checks every shape against c's UNet config.
 func (c *Checkpoint) useUNetFile(path string) error {
+	if c.Arch == ZImage {
+		return fmt.Errorf("model: %s: a separate UNet (--unet) is for Stable Diffusion models; a Z-Image transformer file is the model itself (-m, with --text-encoder and --vae)", c.Path)
+	}
 	var (
 		names  []string
 		tensor func(name, key string) (*Entry, error)

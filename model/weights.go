@@ -191,7 +191,7 @@ func (p *Param) Upload(b engine.Backend) error {
 		// op after every product; clamping would change the network.) The
 		// check runs once, on the first upload, so Bytes grows from then
 		// on; Widened reports it.
-		if p.DType == engine.F16 && p.src.DType != safetensors.F16 && firstOutsideF16(raw, p.src.DType) >= 0 {
+		if p.DType == engine.F16 && dtype != safetensors.F16 && firstOutsideF16(raw, dtype) >= 0 {
 			p.DType, p.Widened = engine.F32, true
 		}
 		p.checked = true

@@ -126,9 +126,11 @@ func hasKeyPrefix(keys []string, p string) bool {
 }
 
 // openZImageFile fills c from a single Z-Image transformer file f.
-func (c *Checkpoint) openZImageFile(f *safetensors.File, prefix string, original bool, opts OpenOptions) error {
+// tensor returns each key's entry (nil for a missing key): the file is a
+// .safetensors or a GGUF.
+func (c *Checkpoint) openZImageFile(keys []string, tensor func(key string) (*Entry, error), prefix string, original bool, opts OpenOptions) error {
 	c.Arch = ZImage
-	path, keys := c.Path, f.Names()
+	path := c.Path
 	base := &ZImageConfig{}
 	if err := readFamilyJSON(ZImage, "transformer/config.json", base); err != nil {
 		return err
@@ -151,7 +153,10 @@ func (c *Checkpoint) openZImageFile(f *safetensors.File, prefix string, original
 	table := newNameTable(zimageRules(prefix, patch, counts))
 	dim := 0
 	if original {
-		s := f.Tensor(prefix + "x_embedder.weight")
+		s, err := tensor(prefix + "x_embedder.weight")
+		if err != nil {
+			return err
+		}
 		if s == nil || len(s.Shape) != 2 {
 			return fmt.Errorf("model: %s: transformer: %sx_embedder.weight is missing or not a matrix: cannot read the model width", path, prefix)
 		}
@@ -160,7 +165,10 @@ func (c *Checkpoint) openZImageFile(f *safetensors.File, prefix string, original
 	src := NewSource("transformer")
 	var unmapped []string
 	for _, key := range keys {
-		t := f.Tensor(key)
+		t, err := tensor(key)
+		if err != nil {
+			return err
+		}
 		switch {
 		case key == prefix+"norm_final.weight":
 			// Some exports carry a final norm the model does not have;
@@ -170,7 +178,8 @@ func (c *Checkpoint) openZImageFile(f *safetensors.File, prefix string, original
 			unmapped = append(unmapped, key)
 			continue
 		case !original:
-			src.AddTensor(strings.TrimPrefix(key, prefix), t, path)
+			k := strings.TrimPrefix(key, prefix)
+			src.entries[k] = t.renamed(k)
 			continue
 		}
 		canon, conv, ok := table.toCanon(key)
@@ -184,7 +193,7 @@ func (c *Checkpoint) openZImageFile(f *safetensors.File, prefix string, original
 			// the same layout, groups its key/value heads).
 			return &ShapeError{Component: "transformer", Key: key, File: path, Got: t.Shape, Want: []int{3 * dim, dim}}
 		}
-		if err := addMapped(src, canon, conv, tensorEntry(key, t, path)); err != nil {
+		if err := addMapped(src, canon, conv, t); err != nil {
 			return err
 		}
 	}
