@@ -11,7 +11,7 @@ import (
 type ModelInfo struct {
 	Name     string `json:"name"` // folder or file name without extension
 	Path     string `json:"path"`
-	Format   string `json:"format"` // "diffusers" or "single-file"
+	Format   string `json:"format"` // "diffusers", "single-file" or "gguf"
 	Arch     string `json:"arch"`   // as Pipeline.Arch
 	Turbo    bool   `json:"turbo"`
 	Hash     string `json:"hash"` // A1111's short model hash
@@ -43,8 +43,11 @@ func describeWeights(ck *model.Checkpoint, info modelInfo) ModelInfo {
 		Name: info.Name, Path: ck.Path, Format: "diffusers", Arch: info.Arch, Turbo: info.Turbo, Hash: info.Hash,
 		BaseSize: info.BaseSize, Params: in.Params, FileBytes: in.FileBytes, DeviceWeightBytes: in.DeviceWeightBytes,
 	}
-	if ck.Format == model.FormatSingleFile {
+	switch ck.Format {
+	case model.FormatSingleFile:
 		mi.Format = "single-file"
+	case model.FormatGGUF:
+		mi.Format = "gguf"
 	}
 	for _, c := range in.Components {
 		for dt := range c.DTypes {
