@@ -8,8 +8,10 @@ import (
 	"github.com/zimage/zimage/model/safetensors"
 )
 
-// testdata/ggml_blocks.safetensors holds ggml's own outputs (made by
-// testdata/ggml/gen_blocks.c, which calls ggml-quants.c): its
+// testdata/ggml_blocks.safetensors holds ggml's own outputs (recorded
+// once by a throwaway harness linked against ggml-quants.c; the harness is
+// not kept, since it builds ggml's code, and the data alone is what the
+// tests need): its
 // dequantization of pseudo-random blocks of every supported block type
 // (with the all-ones and all-zeros blocks and extreme scales), and its
 // _ref and importance-matrix encoders on 16 rows of assorted data.
