@@ -12,6 +12,9 @@ import (
 // Linear is torch.nn.Linear: weight [out, in], optional bias [out].
 type Linear struct {
 	Weight, Bias *Param
+	// LoRA, when set, adds a low-rank term in the forward pass (see
+	// LowRank); nil costs nothing.
+	LoRA *LowRank
 }
 
 func loadLinear(w *Weights, in, out int, bias bool) *Linear {
@@ -24,13 +27,18 @@ func loadLinear(w *Weights, in, out int, bias bool) *Linear {
 
 // Forward: x [..., in] -> [..., out].
 func (l *Linear) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
-	return rec.Linear(l.Weight.Key, x, l.Weight.T, tensorOf(l.Bias))
+	y := rec.Linear(l.Weight.Key, x, l.Weight.T, tensorOf(l.Bias))
+	if l.LoRA != nil {
+		l.LoRA.addLinear(rec, y, x)
+	}
+	return y
 }
 
 // Conv2d is torch.nn.Conv2d with symmetric padding.
 type Conv2d struct {
 	Weight, Bias *Param
 	Stride, Pad  int
+	LoRA         *LowRank // as in Linear
 }
 
 func loadConv2d(w *Weights, in, out, kernel, stride, pad int) *Conv2d {
@@ -43,7 +51,11 @@ func loadConv2d(w *Weights, in, out, kernel, stride, pad int) *Conv2d {
 
 // Forward: x [N, in, H, W] -> [N, out, H', W'].
 func (c *Conv2d) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
-	return rec.Conv2d(c.Weight.Key, x, c.Weight.T, tensorOf(c.Bias), c.Stride, c.Pad)
+	y := rec.Conv2d(c.Weight.Key, x, c.Weight.T, tensorOf(c.Bias), c.Stride, c.Pad)
+	if c.LoRA != nil {
+		c.LoRA.addConv(rec, y, x, c.Stride, c.Pad)
+	}
+	return y
 }
 
 // GroupNorm is torch.nn.GroupNorm with affine parameters.

@@ -117,7 +117,11 @@ func (t *UNetTransformer) proj(rec *engine.Rec, l *Linear, x *engine.Tensor) *en
 	if t.conv && wt != nil {
 		wt = rec.Reshape(wt, wt.Shape[0], wt.Shape[1]) // [out, in, 1, 1] -> [out, in]
 	}
-	return rec.Linear(l.Weight.Key, x, wt, tensorOf(l.Bias))
+	y := rec.Linear(l.Weight.Key, x, wt, tensorOf(l.Bias))
+	if l.LoRA != nil {
+		l.LoRA.addLinear(rec, y, x)
+	}
+	return y
 }
 
 // Forward: x [B, C, H, W], context [B, L, crossDim] -> [B, C, H, W].
