@@ -26,8 +26,8 @@ type Network struct {
 type Target struct {
 	nets  []Network
 	byKey map[string]model.Module // "<component>:<path>"
-	kohya map[string]binding          // full kohya module key
-	peft  map[string]binding          // "<component>.<path>"
+	kohya map[string]binding      // full kohya module key
+	peft  map[string]binding      // "<component>.<path>"
 }
 
 type binding struct {
