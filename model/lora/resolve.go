@@ -106,9 +106,9 @@ func (e *UnknownModuleError) Error() string {
 	if len(e.Keys) > len(show) {
 		more = fmt.Sprintf(" and %d more", len(e.Keys)-len(show))
 	}
-	hint := "is it a LoRA for another architecture?"
+	hint := "a LoRA for another architecture?"
 	if e.Matched > 0 {
-		hint = fmt.Sprintf("%d other modules match; ignore-unknown (--lora-ignore-unknown) skips the rest", e.Matched)
+		hint = fmt.Sprintf("%d other modules match; a LoRA for another architecture? ignore-unknown (--lora-ignore-unknown) applies the matching ones", e.Matched)
 	}
 	return fmt.Sprintf("lora: %s: %d keys match no module of this model (%s%s): %s", e.Path, len(e.Keys), strings.Join(show, ", "), more, hint)
 }
@@ -121,6 +121,7 @@ func (t *Target) Resolve(f *File, ignoreUnknown bool) (*Resolved, error) {
 	r := &Resolved{File: f}
 	unknown := append([]string(nil), f.Unknown...)
 	seen := map[string]string{}
+	var shapeErr error // reported after unknown keys, the likelier cause
 	for _, m := range f.Modules {
 		var b binding
 		var ok bool
@@ -139,12 +140,18 @@ func (t *Target) Resolve(f *File, ignoreUnknown bool) (*Resolved, error) {
 		}
 		seen[id] = m.Key
 		if err := fits(f.Path, m, b.component, b.mod); err != nil {
-			return nil, err
+			if shapeErr == nil {
+				shapeErr = err
+			}
+			continue
 		}
 		r.Bindings = append(r.Bindings, Binding{Component: b.component, Module: b.mod, Src: m})
 	}
 	if len(unknown) > 0 && (!ignoreUnknown || len(r.Bindings) == 0) {
 		return nil, &UnknownModuleError{Path: f.Path, Keys: unknown, Matched: len(r.Bindings)}
+	}
+	if shapeErr != nil {
+		return nil, shapeErr
 	}
 	r.Skipped = unknown
 	return r, nil
