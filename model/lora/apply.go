@@ -7,6 +7,7 @@ import (
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/safetensors"
 )
 
 // Mode says how a network gets its LoRA terms.
@@ -367,12 +368,20 @@ func (a *Applier) attach(w *applied) error {
 	if kk > 0 {
 		ds, us = engine.Shape{rank, in, kk, kk}, engine.Shape{out, rank, 1, 1}
 	}
+	// lora_down keeps F16 storage when every file stores it so (exact,
+	// and a third less memory); up carries the float32 scales.
+	ddt := engine.F16
+	for _, t := range w.terms {
+		if t.src.Down.DType != safetensors.F16 {
+			ddt = engine.F32
+		}
+	}
 	name := "lora:" + w.component + "." + w.mod.Path
-	dt, err := a.upload(name+".down", ds, down)
+	dt, err := a.upload(name+".down", ddt, ds, down)
 	if err != nil {
 		return err
 	}
-	ut, err := a.upload(name+".up", us, up)
+	ut, err := a.upload(name+".up", engine.F32, us, up)
 	if err != nil {
 		a.b.Free(dt)
 		return err
@@ -387,8 +396,8 @@ func (a *Applier) attach(w *applied) error {
 	return nil
 }
 
-func (a *Applier) upload(name string, s engine.Shape, v []float32) (*engine.Tensor, error) {
-	t, err := a.b.Alloc(name, engine.F32, s)
+func (a *Applier) upload(name string, dt engine.DType, s engine.Shape, v []float32) (*engine.Tensor, error) {
+	t, err := a.b.Alloc(name, dt, s)
 	if err != nil {
 		return nil, err
 	}

@@ -238,3 +238,41 @@ func TestBadFiles(t *testing.T) {
 		assert.Zero(t, b.MemStats().InUse)
 	})
 }
+
+// TestPEFTAdapterMetadata: diffusers' lora_adapter_metadata sets the alpha
+// of PEFT modules (lora_alpha, alpha_pattern, use_rslora).
+func TestPEFTAdapterMetadata(t *testing.T) {
+	const q = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+	const k = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+	ts := []safetensors.WriteTensor{
+		f16Tensor(q+".lora_A.weight", 4, 32), f16Tensor(q+".lora_B.weight", 32, 4),
+		f16Tensor(k+".lora_A.weight", 4, 32), f16Tensor(k+".lora_B.weight", 32, 4),
+		f16Tensor("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_A.weight", 4, 32),
+		f16Tensor("text_encoder.text_model.encoder.layers.0.mlp.fc1.lora_B.weight", 128, 4),
+	}
+	for _, c := range []struct {
+		md       string
+		q, k, te float64
+	}{
+		{`{"unet.lora_alpha": 8, "unet.r": 4}`, 2, 2, 1},
+		{`{"unet.lora_alpha": 8, "unet.alpha_pattern": {"attn2.to_k": 2, "down_blocks.1.*": 5}, "text_encoder.lora_alpha": 1}`, 2, 0.5, 0.25},
+		{`{"unet.lora_alpha": 8, "unet.use_rslora": true}`, 4, 4, 1},
+	} {
+		p := filepath.Join(t.TempDir(), "peft.safetensors")
+		require.NoError(t, safetensors.WriteFile(p, ts, map[string]string{"format": "pt", "lora_adapter_metadata": c.md}))
+		f, err := Open(p)
+		require.NoError(t, err, c.md)
+		got := map[string]float64{}
+		for _, m := range f.Modules {
+			got[m.Key] = m.Scale()
+		}
+		f.Close()
+		assert.Equal(t, c.q, got[q], c.md)
+		assert.Equal(t, c.k, got[k], c.md)
+		assert.Equal(t, c.te, got["text_encoder.text_model.encoder.layers.0.mlp.fc1"], c.md)
+	}
+	p := filepath.Join(t.TempDir(), "bad.safetensors")
+	require.NoError(t, safetensors.WriteFile(p, ts, map[string]string{"lora_adapter_metadata": "{not json"}))
+	_, err := Open(p)
+	assert.ErrorContains(t, err, "lora_adapter_metadata")
+}

@@ -12,10 +12,12 @@ package lora
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 
@@ -71,15 +73,21 @@ type Module struct {
 	// (then alpha = rank and the scale is 1).
 	Alpha    float64
 	HasAlpha bool
+	// RSLoRA: the scale is alpha / sqrt(rank) (PEFT's use_rslora).
+	RSLoRA bool
 }
 
 // Rank is lora_down's first dimension.
 func (m *Module) Rank() int { return m.Down.Shape[0] }
 
-// Scale is alpha / rank (1 without alpha).
+// Scale is alpha / rank (1 without alpha; alpha / sqrt(rank) for
+// rank-stabilized LoRA).
 func (m *Module) Scale() float64 {
-	if !m.HasAlpha {
+	switch {
+	case !m.HasAlpha:
 		return 1
+	case m.RSLoRA:
+		return m.Alpha / math.Sqrt(float64(m.Rank()))
 	}
 	return m.Alpha / float64(m.Rank())
 }
@@ -188,11 +196,14 @@ var pickleExts = map[string]bool{".pt": true, ".pth": true, ".ckpt": true, ".bin
 // for both halves, consistent shapes, supported dtypes and finite values
 // (which reads every tensor once; LoRA files are small).
 func Open(path string) (_ *File, err error) {
-	if pickleExts[strings.ToLower(filepath.Ext(path))] || isPickle(path) {
+	if pickleExts[strings.ToLower(filepath.Ext(path))] {
 		return nil, &PickleError{Path: path}
 	}
 	st, err := safetensors.Open(path)
 	if err != nil {
+		if isPickle(path) {
+			return nil, &PickleError{Path: path}
+		}
 		return nil, fmt.Errorf("lora: %w", err)
 	}
 	defer func() {
@@ -202,6 +213,9 @@ func Open(path string) (_ *File, err error) {
 	}()
 	f := &File{Path: path, Name: strings.TrimSuffix(filepath.Base(path), filepath.Ext(path)), Metadata: st.Metadata, st: st}
 	if err := f.group(); err != nil {
+		return nil, err
+	}
+	if err := f.peftConfig(); err != nil {
 		return nil, err
 	}
 	if len(f.Modules) == 0 {
@@ -216,8 +230,10 @@ func Open(path string) (_ *File, err error) {
 	return f, nil
 }
 
-// isPickle looks at the first bytes: a zip archive (torch.save since 1.6)
-// or a raw pickle stream (protocol 2+ starts with 0x80).
+// isPickle looks at the first bytes of a file that is not safetensors: a
+// zip archive (torch.save since 1.6) or a raw pickle stream (protocol 2+
+// starts with 0x80). A safetensors header length can start with the same
+// bytes, so this is only asked after the file failed to parse.
 func isPickle(path string) bool {
 	fh, err := os.Open(path)
 	if err != nil {
@@ -345,7 +361,11 @@ func (f *File) group() error {
 		case m.Up == nil:
 			return &MissingPartError{Path: f.Path, Module: k, Missing: "lora_up"}
 		}
-		if isKohya(k) && m.Format == Kohya {
+		// The naming decides the format: some trainers write kohya names
+		// with PEFT's lora_A/lora_B.
+		m.Component, m.Name = "", k
+		if isKohya(k) {
+			m.Format = Kohya
 			for _, p := range kohyaPrefixes {
 				if rest, ok := strings.CutPrefix(k, p.prefix); ok {
 					m.Component, m.Name = p.component, rest
@@ -353,11 +373,7 @@ func (f *File) group() error {
 				}
 			}
 		} else if c := firstElem(k); peftComponents[c] {
-			m.Component, m.Name = c, k[len(c)+1:]
-		}
-		if m.Component == "" {
-			// Unknown naming: kept for Info, reported when resolving.
-			m.Name = k
+			m.Format, m.Component, m.Name = PEFT, c, k[len(c)+1:]
 		}
 		formats[m.Format] = true
 		f.Modules = append(f.Modules, m)
@@ -453,4 +469,59 @@ func (f *File) downUp(m *Module) (down, up []float32, err error) {
 	}
 	up, err = floats(f.Path, m.Up)
 	return down, up, err
+}
+
+// peftConfig applies diffusers' lora_adapter_metadata: the LoraConfig of
+// each component as JSON, keys prefixed "<component>." (lora_alpha,
+// alpha_pattern, use_rslora), which recent diffusers and peft write instead
+// of alpha tensors. PEFT picks a module's alpha from the first
+// alpha_pattern key (in the file's sorted order) that matches the end of
+// its name as a regular expression, else lora_alpha.
+func (f *File) peftConfig() error {
+	raw := f.Metadata["lora_adapter_metadata"]
+	if raw == "" {
+		return nil
+	}
+	var cfg map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(raw), &cfg); err != nil {
+		return fmt.Errorf("lora: %s: metadata lora_adapter_metadata is not a JSON object: %w", f.Path, err)
+	}
+	get := func(component, key string, v any) bool {
+		r, ok := cfg[component+"."+key]
+		return ok && json.Unmarshal(r, v) == nil
+	}
+	for _, m := range f.Modules {
+		if m.Format != PEFT || m.HasAlpha || m.Component == "" {
+			continue
+		}
+		var alpha float64
+		if !get(m.Component, "lora_alpha", &alpha) {
+			continue
+		}
+		var patterns map[string]float64
+		if get(m.Component, "alpha_pattern", &patterns) {
+			keys := make([]string, 0, len(patterns))
+			for k := range patterns {
+				keys = append(keys, k)
+			}
+			sort.Strings(keys)
+			for _, k := range keys {
+				re, err := regexp.Compile(`^(.*\.)?(` + k + `)$`)
+				if err != nil {
+					return fmt.Errorf("lora: %s: alpha_pattern %q: %w", f.Path, k, err)
+				}
+				if re.MatchString(m.Name) {
+					alpha = patterns[k]
+					break
+				}
+			}
+		}
+		var rs bool
+		get(m.Component, "use_rslora", &rs)
+		if math.IsNaN(alpha) || math.IsInf(alpha, 0) {
+			return &model.NonFiniteError{Key: m.Key + " lora_alpha", File: f.Path}
+		}
+		m.Alpha, m.HasAlpha, m.RSLoRA = alpha, true, rs
+	}
+	return nil
 }
