@@ -228,3 +228,21 @@ func (ms *moduleList) transformer(t *UNetTransformer) {
 	}
 	ms.linear(t.ProjOut)
 }
+
+// Modules lists every Linear of the Z-Image transformer in execution
+// order (diffusers/PEFT Z-Image LoRAs name them under "transformer.").
+func (m *ZImageTransformer) Modules() []Module {
+	var ms moduleList
+	ms.linear(m.TEmbedder.Linear1, m.TEmbedder.Linear2, m.XEmbedder, m.CapEmbedder.Linear)
+	for _, group := range [][]*ZImageBlock{m.NoiseRefiner, m.ContextRefiner, m.Layers} {
+		for _, b := range group {
+			if b.AdaLNModulation != nil {
+				ms.linear(b.AdaLNModulation)
+			}
+			a := b.Attention
+			ms.linear(a.ToQ, a.ToK, a.ToV, a.ToOut, b.FeedForward.W1, b.FeedForward.W3, b.FeedForward.W2)
+		}
+	}
+	ms.linear(m.FinalLayer.AdaLNModulation, m.FinalLayer.Linear)
+	return ms
+}

@@ -250,6 +250,7 @@ func isPickle(path string) bool {
 // so that lora_te1_ is not read as lora_te_.
 var kohyaPrefixes = []struct{ prefix, component string }{
 	{"lora_unet_", "unet"},
+	{"lora_transformer_", "transformer"},
 	{"lora_te1_", "text_encoder"},
 	{"lora_te2_", "text_encoder_2"},
 	{"lora_te_", "text_encoder"},

@@ -73,6 +73,13 @@ func SDTarget(unet *model.UNet, encoders ...*model.CLIPText) *Target {
 	return NewTarget(nets...)
 }
 
+// ZImageTarget is the Target of a Z-Image pipeline: the transformer,
+// under diffusers/PEFT "transformer." keys or kohya-style "lora_unet_"
+// names. (The Qwen3 text encoder is not a LoRA target.)
+func ZImageTarget(dit *model.ZImageTransformer) *Target {
+	return NewTarget(Network{Component: "transformer", Modules: dit.Modules(), KohyaPrefixes: []string{"lora_unet_", "lora_transformer_"}})
+}
+
 // Networks lists the indexed networks.
 func (t *Target) Networks() []Network { return t.nets }
 

@@ -2,14 +2,17 @@ package lora
 
 import (
 	"math/rand/v2"
+	"path/filepath"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/engine/ref"
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/safetensors"
 )
 
 // snapshot reads every weight of the model's networks from the device.
@@ -190,4 +193,64 @@ func TestInForwardMatchesMerge(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestZImageTarget: a diffusers/PEFT LoRA on the Z-Image transformer
+// resolves onto its Linears, merges, attaches for the forward pass, and
+// switching back leaves the weights as loaded.
+func TestZImageTarget(t *testing.T) {
+	dir := testref.Dir(t, "tiny-z-image-turbo")
+	ck, err := model.OpenCheckpoint(dir, model.OpenOptions{})
+	require.NoError(t, err)
+	defer ck.Close()
+	require.NotNil(t, ck.Transformer)
+	dit, err := model.LoadZImage(ck.Transformer.Source, ck.Transformer.Config)
+	require.NoError(t, err)
+	target := ZImageTarget(dit)
+	mods := dit.Modules()
+	var ts []safetensors.WriteTensor
+	for i, m := range mods {
+		if i%3 != 0 {
+			continue // a third of the modules, spread over every kind
+		}
+		ts = append(ts, f16Tensor("transformer."+m.Path+".lora_A.weight", 4, m.In()), f16Tensor("transformer."+m.Path+".lora_B.weight", m.Out(), 4))
+	}
+	p := filepath.Join(t.TempDir(), "zimage_lora.safetensors")
+	require.NoError(t, safetensors.WriteFile(p, ts, nil))
+	f, err := Open(p)
+	require.NoError(t, err)
+	defer f.Close()
+	res, err := target.Resolve(f, false)
+	require.NoError(t, err)
+	require.Len(t, res.Bindings, len(ts)/2)
+
+	b := ref.New()
+	a := NewApplier(b, target, Options{})
+	snap := func() map[string][]float32 {
+		out := map[string][]float32{}
+		for _, bl := range dit.Blocks() {
+			require.NoError(t, bl.Upload(b))
+			for _, p := range bl.Params {
+				v, err := b.Read(p.T)
+				require.NoError(t, err)
+				out[p.Key] = v
+			}
+		}
+		return out
+	}
+	fresh := snap()
+	require.NoError(t, a.Apply([]Spec{{File: f, TE: 0, UNet: 0.7}}, Modes{Default: Merge}))
+	assert.Equal(t, len(ts)/2, a.Stats().Merged)
+	assert.NotEqual(t, fresh, snap())
+	require.NoError(t, a.Apply([]Spec{{File: f, TE: 0, UNet: 0.7}}, Modes{Default: InForward}))
+	assert.Equal(t, len(ts)/2, a.Stats().InForward)
+	assert.Equal(t, fresh, snap())
+	require.NoError(t, a.Close())
+	for _, m := range mods {
+		require.Nil(t, m.LoRA())
+	}
+	for _, bl := range dit.Blocks() {
+		bl.Evict(b)
+	}
+	assert.Zero(t, b.MemStats().InUse)
 }
