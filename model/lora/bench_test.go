@@ -118,9 +118,9 @@ func BenchmarkSDXLTurboAttentionLoRA(b *testing.B) {
 	}
 
 	// UNet calls without LoRA, merged and in the forward pass, after a
-	// warm-up that compiles the pipelines (the forward-pass terms use a few
-	// more); the rounds interleave and the fastest call of each way counts,
-	// since the machine's load drifts over minutes.
+	// warm-up round that compiles the pipelines (the forward-pass terms use
+	// a few more); the rounds interleave and the fastest call of each way
+	// counts, since the machine's load drifts over minutes.
 	step, free := unetStep(b, dev, u, latent)
 	defer free()
 	spec := []Spec{{File: fa, TE: 1, UNet: 1}}
@@ -130,29 +130,23 @@ func BenchmarkSDXLTurboAttentionLoRA(b *testing.B) {
 	}{
 		{"base", a.Clear},
 		{"in-forward", func() error { return a.Apply(spec, Modes{Default: InForward}) }},
+		{"merged", func() error { return a.Apply(spec, Modes{Default: Merge}) }},
 	}
 	best := map[string]time.Duration{}
-	keep := func(name string, d time.Duration) {
-		if best[name] == 0 || d < best[name] {
-			best[name] = d
-		}
-	}
 	for round := range 3 {
 		for _, w := range ways {
 			if err := w.apply(); err != nil {
 				b.Fatal(err)
 			}
-			if d := step(); round > 0 {
-				keep(w.name, d)
+			if err := dev.Flush(); err != nil {
+				b.Fatal(err)
+			}
+			d := step()
+			b.Logf("round %d: %s %.2f s", round, w.name, d.Seconds())
+			if round > 0 && (best[w.name] == 0 || d < best[w.name]) {
+				best[w.name] = d
 			}
 		}
-	}
-	// Merged weights run the very kernels of the base weights.
-	if err := a.Apply(spec, Modes{Default: Merge}); err != nil {
-		b.Fatal(err)
-	}
-	for range 2 {
-		keep("merged", step())
 	}
 	base, merged, inForward := best["base"], best["merged"], best["in-forward"]
 	if err := a.Close(); err != nil {
