@@ -92,13 +92,13 @@ var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, 
 var spvAttentionReg []byte
 
 // AttentionReg is glsl/attention_reg.comp.
-var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x7, ScalarTexels: false, PushSize: 20, Params: "AttentionParams", SpecIDs: 3}
+var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x7, ScalarTexels: false, PushSize: 32, Params: "AttentionParams", SpecIDs: 3}
 
 //go:embed spv/attention_scalar.spv
 var spvAttentionScalar []byte
 
 // AttentionScalar is glsl/attention_scalar.comp.
-var AttentionScalar = &Kernel{Name: "attention_scalar", SPIRV: spvAttentionScalar, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 20, Params: "AttentionParams", SpecIDs: 2}
+var AttentionScalar = &Kernel{Name: "attention_scalar", SPIRV: spvAttentionScalar, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 32, Params: "AttentionParams", SpecIDs: 2}
 
 //go:embed spv/group_norm.spv
 var spvGroupNorm []byte
@@ -124,6 +124,18 @@ var spvLayerNormRows []byte
 // LayerNormRows is glsl/layer_norm_rows.comp.
 var LayerNormRows = &Kernel{Name: "layer_norm_rows", SPIRV: spvLayerNormRows, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
 
+//go:embed spv/rms_norm.spv
+var spvRMSNorm []byte
+
+// RMSNorm is glsl/rms_norm.comp.
+var RMSNorm = &Kernel{Name: "rms_norm", SPIRV: spvRMSNorm, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "RMSNormParams", SpecIDs: 1}
+
+//go:embed spv/rms_norm_rows.spv
+var spvRMSNormRows []byte
+
+// RMSNormRows is glsl/rms_norm_rows.comp.
+var RMSNormRows = &Kernel{Name: "rms_norm_rows", SPIRV: spvRMSNormRows, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "RMSNormParams", SpecIDs: 1}
+
 //go:embed spv/softmax.spv
 var spvSoftmax []byte
 
@@ -147,6 +159,30 @@ var spvGEGLU []byte
 
 // GEGLU is glsl/geglu.comp.
 var GEGLU = &Kernel{Name: "geglu", SPIRV: spvGEGLU, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "GEGLUParams", SpecIDs: 1}
+
+//go:embed spv/swiglu.spv
+var spvSwiGLU []byte
+
+// SwiGLU is glsl/swiglu.comp.
+var SwiGLU = &Kernel{Name: "swiglu", SPIRV: spvSwiGLU, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "SwiGLUParams", SpecIDs: 1}
+
+//go:embed spv/swiglu_vec4.spv
+var spvSwiGLUVec4 []byte
+
+// SwiGLUVec4 is glsl/swiglu.comp with VEC4=1.
+var SwiGLUVec4 = &Kernel{Name: "swiglu_vec4", SPIRV: spvSwiGLUVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "SwiGLUParams", SpecIDs: 1}
+
+//go:embed spv/rope.spv
+var spvRope []byte
+
+// Rope is glsl/rope.comp.
+var Rope = &Kernel{Name: "rope", SPIRV: spvRope, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "RopeParams", SpecIDs: 1}
+
+//go:embed spv/rope_vec4.spv
+var spvRopeVec4 []byte
+
+// RopeVec4 is glsl/rope.comp with VEC4=1.
+var RopeVec4 = &Kernel{Name: "rope_vec4", SPIRV: spvRopeVec4, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "RopeParams", SpecIDs: 1}
 
 //go:embed spv/binary.spv
 var spvBinary []byte
@@ -206,13 +242,13 @@ var Permute = &Kernel{Name: "permute", SPIRV: spvPermute, Bindings: 2, Texels: 0
 var spvEmbeddingF32 []byte
 
 // EmbeddingF32 is glsl/embedding.comp with W_T=float, W4_T=vec4.
-var EmbeddingF32 = &Kernel{Name: "embedding_f32", SPIRV: spvEmbeddingF32, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "EmbeddingParams", SpecIDs: 1}
+var EmbeddingF32 = &Kernel{Name: "embedding_f32", SPIRV: spvEmbeddingF32, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "EmbeddingParams", SpecIDs: 1}
 
 //go:embed spv/embedding_f16.spv
 var spvEmbeddingF16 []byte
 
 // EmbeddingF16 is glsl/embedding.comp with W_T=float16_t, W4_T=f16vec4.
-var EmbeddingF16 = &Kernel{Name: "embedding_f16", SPIRV: spvEmbeddingF16, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "EmbeddingParams", SpecIDs: 1}
+var EmbeddingF16 = &Kernel{Name: "embedding_f16", SPIRV: spvEmbeddingF16, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "EmbeddingParams", SpecIDs: 1}
 
 //go:embed spv/copy_f32_f32.spv
 var spvCopyF32F32 []byte
@@ -260,10 +296,16 @@ var All = []*Kernel{
 	GroupNormVec4,
 	LayerNorm,
 	LayerNormRows,
+	RMSNorm,
+	RMSNormRows,
 	Softmax,
 	Unary,
 	UnaryVec4,
 	GEGLU,
+	SwiGLU,
+	SwiGLUVec4,
+	Rope,
+	RopeVec4,
 	Binary,
 	BinaryVec4,
 	Scale,
@@ -283,11 +325,14 @@ var All = []*Kernel{
 
 // AttentionParams is the push_constant block AttentionParams (std430: 4-byte members, no padding).
 type AttentionParams struct {
-	Lq     uint32
-	Lk     uint32
-	Heads  uint32
-	Scale  float32
-	Causal uint32
+	Lq      uint32
+	Lk      uint32
+	Heads   uint32
+	KvHeads uint32
+	Scale   float32
+	Causal  uint32
+	KvLen   uint32
+	QOff    uint32
 }
 
 // BinaryParams is the push_constant block BinaryParams (std430: 4-byte members, no padding).
@@ -335,8 +380,10 @@ type CopyParams struct {
 
 // EmbeddingParams is the push_constant block EmbeddingParams (std430: 4-byte members, no padding).
 type EmbeddingParams struct {
-	N uint32
-	D uint32
+	N  uint32
+	D  uint32
+	V0 uint32
+	V1 uint32
 }
 
 // GEGLUParams is the push_constant block GEGLUParams (std430: 4-byte members, no padding).
@@ -388,6 +435,24 @@ type PermuteParams struct {
 	S3 uint32
 }
 
+// RMSNormParams is the push_constant block RMSNormParams (std430: 4-byte members, no padding).
+type RMSNormParams struct {
+	Rows     uint32
+	D        uint32
+	Eps      float32
+	HasGamma uint32
+}
+
+// RopeParams is the push_constant block RopeParams (std430: 4-byte members, no padding).
+type RopeParams struct {
+	N          uint32
+	Heads      uint32
+	D          uint32
+	L          uint32
+	TableBatch uint32
+	Mode       uint32
+}
+
 // ScaleParams is the push_constant block ScaleParams (std430: 4-byte members, no padding).
 type ScaleParams struct {
 	N     uint32
@@ -399,6 +464,11 @@ type ScaleParams struct {
 type SoftmaxParams struct {
 	Rows uint32
 	D    uint32
+}
+
+// SwiGLUParams is the push_constant block SwiGLUParams (std430: 4-byte members, no padding).
+type SwiGLUParams struct {
+	N uint32
 }
 
 // UnaryParams is the push_constant block UnaryParams (std430: 4-byte members, no padding).

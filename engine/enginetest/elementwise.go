@@ -10,7 +10,7 @@ import (
 // Unary runs every activation, into a new tensor and in place. Inputs span
 // [-6, 6) so the tails of erf, tanh and the sigmoids are exercised.
 func Unary(t *testing.T, b engine.Backend, opts ...Option) {
-	for _, op := range []engine.UnaryOp{engine.SiLU, engine.GELU, engine.QuickGELU, engine.GELUTanh} {
+	for _, op := range []engine.UnaryOp{engine.SiLU, engine.GELU, engine.QuickGELU, engine.GELUTanh, engine.Tanh} {
 		for _, shape := range []engine.Shape{{1}, {17}, {3, 5, 7}, {2, 77, 3072}, {2, 1280, 8, 8}} {
 			for _, inPlace := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%v_%v_inplace=%v", op, shape, inPlace), func(t *testing.T) {

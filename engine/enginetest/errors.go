@@ -46,6 +46,11 @@ func Errors(t *testing.T, b engine.Backend, opts ...Option) {
 	emb := mk("err.emb", f32, 3, 8)
 	b5 := mk("err.5d", f32, 1, 1, 1, 1, 1)
 	h16 := mk("err.f16", f16, 2, 7, 8)
+	kv4 := mk("err.kv4", f32, 2, 7, 4)       // one key/value head of 4
+	tab2 := mk("err.rope_tab", f32, 1, 7, 2) // rope table for heads of 4
+	tab3 := mk("err.rope_tab3", f32, 1, 7, 3)
+	tab6 := mk("err.rope_tab6", f32, 1, 6, 2)
+	tabB := mk("err.rope_tab_b2", f32, 2, 7, 2)
 	p := engine.Conv2dParams{Stride: 1, Pad: 1}
 
 	for _, c := range []struct {
@@ -88,6 +93,36 @@ func Errors(t *testing.T, b engine.Backend, opts ...Option) {
 		{"attention k/v mismatch", []*engine.Tensor{tok, tok6}, func() error { return b.Attention(tok, tok, tok, tok6, engine.AttentionOptions{Heads: 2, Scale: 1}) }},
 		{"attention batch mismatch", []*engine.Tensor{tok, tok3}, func() error { return b.Attention(tok, tok, tok3, tok3, engine.AttentionOptions{Heads: 2, Scale: 1}) }},
 		{"attention dst shape", []*engine.Tensor{tok6, tok}, func() error { return b.Attention(tok6, tok, tok6, tok6, engine.AttentionOptions{Heads: 2, Scale: 1}) }},
+		{"attention kv heads do not divide heads", []*engine.Tensor{tok}, func() error {
+			return b.Attention(tok, tok, kv4, kv4, engine.AttentionOptions{Heads: 2, KVHeads: 3, Scale: 1})
+		}},
+		{"attention k width not kv heads x d", []*engine.Tensor{tok, kv4}, func() error {
+			return b.Attention(tok, tok, kv4, kv4, engine.AttentionOptions{Heads: 2, KVHeads: 2, Scale: 1})
+		}},
+		{"attention key lengths count", []*engine.Tensor{kv4}, func() error {
+			return b.Attention(tok, tok, kv4, kv4, engine.AttentionOptions{Heads: 2, KVHeads: 1, Scale: 1, KeyLens: []int{7}})
+		}},
+		{"attention key length zero", []*engine.Tensor{kv4}, func() error {
+			return b.Attention(tok, tok, kv4, kv4, engine.AttentionOptions{Heads: 2, KVHeads: 1, Scale: 1, KeyLens: []int{7, 0}})
+		}},
+		{"attention key length past the keys", []*engine.Tensor{kv4}, func() error {
+			return b.Attention(tok, tok, kv4, kv4, engine.AttentionOptions{Heads: 2, KVHeads: 1, Scale: 1, KeyLens: []int{8, 7}})
+		}},
+		{"rms_norm gamma length", []*engine.Tensor{vec5}, func() error { return b.RMSNorm(tok, tok, vec5, 1e-6) }},
+		{"rms_norm dst shape", []*engine.Tensor{tok6, tok}, func() error { return b.RMSNorm(tok6, tok, nil, 1e-6) }},
+		{"rms_norm nil input", nil, func() error { return b.RMSNorm(tok, nil, vec8, 1e-6) }},
+		{"rope heads do not divide width", []*engine.Tensor{tok}, func() error { return b.Rope(tok, tok, tab2, tab2, 3, engine.RopeHalf) }},
+		{"rope odd head dim", []*engine.Tensor{tok5}, func() error { return b.Rope(tok5, tok5, tab2, tab2, 1, engine.RopeHalf) }},
+		{"rope table width", []*engine.Tensor{tok}, func() error { return b.Rope(tok, tok, tab3, tab3, 2, engine.RopeInterleaved) }},
+		{"rope table length", []*engine.Tensor{tok}, func() error { return b.Rope(tok, tok, tab6, tab6, 2, engine.RopeHalf) }},
+		{"rope table batch", []*engine.Tensor{tok3, tabB}, func() error { return b.Rope(tok3, tok3, tabB, tabB, 2, engine.RopeHalf) }},
+		{"rope cos and sin differ", []*engine.Tensor{tok}, func() error { return b.Rope(tok, tok, tab2, tab6, 2, engine.RopeHalf) }},
+		{"rope unknown mode", []*engine.Tensor{tok}, func() error { return b.Rope(tok, tok, tab2, tab2, 2, engine.RopeMode(9)) }},
+		{"rope dst shape", []*engine.Tensor{tok6, tok}, func() error { return b.Rope(tok6, tok, tab2, tab2, 2, engine.RopeHalf) }},
+		{"rope nil table", nil, func() error { return b.Rope(tok, tok, nil, tab2, 2, engine.RopeHalf) }},
+		{"swiglu shape mismatch", []*engine.Tensor{tok, tok6}, func() error { return b.SwiGLU(tok, tok, tok6) }},
+		{"swiglu dst shape", []*engine.Tensor{tok6, tok}, func() error { return b.SwiGLU(tok6, tok, tok) }},
+		{"swiglu F16 operand", []*engine.Tensor{h16}, func() error { return b.SwiGLU(tok, h16, tok) }},
 		{"unary dst shape", []*engine.Tensor{tok6, tok}, func() error { return b.Unary(tok6, tok, engine.SiLU) }},
 		{"unary unknown op", []*engine.Tensor{tok}, func() error { return b.Unary(tok, tok, engine.UnaryOp(200)) }},
 		{"unary nil", nil, func() error { return b.Unary(nil, nil, engine.GELU) }},

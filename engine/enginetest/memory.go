@@ -173,6 +173,22 @@ func Views(t *testing.T, b engine.Backend, opts ...Option) {
 			engine.Shape{2, 5, 8}, f32, func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
 				return be.Attention(d, in[0], in[1], in[2], engine.AttentionOptions{Heads: 2, Scale: 0.5})
 			}},
+		{"AttentionMasks", []viewIn{{engine.Shape{2, 5, 8}, f32, true}, {engine.Shape{2, 7, 4}, f32, true}, {engine.Shape{2, 7, 4}, f32, true}},
+			engine.Shape{2, 5, 8}, f32, func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
+				return be.Attention(d, in[0], in[1], in[2], engine.AttentionOptions{Heads: 2, KVHeads: 1, Scale: 0.5, Causal: true, KeyLens: []int{7, 3}})
+			}},
+		{"RMSNorm", []viewIn{{engine.Shape{2, 3, 8}, f32, true}, {engine.Shape{8}, f32, false}}, engine.Shape{2, 3, 8}, f32,
+			func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
+				return be.RMSNorm(d, in[0], in[1], 1e-6)
+			}},
+		{"Rope", []viewIn{{engine.Shape{2, 3, 16}, f32, true}, {engine.Shape{2, 3, 4}, f32, true}, {engine.Shape{2, 3, 4}, f32, true}},
+			engine.Shape{2, 3, 16}, f32, func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
+				return be.Rope(d, in[0], in[1], in[2], 2, engine.RopeHalf)
+			}},
+		{"SwiGLU", []viewIn{{engine.Shape{2, 6}, f32, true}, {engine.Shape{2, 6}, f32, true}}, engine.Shape{2, 6}, f32,
+			func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
+				return be.SwiGLU(d, in[0], in[1])
+			}},
 		{"Unary", []viewIn{{engine.Shape{2, 9}, f32, true}}, engine.Shape{2, 9}, f32,
 			func(be engine.Backend, d *engine.Tensor, in []*engine.Tensor) error {
 				return be.Unary(d, in[0], engine.GELU)
@@ -275,6 +291,7 @@ func Views(t *testing.T, b engine.Backend, opts ...Option) {
 			e.must("in-place unary on a view", func() error { return be.b.Unary(be.v, be.v, engine.SiLU) })
 			e.must("in-place scale on a view", func() error { return be.b.Scale(be.v, be.v, -2, 0.5) })
 			e.must("in-place binary on a view", func() error { return be.b.Binary(be.v, be.v, be.y, engine.Add) })
+			e.must("in-place swiglu on a view", func() error { return be.b.SwiGLU(be.v, be.v, be.v) })
 		}
 		e.checkFull("in-place ops on rows [1,3)", x, TolF32)
 		checkExact(t, "row 0 untouched", readAll(t, b, x.bt)[:6], x.host[:6])

@@ -162,6 +162,7 @@ func Attention(t *testing.T, b engine.Backend, opts ...Option) {
 		{1, 1024, 77, 8, 80, false, false}, // SD1.5, 640 channels
 		{1, 256, 77, 10, 128, false, false},
 		{1, 256, 77, 8, 160, false, false},   // SD1.5, 1280 channels
+		{1, 33, 1500, 2, 160, true, false},   // long keys at a wide head (llvmpipe's loop limiter)
 		{1, 4096, 4096, 5, 64, false, true},  // SD2.1 self-attention at 64x64
 		{2, 1024, 1024, 10, 64, false, true}, // SDXL self-attention at 32x32, CFG batch
 	} {
@@ -179,22 +180,38 @@ func Attention(t *testing.T, b engine.Backend, opts ...Option) {
 // Non-positive sizes skip the test (for fuzzing).
 func CheckAttention(t testing.TB, b engine.Backend, batch, lq, lk, heads, d int, causal bool) {
 	t.Helper()
-	if batch < 1 || lq < 1 || lk < 1 || heads < 1 || d < 1 {
-		t.Skipf("attention: non-positive size batch %d lq %d lk %d heads %d d %d", batch, lq, lk, heads, d)
+	CheckAttentionOptions(t, b, batch, lq, lk, d, engine.AttentionOptions{Heads: heads, Causal: causal})
+}
+
+// CheckAttentionOptions checks Attention of q [batch, lq, H*d] over
+// k, v [batch, lk, KV*d] with the heads, key/value heads, causal mask and
+// key lengths of o, and scale 1/sqrt(d) (o.Scale is ignored), against the
+// reference. Sizes or options the op must reject skip the test (for
+// fuzzing).
+func CheckAttentionOptions(t testing.TB, b engine.Backend, batch, lq, lk, d int, o engine.AttentionOptions) {
+	t.Helper()
+	heads, kv := o.Heads, o.KV()
+	if batch < 1 || lq < 1 || lk < 1 || heads < 1 || d < 1 || kv < 1 || heads%kv != 0 {
+		t.Skipf("attention: invalid size batch %d lq %d lk %d heads %d kv heads %d d %d", batch, lq, lk, heads, kv, d)
 	}
-	name := fmt.Sprintf("attention b %d q %d k %d heads %dx%d causal=%v", batch, lq, lk, heads, d, causal)
+	for _, n := range o.KeyLens {
+		if len(o.KeyLens) != batch || n < 1 || n > lk {
+			t.Skipf("attention: key lengths %v for batch %d of %d keys", o.KeyLens, batch, lk)
+		}
+	}
+	name := fmt.Sprintf("attention b %d q %d k %d heads %d kv %d x %d causal=%v lens %v", batch, lq, lk, heads, kv, d, o.Causal, o.KeyLens)
 	e := newEnv(t, b, name, 2*batch*heads*lq*lk*d <= fullMACs)
 	defer e.close()
-	hd := heads * d
-	scale := float32(1 / math.Sqrt(float64(d)))
+	hd, kvd := heads*d, kv*d
+	o.Scale = float32(1 / math.Sqrt(float64(d)))
 	// Amplitude 2 makes scores up to ~sqrt(d): peaked softmaxes, as trained
 	// models have.
 	q := e.input("attention.q", engine.F32, engine.Shape{batch, lq, hd}, 2)
-	k := e.input("attention.k", engine.F32, engine.Shape{batch, lk, hd}, 2)
-	v := e.input("attention.v", engine.F32, engine.Shape{batch, lk, hd}, 1)
+	k := e.input("attention.k", engine.F32, engine.Shape{batch, lk, kvd}, 2)
+	v := e.input("attention.v", engine.F32, engine.Shape{batch, lk, kvd}, 1)
 	dst := e.output("attention.dst", engine.F32, engine.Shape{batch, lq, hd})
 	e.run(name, func(be engine.Backend, tt func(*operand) *engine.Tensor) error {
-		return be.Attention(tt(dst), tt(q), tt(k), tt(v), engine.AttentionOptions{Heads: heads, Scale: scale, Causal: causal})
+		return be.Attention(tt(dst), tt(q), tt(k), tt(v), o)
 	})
 	if e.r != nil {
 		e.checkFull(name, dst, TolF32)
@@ -206,7 +223,7 @@ func CheckAttention(t testing.TB, b engine.Backend, batch, lq, lk, heads, d int,
 	var want []float32
 	for _, r := range e.sampleIdx(batch*lq*heads, rows) {
 		p, i, h := r/(lq*heads), r/heads%lq, r%heads
-		for j, v := range attentionRow(q.host, k.host, v.host, lq, lk, heads, d, scale, causal, p, i, h) {
+		for j, v := range attentionRow(q.host, k.host, v.host, lq, lk, d, o, p, i, h) {
 			idx = append(idx, (p*lq+i)*hd+h*d+j)
 			want = append(want, v)
 		}

@@ -1,6 +1,10 @@
 package enginetest
 
-import "math"
+import (
+	"math"
+
+	"github.com/zimage/zimage/engine"
+)
 
 // Direct float64 computations of single output entries, used where the full
 // reference would be too slow. They restate the op contracts of
@@ -69,18 +73,23 @@ func convAt(x, w, bias []float32, g convGeom, idx int) float32 {
 }
 
 // attentionRow is the output of head h for query i of batch p:
-// softmax(scale · q kᵀ) v over the keys the causal mask leaves.
-func attentionRow(q, k, v []float32, lq, lk, heads, d int, scale float32, causal bool, p, i, h int) []float32 {
-	hd := heads * d
+// softmax(scale · q kᵀ) v over the keys the masks of o leave, with key/value
+// head h / (H/KV).
+func attentionRow(q, k, v []float32, lq, lk, d int, o engine.AttentionOptions, p, i, h int) []float32 {
+	hd, kvd := o.Heads*d, o.KV()*d
+	kh := h / (o.Heads / o.KV())
 	qr := q[(p*lq+i)*hd+h*d:][:d]
 	keys := lk
-	if causal {
-		keys = min(lk, i+1)
+	if o.KeyLens != nil {
+		keys = o.KeyLens[p]
+	}
+	if o.Causal {
+		keys = min(keys, i+1)
 	}
 	s := make([]float64, keys)
 	m := math.Inf(-1)
 	for j := range s {
-		s[j] = float64(scale) * dot64(qr, k[(p*lk+j)*hd+h*d:][:d])
+		s[j] = float64(o.Scale) * dot64(qr, k[(p*lk+j)*kvd+kh*d:][:d])
 		m = max(m, s[j])
 	}
 	var sum float64
@@ -90,7 +99,7 @@ func attentionRow(q, k, v []float32, lq, lk, heads, d int, scale float32, causal
 	}
 	acc := make([]float64, d)
 	for j, pj := range s {
-		for e, x := range v[(p*lk+j)*hd+h*d:][:d] {
+		for e, x := range v[(p*lk+j)*kvd+kh*d:][:d] {
 			acc[e] += pj / sum * float64(x)
 		}
 	}

@@ -80,6 +80,7 @@ func All(t *testing.T, b engine.Backend, opts ...Option) {
 		{"Memory", Memory}, {"Errors", Errors}, {"Views", Views},
 		{"Linear", Linear}, {"MatMul", MatMul}, {"Conv2d", Conv2d},
 		{"GroupNorm", GroupNorm}, {"LayerNorm", LayerNorm}, {"Softmax", Softmax}, {"Attention", Attention},
+		{"RMSNorm", RMSNorm}, {"Rope", Rope}, {"SwiGLU", SwiGLU}, {"AttentionMasks", AttentionMasks},
 		{"Unary", Unary}, {"GEGLU", GEGLU}, {"Binary", Binary}, {"Scale", Scale},
 		{"Upsample2x", Upsample2x}, {"Concat", Concat}, {"Permute", Permute}, {"Embedding", Embedding}, {"Copy", Copy},
 	} {

@@ -104,6 +104,81 @@ func (m scaleOne) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptio
 	return m.Backend.Attention(dst, q, k, v, o)
 }
 
+type noKeyLens struct{ *ref.Backend }
+
+func (m noKeyLens) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptions) error {
+	o.KeyLens = nil
+	return m.Backend.Attention(dst, q, k, v, o)
+}
+
+// kvModulo gives query head h key/value head h % KV instead of h / (H/KV),
+// running the reference on q with its heads reordered.
+type kvModulo struct{ *ref.Backend }
+
+func (m kvModulo) Attention(dst, q, k, v *engine.Tensor, o engine.AttentionOptions) error {
+	h, kv := o.Heads, o.KV()
+	d := q.Shape[2] / h
+	// Head j of the reordered q is head src[j] of q: the reference gives it
+	// kv head j/(h/kv), which must be src[j] % kv.
+	src := make([]int, 0, h)
+	for c := 0; c < kv; c++ {
+		for x := c; x < h; x += kv {
+			src = append(src, x)
+		}
+	}
+	qv, err := m.Read(q)
+	if err != nil {
+		return err
+	}
+	perm := func(in []float32, inverse bool) []float32 {
+		out := make([]float32, len(in))
+		for r := 0; r < len(in)/(h*d); r++ {
+			for j, sj := range src {
+				a, b := j, sj
+				if inverse {
+					a, b = b, a
+				}
+				copy(out[(r*h+a)*d:][:d], in[(r*h+b)*d:][:d])
+			}
+		}
+		return out
+	}
+	qp, err := m.Alloc("qp", engine.F32, q.Shape)
+	if err != nil {
+		return err
+	}
+	defer m.Free(qp)
+	if err := m.Write(qp, perm(qv, false)); err != nil {
+		return err
+	}
+	if err := m.Backend.Attention(dst, qp, k, v, o); err != nil {
+		return err
+	}
+	out, err := m.Read(dst)
+	if err != nil {
+		return err
+	}
+	return m.Write(dst, perm(out, true))
+}
+
+type ropeSwapped struct{ *ref.Backend }
+
+func (m ropeSwapped) Rope(dst, x, cos, sin *engine.Tensor, heads int, mode engine.RopeMode) error {
+	return m.Backend.Rope(dst, x, cos, sin, heads, 1-mode)
+}
+
+type rmsNoGamma struct{ *ref.Backend }
+
+func (m rmsNoGamma) RMSNorm(dst, x, gamma *engine.Tensor, eps float32) error {
+	return m.Backend.RMSNorm(dst, x, nil, eps)
+}
+
+type swigluSwapped struct{ *ref.Backend }
+
+func (m swigluSwapped) SwiGLU(dst, gate, up *engine.Tensor) error {
+	return m.Backend.SwiGLU(dst, up, gate)
+}
+
 type noSiLU struct{ *ref.Backend }
 
 func (m noSiLU) GroupNorm(dst, x, gamma, beta *engine.Tensor, groups int, eps float32, silu bool) error {
@@ -184,6 +259,18 @@ func TestSuiteCatchesMutants(t *testing.T) {
 		{"matmul ignores transB", func(tb testing.TB) { CheckMatMul(tb, ignoreTrans{r}, 2, 5, 7, 7, true, 1) }},
 		{"attention ignores causal", func(tb testing.TB) { CheckAttention(tb, noCausal{r}, 1, 9, 9, 2, 8, true) }},
 		{"attention scale 1% off (sampled reference)", func(tb testing.TB) { CheckAttention(tb, scaleOne{r}, 1, 1024, 77, 8, 80, false) }},
+		{"attention ignores key lengths", func(tb testing.TB) {
+			CheckAttentionOptions(tb, noKeyLens{r}, 2, 5, 9, 8, engine.AttentionOptions{Heads: 2, KeyLens: []int{9, 4}})
+		}},
+		{"attention maps kv heads by modulo", func(tb testing.TB) {
+			CheckAttentionOptions(tb, kvModulo{r}, 1, 5, 7, 8, engine.AttentionOptions{Heads: 4, KVHeads: 2})
+		}},
+		{"attention maps kv heads by modulo (sampled reference)", func(tb testing.TB) {
+			CheckAttentionOptions(tb, kvModulo{r}, 1, 300, 300, 32, engine.AttentionOptions{Heads: 8, KVHeads: 2, Causal: true})
+		}},
+		{"rope pairs the other elements", func(tb testing.TB) { checkRope(tb, ropeSwapped{r}, 2, 3, 2, 8, engine.RopeInterleaved, true, false) }},
+		{"rms_norm ignores gamma", func(tb testing.TB) { checkRMSNorm(tb, rmsNoGamma{r}, engine.Shape{3, 17}, true) }},
+		{"swiglu gates the wrong operand", func(tb testing.TB) { checkSwiGLU(tb, swigluSwapped{r}, engine.Shape{3, 5}, 0) }},
 		{"group_norm drops SiLU", func(tb testing.TB) { CheckGroupNorm(tb, noSiLU{r}, engine.Shape{1, 8, 4, 4}, 4, true) }},
 		{"gelu is the tanh approximation", func(tb testing.TB) { checkUnary(tb, tanhGELU{r}, engine.GELU, engine.Shape{3, 5, 7}, false) }},
 		{"unary leaves the last entry", func(tb testing.TB) { checkUnary(tb, skipLast{r}, engine.SiLU, engine.Shape{17}, false) }},

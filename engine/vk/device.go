@@ -69,6 +69,10 @@ type Options struct {
 	// MaxBatch is the number of dispatches recorded before a batch is
 	// submitted without waiting; 0 = 512.
 	MaxBatch int
+	// MaxBinding lowers the bytes one kernel binding may span below the
+	// device's maxStorageBufferRange (0: the device's limit). Tests use it
+	// to run ops on tensors over the limit, which go in pieces (limits.go).
+	MaxBinding int64
 }
 
 // DefaultOptions selects the device from ZIMAGE_DEVICE (an index or a name

@@ -241,28 +241,3 @@ func TestUseAfterClose(t *testing.T) {
 		t.Errorf("second Close: %v", err)
 	}
 }
-
-// TestStorageRange: a tensor larger than maxStorageBufferRange cannot be
-// bound; ops must say so instead of recording an invalid descriptor.
-func TestStorageRange(t *testing.T) {
-	d := device(t)
-	lim := d.Info().MaxStorageBufferRange
-	if lim <= 0 || lim > 512<<20 {
-		t.Skipf("maxStorageBufferRange %d: too large to test here", lim)
-	}
-	n := int(lim/4) + 1024
-	x, err := d.Alloc("huge", engine.F32, engine.Shape{n})
-	if err != nil {
-		t.Skipf("cannot allocate %d bytes: %v", 4*n, err)
-	}
-	defer d.Free(x)
-	for name, op := range map[string]func() error{
-		"scale": func() error { return d.Scale(x, x, 1, 0) },
-		"copy":  func() error { return d.Copy(x, x) },
-	} {
-		var re *RangeError
-		if err := op(); !errors.As(err, &re) || re.Tensor != "huge" || re.Limit != lim {
-			t.Errorf("%s of %d bytes: %v, want a *RangeError naming huge", name, 4*n, err)
-		}
-	}
-}

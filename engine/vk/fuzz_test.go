@@ -62,14 +62,31 @@ func FuzzLinear(f *testing.F) {
 }
 
 func FuzzAttention(f *testing.F) {
-	f.Add(uint8(1), uint8(9), uint8(9), uint8(2), uint8(8), false)
-	f.Add(uint8(2), uint8(17), uint8(5), uint8(3), uint8(10), true)
-	f.Add(uint8(1), uint8(40), uint8(77), uint8(1), uint8(40), false)
-	f.Fuzz(func(t *testing.T, batch, lq, lk, heads, dim uint8, causal bool) {
+	f.Add(uint8(1), uint8(9), uint8(9), uint8(2), uint8(0), uint8(8), false, uint8(0), uint8(0))
+	f.Add(uint8(2), uint8(17), uint8(5), uint8(3), uint8(0), uint8(10), true, uint8(0), uint8(0))
+	f.Add(uint8(1), uint8(40), uint8(77), uint8(1), uint8(0), uint8(40), false, uint8(0), uint8(0))
+	f.Add(uint8(2), uint8(33), uint8(33), uint8(4), uint8(1), uint8(8), true, uint8(20), uint8(3))
+	f.Add(uint8(3), uint8(12), uint8(50), uint8(6), uint8(2), uint8(64), false, uint8(7), uint8(49))
+	f.Fuzz(func(t *testing.T, batch, lq, lk, heads, kvDiv, dim uint8, causal bool, len0, len1 uint8) {
 		// Head dims are the ones networks use (and odd ones for the scalar
 		// kernel): every distinct dim is a separate pipeline to compile.
-		dims := []int{3, 8, 10, 40, 64}
-		enginetest.CheckAttention(t, device(t), int(batch)%2+1, int(lq)%70+1, int(lk)%80+1, int(heads)%3+1,
-			dims[int(dim)%len(dims)], causal)
+		dims := []int{3, 8, 10, 40, 64, 128}
+		nb, h := int(batch)%3+1, int(heads)%6+1
+		// KV heads: a divisor of the query heads (kvDiv picks which).
+		var divs []int
+		for x := 1; x <= h; x++ {
+			if h%x == 0 {
+				divs = append(divs, x)
+			}
+		}
+		o := engine.AttentionOptions{Heads: h, KVHeads: divs[int(kvDiv)%len(divs)], Causal: causal}
+		nk := int(lk)%80 + 1
+		if len0 != 0 {
+			// Key lengths in 1..nk, varied over the batch rows.
+			for i := 0; i < nb; i++ {
+				o.KeyLens = append(o.KeyLens, (int(len0)+i*int(len1))%nk+1)
+			}
+		}
+		enginetest.CheckAttentionOptions(t, device(t), nb, int(lq)%70+1, nk, dims[int(dim)%len(dims)], o)
 	})
 }

@@ -84,15 +84,14 @@ func (c *opCtx) rawBinding(t *engine.Tensor, write bool) (binding, *allocation, 
 }
 
 func (c *opCtx) bindable(t *engine.Tensor, bd binding) error {
-	if lim := c.d.info.MaxStorageBufferRange; lim > 0 && bd.size > lim {
+	if lim := c.d.bindLimit(); lim > 0 && bd.size > lim {
 		return &RangeError{Op: c.op, Tensor: t.Name, Bytes: bd.size, Limit: lim, What: "maxStorageBufferRange"}
 	}
 	return nil
 }
 
 func (c *opCtx) aligned(bd binding) bool {
-	a := max(c.d.info.MinStorageBufferAlign, c.d.info.MinTexelBufferAlign, 4)
-	return bd.off%a == 0 && bd.off%16 == 0
+	return bd.off%c.d.bindAlign() == 0
 }
 
 // in binds t as an input, through an aligned copy if it is a misaligned view.
@@ -240,14 +239,18 @@ func (d *Device) copyRaw(op string, dst, src *engine.Tensor) error {
 		if err != nil {
 			return err
 		}
-		// Bind from the allocation's (aligned) start to the view's end and
-		// address the view by its element offset.
-		bd := binding{buf: al.blk.buf, off: al.off, size: alignUp(int64(t.Offset+t.NumElem())*int64(t.DType.Size()), 4), write: i == 1}
+		// Bind from the aligned offset at or below the view's start to its
+		// end and address the view by its element offset from there (the
+		// allocation starts aligned, so that offset is whole elements).
+		es := int64(t.DType.Size())
+		start := al.off + int64(t.Offset)*es
+		off := start / d.bindAlign() * d.bindAlign()
+		bd := binding{buf: al.blk.buf, off: off, size: alignUp(start-off+int64(t.NumElem())*es, 4), write: i == 1}
 		if err := c.bindable(t, bd); err != nil {
 			return err
 		}
 		c.binds = append(c.binds, bd)
-		offs[i] = uint32(t.Offset)
+		offs[i] = uint32((start - off) / es)
 	}
 	n := src.NumElem()
 	p := kernels.CopyParams{N: uint32(n), SrcOff: offs[0], DstOff: offs[1]}
@@ -273,6 +276,13 @@ func (d *Device) Copy(dst, x *engine.Tensor) error {
 	}
 	if !dst.Shape.Equal(x.Shape) {
 		return &engine.ShapeError{Op: "copy", Tensor: dst.Name, Got: dst.Shape.String(), Want: x.Shape.String()}
+	}
+	if !d.fits(dst, x) && d.usable() == nil {
+		if ok, err := d.splitFlat([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error {
+			return d.copyRaw("copy "+x.Name, v[0], v[1])
+		}); ok {
+			return err
+		}
 	}
 	return d.copyRaw("copy "+x.Name, dst, x)
 }

@@ -28,6 +28,15 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 	}
 	c.check(engine.WantShape(c.op, dst, s...))
 	o := w.Shape[0]
+	if c.err == nil && !d.fits(dst, x) {
+		// Images are independent; one image over the limit is the
+		// caller's to tile (MaxTensorBytes).
+		if ok, err := d.splitLeading([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error {
+			return d.Conv2d(v[0], v[1], w, bias, p)
+		}); ok {
+			return err
+		}
+	}
 	hasBias := c.weighted(dst, x, w, bias, o)
 	if c.err != nil {
 		return c.err
@@ -99,7 +108,7 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 		return false, nil
 	}
 	bytes := int64(n) * int64(pix) * int64(k) * 4
-	if bytes > im2colMaxBytes || (d.info.MaxStorageBufferRange > 0 && bytes > d.info.MaxStorageBufferRange) ||
+	if bytes > im2colMaxBytes || (d.bindLimit() > 0 && bytes > d.bindLimit()) ||
 		!d.texelBindsFit(4, binding{size: bytes, dtype: engine.F32}, c.binds[1]) {
 		return false, nil // matmul_reg could not read col or w
 	}

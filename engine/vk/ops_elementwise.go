@@ -27,6 +27,11 @@ func (d *Device) Unary(dst, x *engine.Tensor, op engine.UnaryOp) error {
 	}
 	c.dtype(x, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && !d.fits(dst, x) {
+		if ok, err := d.splitFlat([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error { return d.Unary(v[0], v[1], op) }); ok {
+			return err
+		}
+	}
 	c.in(x)
 	c.out(dst)
 	if c.err != nil {
@@ -56,6 +61,13 @@ func (d *Device) GEGLU(dst, x *engine.Tensor) error {
 	c.check(engine.WantShape("geglu", dst, want...))
 	c.dtype(x, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && !d.fits(dst, x) {
+		if ok, err := d.splitLeading([]*engine.Tensor{flat2(dst, want[r-1]), flat2(x, x.Shape[r-1])}, func(v []*engine.Tensor) error {
+			return d.GEGLU(v[0], v[1])
+		}); ok {
+			return err
+		}
+	}
 	c.in(x)
 	c.out(dst)
 	if c.err != nil {
@@ -105,6 +117,11 @@ func (d *Device) Binary(dst, a, b *engine.Tensor, op engine.BinaryOp) error {
 	c.dtype(a, engine.F32)
 	c.dtype(b, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && !d.fits(dst, a, b) {
+		if ok, err := d.binaryPieces(dst, a, b, op, s); ok {
+			return err
+		}
+	}
 	c.in(a)
 	c.in(b)
 	c.out(dst)
@@ -138,6 +155,13 @@ func (d *Device) Scale(dst, x *engine.Tensor, alpha, beta float32) error {
 	c.check(sameShape(c.op, dst, x))
 	c.dtype(x, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && !d.fits(dst, x) {
+		if ok, err := d.splitFlat([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error {
+			return d.Scale(v[0], v[1], alpha, beta)
+		}); ok {
+			return err
+		}
+	}
 	c.in(x)
 	c.out(dst)
 	if c.err != nil {
@@ -164,6 +188,17 @@ func (d *Device) Upsample2x(dst, x *engine.Tensor) error {
 	c.check(engine.WantShape(c.op, dst, x.Shape[0], x.Shape[1], 2*x.Shape[2], 2*x.Shape[3]))
 	c.dtype(x, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && !d.fits(dst, x) {
+		// Each channel plane is upsampled alone.
+		h, w := x.Shape[2], x.Shape[3]
+		xv, err1 := x.Reshape(x.Shape[0]*x.Shape[1], 1, h, w)
+		dv, err2 := dst.Reshape(x.Shape[0]*x.Shape[1], 1, 2*h, 2*w)
+		if err1 == nil && err2 == nil {
+			if ok, err := d.splitLeading([]*engine.Tensor{dv, xv}, func(v []*engine.Tensor) error { return d.Upsample2x(v[0], v[1]) }); ok {
+				return err
+			}
+		}
+	}
 	c.in(x)
 	c.out(dst)
 	if c.err != nil {
@@ -192,6 +227,29 @@ func (d *Device) Concat(dst, a, b *engine.Tensor) error {
 	c.dtype(a, engine.F32)
 	c.dtype(b, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && !d.fits(dst, a, b) {
+		if a.Shape[0] == 1 {
+			// One image: dst is a followed by b, two copies (which split).
+			na := a.NumElem()
+			dv, err := dst.Reshape(dst.NumElem())
+			if err != nil {
+				return err
+			}
+			var v viewer
+			da := v.rows(dv, dv.NumElem(), 0, na, a.Shape...)
+			db := v.rows(dv, dv.NumElem(), na, dv.NumElem(), b.Shape...)
+			if v.err != nil {
+				return v.err
+			}
+			if err := d.Copy(da, a); err != nil {
+				return err
+			}
+			return d.Copy(db, b)
+		}
+		if ok, err := d.splitLeading([]*engine.Tensor{dst, a, b}, func(v []*engine.Tensor) error { return d.Concat(v[0], v[1], v[2]) }); ok {
+			return err
+		}
+	}
 	c.in(a)
 	c.in(b)
 	c.out(dst)
@@ -220,6 +278,12 @@ func (d *Device) Permute(dst, x *engine.Tensor, perm []int) error {
 	c.check(engine.WantShape(c.op, dst, s...))
 	c.dtype(x, engine.F32)
 	c.dtype(dst, engine.F32)
+	if c.err == nil && perm[0] == 0 && !d.fits(dst, x) {
+		// The leading axis stays in place: permute its pieces alone.
+		if ok, err := d.splitLeading([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error { return d.Permute(v[0], v[1], perm) }); ok {
+			return err
+		}
+	}
 	c.in(x)
 	c.out(dst)
 	if c.err != nil {
@@ -265,30 +329,89 @@ func (d *Device) Embedding(dst, table *engine.Tensor, ids []int32) error {
 	if c.err != nil {
 		return c.err
 	}
+	if !d.fits(dst) {
+		if ok, err := d.split(len(ids), []*engine.Tensor{dst}, []int64{int64(4 * dim)}, [][]int{{-1, dim}}, func(v []*engine.Tensor) error {
+			r0 := (v[0].Offset - dst.Offset) / dim
+			return d.Embedding(v[0], table, ids[r0:r0+v[0].Shape[0]])
+		}); ok {
+			return err
+		}
+	}
 	idt, err := d.Alloc(table.Name+".ids", engine.F32, engine.Shape{len(ids)})
 	if err != nil {
 		return err
 	}
-	c.temps = append(c.temps, idt)
+	// Freed once every piece is recorded (pending reads stay safe).
+	defer d.Free(idt)
 	raw := make([]byte, alignUp(int64(4*len(ids)), 4))
 	copy(raw, unsafe.Slice((*byte)(unsafe.Pointer(&ids[0])), 4*len(ids)))
 	bd, _, err := c.rawBinding(idt, false)
 	if err != nil {
-		c.fail(err)
 		return err
 	}
 	if err := d.rec.updateBuffer(bd.buf, bd.off, raw); err != nil {
-		c.fail(err)
 		return d.fail(err)
 	}
-	c.in(table)
-	c.binds = append(c.binds, bd)
-	c.out(dst)
 	k := kernels.EmbeddingF32
 	if table.DType == engine.F16 {
 		k = kernels.EmbeddingF16
 	}
 	n := dst.NumElem()
-	p := kernels.EmbeddingParams{N: uint32(n), D: uint32(dim)}
-	return c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem))
+	// A table over the binding limit (Qwen3's 151936 x 2560) is bound in
+	// pieces of rows; each dispatch writes the rows whose ids fall in its
+	// piece.
+	pcs := [][2]int{{0, v}}
+	if !d.fits(table) {
+		pcs = d.pieces(v, int64(dim*table.DType.Size()))
+	}
+	for _, pc := range pcs {
+		var vw viewer
+		tv := table
+		if len(pcs) > 1 {
+			tv = vw.rows(table, v, pc[0], pc[1], pc[1]-pc[0], dim)
+		}
+		if vw.err != nil {
+			return vw.err
+		}
+		c := d.newOp("embedding " + table.Name)
+		c.in(tv)
+		if c.err == nil {
+			c.binds = append(c.binds, bd)
+		}
+		c.out(dst)
+		p := kernels.EmbeddingParams{N: uint32(n), D: uint32(dim), V0: uint32(pc[0]), V1: uint32(pc[1])}
+		if err := c.run(k, []uint32{wgElem}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.grid(n, wgElem)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// binaryPieces runs a Binary whose operands do not all bind whole in
+// pieces along the first axis of the broadcast shape s longer than 1: an
+// operand that spans that axis is split with dst, one broadcast along it is
+// bound whole. A piece still too large splits again along the next axis.
+func (d *Device) binaryPieces(dst, a, b *engine.Tensor, op engine.BinaryOp, s engine.Shape) (bool, error) {
+	ds := pad4(s)
+	ax := 0
+	for ax < 4 && ds[ax] == 1 {
+		ax++
+	}
+	if ax == 4 {
+		return false, nil
+	}
+	ts := []*engine.Tensor{dst, a, b}
+	rb := make([]int64, 3)
+	shapes := make([][]int, 3)
+	for i, t := range ts {
+		ts4 := pad4(t.Shape)
+		if ts4[ax] != ds[ax] {
+			continue // broadcast along ax: bound whole
+		}
+		rb[i] = t.Bytes() / int64(ds[ax])
+		shapes[i] = ts4[:]
+		shapes[i][ax] = -1
+	}
+	// Rows along ax of a tensor whose earlier dims are all 1 are contiguous.
+	return d.split(ds[ax], ts, rb, shapes, func(v []*engine.Tensor) error { return d.Binary(v[0], v[1], v[2], op) })
 }

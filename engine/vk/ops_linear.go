@@ -84,6 +84,15 @@ func (d *Device) Linear(dst, x, w, bias *engine.Tensor) error {
 	}
 	c.check(engine.WantShape(c.op, dst, s...))
 	n, k := w.Shape[0], w.Shape[1]
+	if c.err == nil && !d.fits(x, dst) {
+		// Rows of x are independent: run them in pieces (w and the bias
+		// are bound whole by every piece).
+		if ok, err := d.splitLeading([]*engine.Tensor{flat2(dst, n), flat2(x, k)}, func(v []*engine.Tensor) error {
+			return d.Linear(v[0], v[1], w, bias)
+		}); ok {
+			return err
+		}
+	}
 	hasBias := c.weighted(dst, x, w, bias, n)
 	if c.err != nil {
 		return c.err
@@ -111,6 +120,9 @@ func (d *Device) MatMul(dst, a, b *engine.Tensor, transB bool, alpha float32) er
 	c.dtype(dst, engine.F32)
 	if c.err != nil {
 		return c.err
+	}
+	if ok, err := d.matmulPieces(dst, a, b, transB, alpha); ok {
+		return err
 	}
 	// The register-blocked kernel is far faster with both operands K-major
 	// (dot products touch each spilled accumulator once per 4 k instead
@@ -142,4 +154,23 @@ func (d *Device) MatMul(dst, a, b *engine.Tensor, transB bool, alpha float32) er
 		p.TransB = 1
 	}
 	return d.matmul(c, b.DType, batch, m, n, k, transB, p)
+}
+
+// matmulPieces runs a MatMul whose operands do not all bind whole in
+// pieces of batches, or of the rows of a and dst of one batch (each row
+// reads all of b); false when neither splits.
+func (d *Device) matmulPieces(dst, a, b *engine.Tensor, transB bool, alpha float32) (bool, error) {
+	if d.fits(dst, a, b) {
+		return false, nil
+	}
+	f := func(v []*engine.Tensor) error { return d.MatMul(v[0], v[1], v[2], transB, alpha) }
+	if a.Shape[0] > 1 {
+		return d.splitLeading([]*engine.Tensor{dst, a, b}, f)
+	}
+	if !d.fits(b) {
+		return false, nil
+	}
+	m, k, n := a.Shape[1], a.Shape[2], dst.Shape[2]
+	return d.split(m, []*engine.Tensor{dst, a, b}, []int64{int64(4 * n), int64(4 * k), 0},
+		[][]int{{1, -1, n}, {1, -1, k}, nil}, f)
 }

@@ -25,6 +25,11 @@ func (d *Device) GroupNorm(dst, x, gamma, beta *engine.Tensor, groups int, eps f
 	for _, t := range []*engine.Tensor{x, gamma, beta, dst} {
 		c.dtype(t, engine.F32)
 	}
+	if c.err == nil && !d.fits(dst, x) {
+		if ok, err := d.groupNormPieces(dst, x, gamma, beta, groups, eps, silu); ok {
+			return err
+		}
+	}
 	c.in(x)
 	c.in(gamma)
 	c.in(beta)
@@ -60,6 +65,13 @@ func (d *Device) LayerNorm(dst, x, gamma, beta *engine.Tensor, eps float32) erro
 	c.check(engine.WantShape(c.op, beta, dim))
 	for _, t := range []*engine.Tensor{x, gamma, beta, dst} {
 		c.dtype(t, engine.F32)
+	}
+	if c.err == nil && !d.fits(dst, x) {
+		if ok, err := d.splitLeading([]*engine.Tensor{flat2(dst, dim), flat2(x, dim)}, func(v []*engine.Tensor) error {
+			return d.LayerNorm(v[0], v[1], gamma, beta, eps)
+		}); ok {
+			return err
+		}
 	}
 	c.in(x)
 	c.in(gamma)
@@ -99,13 +111,49 @@ func (d *Device) Softmax(dst, x *engine.Tensor) error {
 	}
 	c.dtype(x, engine.F32)
 	c.dtype(dst, engine.F32)
+	dim := x.Shape[len(x.Shape)-1]
+	if c.err == nil && !d.fits(dst, x) {
+		if ok, err := d.splitLeading([]*engine.Tensor{flat2(dst, dim), flat2(x, dim)}, func(v []*engine.Tensor) error {
+			return d.Softmax(v[0], v[1])
+		}); ok {
+			return err
+		}
+	}
 	c.in(x)
 	c.out(dst)
 	if c.err != nil {
 		return c.err
 	}
-	dim := x.Shape[len(x.Shape)-1]
 	rows := x.NumElem() / dim
 	p := kernels.SoftmaxParams{Rows: uint32(rows), D: uint32(dim)}
 	return c.run(kernels.Softmax, []uint32{rowWG(dim)}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.groupGrid(rows, 1))
+}
+
+// groupNormPieces runs a GroupNorm whose x does not bind whole in pieces of
+// images, or of the groups of one image: a group's channels are contiguous,
+// so groups [g0, g1) are one view of x and dst and a slice of gamma and
+// beta. False when neither splits (one group over the limit).
+func (d *Device) groupNormPieces(dst, x, gamma, beta *engine.Tensor, groups int, eps float32, silu bool) (bool, error) {
+	if x.Shape[0] > 1 {
+		return d.splitLeading([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error {
+			return d.GroupNorm(v[0], v[1], gamma, beta, groups, eps, silu)
+		})
+	}
+	cpg := x.Shape[1] / groups
+	s := x.NumElem() / x.Shape[1]
+	gb := int64(4 * cpg * s)
+	return d.split(groups, []*engine.Tensor{dst, x, gamma, beta}, []int64{gb, gb, int64(4 * cpg), int64(4 * cpg)},
+		[][]int{{1, -1, cpg * s}, {1, -1, cpg * s}, {-1, cpg}, {-1, cpg}}, func(v []*engine.Tensor) error {
+			// Reshape the piece's groups into channels.
+			n := v[1].Shape[1]
+			var vw viewer
+			dv := vw.rows(v[0], 1, 0, 1, 1, n*cpg, s)
+			xv := vw.rows(v[1], 1, 0, 1, 1, n*cpg, s)
+			gv := vw.rows(v[2], 1, 0, 1, n*cpg)
+			bv := vw.rows(v[3], 1, 0, 1, n*cpg)
+			if vw.err != nil {
+				return vw.err
+			}
+			return d.GroupNorm(dv, xv, gv, bv, n, eps, silu)
+		})
 }

@@ -89,7 +89,7 @@ func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh,
 	th, tw := (oh+winoTile-1)/winoTile, (ow+winoTile-1)/winoTile
 	tiles := n * th * tw
 	limit := int64(1) << 31
-	if r := d.info.MaxStorageBufferRange; r > 0 {
+	if r := d.bindLimit(); r > 0 {
 		limit = r
 	}
 	og := winoGroups(o, cp, limit)

@@ -152,7 +152,7 @@ func readPushBlock(glslDir, file string) (pushBlock, error) {
 // goName turns a snake_case GLSL name into an exported Go name, keeping the
 // project's initialisms.
 func goName(s string) string {
-	special := map[string]string{"matmul": "MatMul", "geglu": "GEGLU", "f16": "F16", "f32": "F32", "qkv": "QKV"}
+	special := map[string]string{"matmul": "MatMul", "geglu": "GEGLU", "swiglu": "SwiGLU", "rms": "RMS", "f16": "F16", "f32": "F32", "qkv": "QKV"}
 	var b strings.Builder
 	for _, part := range strings.Split(strings.Trim(s, "_"), "_") {
 		if part == "" {

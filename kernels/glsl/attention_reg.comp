@@ -27,7 +27,8 @@ void main() {
 	uint b = gl_WorkGroupID.z;
 	uint h = t / qtiles;
 	uint q0 = (t - h * qtiles) * QB;
-	uint row4 = p.heads * D4; // vec4s per token
+	uint row4 = p.heads * D4;      // vec4s per query token
+	uint kvrow4 = p.kv_heads * D4; // vec4s per key/value token
 	// Scores are computed in base 2: exp(x) = exp2(x * log2 e).
 	float sc = p.scale * 1.4426950408889634;
 	vec4 qr[QB][D4];
@@ -42,16 +43,17 @@ void main() {
 		m[qi] = NEG_BIG;
 		l[qi] = 0.0;
 	}
-	uint kend = p.lk;
+	uint kend = p.kv_len;
 	if (p.causal != 0u) {
-		kend = min(kend, q0 + QB);
+		kend = min(kend, p.q_off + q0 + QB);
 	}
-	uint kvbase = b * p.lk * row4 + h * D4;
+	uint last = p.kv_len - 1u; // loads past the valid keys are clamped, then masked
+	uint kvbase = b * p.lk * kvrow4 + (h / (p.heads / p.kv_heads)) * D4;
 	for (uint j0 = 0u; j0 < kend; j0 += KB) {
 		float s[QB][KB];
 		for (uint kb = 0u; kb < KB; kb++) {
-			uint j = min(j0 + kb, p.lk - 1u);
-			int krow = int(kvbase + j * row4);
+			uint j = min(j0 + kb, last);
+			int krow = int(kvbase + j * kvrow4);
 			for (uint qi = 0u; qi < QB; qi++) {
 				s[qi][kb] = 0.0;
 			}
@@ -67,7 +69,7 @@ void main() {
 			float bm = m[qi];
 			for (uint kb = 0u; kb < KB; kb++) {
 				uint j = j0 + kb;
-				bool masked = j >= p.lk || (p.causal != 0u && j > q0 + qi);
+				bool masked = j >= p.kv_len || (p.causal != 0u && j > p.q_off + q0 + qi);
 				s[qi][kb] = masked ? NEG_BIG : s[qi][kb];
 				bm = max(bm, s[qi][kb]);
 			}
@@ -87,8 +89,8 @@ void main() {
 			}
 		}
 		for (uint kb = 0u; kb < KB; kb++) {
-			uint j = min(j0 + kb, p.lk - 1u);
-			int vrow = int(kvbase + j * row4);
+			uint j = min(j0 + kb, last);
+			int vrow = int(kvbase + j * kvrow4);
 			for (uint d = 0u; d < D4; d++) {
 				vec4 vv = texelFetch(V, vrow + int(d));
 				for (uint qi = 0u; qi < QB; qi++) {
