@@ -159,6 +159,105 @@ func BenchmarkAttention(b *testing.B) {
 	}
 }
 
+// BenchmarkLinearDiT times Linear at the Z-Image DiT's shapes with F16
+// weights: 1056 tokens (1024 image + 32 caption, 512²) and 4160 (4096 +
+// 64, 1024²); attention projections 3840 -> 3840, the feed-forward up
+// 3840 -> 10240 and down 10240 -> 3840. At 4160 tokens the 10240-wide
+// activation (170 MB) is over lavapipe's binding limit and runs in pieces.
+func BenchmarkLinearDiT(b *testing.B) {
+	d := device(b)
+	for _, m := range []int{1024 + 32, 4096 + 64} {
+		for _, c := range []struct{ k, n int }{{3840, 3840}, {3840, 10240}, {10240, 3840}} {
+			b.Run(fmt.Sprintf("%dx%d_to_%d", m, c.k, c.n), func(b *testing.B) {
+				x := benchTensor(b, d, "x", engine.F32, m, c.k)
+				w := benchTensor(b, d, "w", engine.F16, c.n, c.k)
+				bias := benchTensor(b, d, "bias", engine.F32, c.n)
+				dst := benchTensor(b, d, "y", engine.F32, m, c.n)
+				runBench(b, d, 2*float64(m)*float64(c.n)*float64(c.k), func() error {
+					return d.Linear(dst, x, w, bias)
+				})
+			})
+		}
+	}
+}
+
+// BenchmarkAttentionTransformer times attention at the Z-Image DiT's
+// shapes (30 heads of 128 over image + caption tokens; batch 2 is a CFG
+// batch whose rows attend to different caption lengths) and the Qwen3-4B
+// text encoder's (512 tokens, 32 query heads over 8 key/value heads,
+// causal). FLOPs count the unmasked keys of every row.
+func BenchmarkAttentionTransformer(b *testing.B) {
+	d := device(b)
+	for _, c := range []struct {
+		batch, l, heads, kv int
+		causal              bool
+		lens                []int
+	}{
+		{1, 1056, 30, 30, false, nil},
+		{2, 1056, 30, 30, false, []int{1056, 1040}},
+		{1, 4160, 30, 30, false, nil},
+		{2, 4160, 30, 30, false, []int{4160, 4128}},
+		{1, 512, 32, 8, true, nil},
+	} {
+		b.Run(fmt.Sprintf("b%d_l%d_h%d_kv%dx128_causal=%v_lens%v", c.batch, c.l, c.heads, c.kv, c.causal, c.lens), func(b *testing.B) {
+			q := benchTensor(b, d, "q", engine.F32, c.batch, c.l, c.heads*128)
+			k := benchTensor(b, d, "k", engine.F32, c.batch, c.l, c.kv*128)
+			v := benchTensor(b, d, "v", engine.F32, c.batch, c.l, c.kv*128)
+			dst := benchTensor(b, d, "o", engine.F32, c.batch, c.l, c.heads*128)
+			var keys float64
+			for r := 0; r < c.batch; r++ {
+				n := c.l
+				if c.lens != nil {
+					n = c.lens[r]
+				}
+				keys += float64(n)
+			}
+			flops := 4 * float64(c.l) * keys * float64(c.heads*128)
+			if c.causal {
+				flops /= 2
+			}
+			o := engine.AttentionOptions{Heads: c.heads, KVHeads: c.kv, Scale: 0.088, Causal: c.causal, KeyLens: c.lens}
+			runBench(b, d, flops, func() error { return d.Attention(dst, q, k, v, o) })
+		})
+	}
+}
+
+// BenchmarkTransformerOps times the bandwidth-bound transformer ops at the
+// DiT's 1024² shapes (GB/s of tensor bytes read and written): RMSNorm over
+// the hidden dim and per head (q/k norm), the interleaved rope of q, and
+// SwiGLU over the 10240-wide activation (170 MB: in pieces on lavapipe).
+func BenchmarkTransformerOps(b *testing.B) {
+	d := device(b)
+	const tokens, dim, heads, hidden = 4160, 3840, 30, 10240
+	x := benchTensor(b, d, "x", engine.F32, 1, tokens, dim)
+	g := benchTensor(b, d, "gamma", engine.F32, dim)
+	g128 := benchTensor(b, d, "gamma128", engine.F32, 128)
+	cos := benchTensor(b, d, "cos", engine.F32, 1, tokens, 64)
+	gate := benchTensor(b, d, "gate", engine.F32, tokens, hidden)
+	up := benchTensor(b, d, "up", engine.F32, tokens, hidden)
+	xh, err := x.Reshape(tokens*heads, 128)
+	if err != nil {
+		b.Fatal(err)
+	}
+	xb := float64(2 * x.Bytes())
+	for _, c := range []struct {
+		name  string
+		bytes float64
+		op    func() error
+	}{
+		{"RMSNorm_4160x3840", xb, func() error { return d.RMSNorm(x, x, g, 1e-6) }},
+		{"RMSNorm_heads_124800x128", xb, func() error { return d.RMSNorm(xh, xh, g128, 1e-6) }},
+		{"Rope_interleaved_4160x30x128", xb, func() error { return d.Rope(x, x, cos, cos, heads, engine.RopeInterleaved) }},
+		{"Rope_half_4160x30x128", xb, func() error { return d.Rope(x, x, cos, cos, heads, engine.RopeHalf) }},
+		{"SwiGLU_4160x10240", 3 * float64(gate.Bytes()), func() error { return d.SwiGLU(gate, gate, up) }},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			runBench(b, d, 0, c.op)
+			b.ReportMetric(c.bytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+		})
+	}
+}
+
 // processCPU is the user+system CPU time of this process (all threads,
 // lavapipe's workers included).
 func processCPU() time.Duration {

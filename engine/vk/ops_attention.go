@@ -193,15 +193,16 @@ func allEqual(s []int) bool {
 // lavapipe (1024 tokens, GFLOP/s per CPU-second x 2 cores; first-use
 // compile): D=40: QB 4 13.9, 8 18.0 (5 s); D=64: 4 12.3, 8 19.5 (13 s),
 // 16 25.4 (32 s); D=80: 2 7.3, 4 14.1 (12 s), 8 20.6 (20 s); D=160 is not
-// unrolled by the driver (compiles in 0.6 s): 2 5.2, 4 6.8.
+// unrolled by the driver (compiles in 0.6 s): 2 5.2, 4 6.8. D=128 (Qwen3,
+// Z-Image; 1056 tokens x 30 heads, CPU-time rates on a loaded machine,
+// medians of 3): 2 13.2, 3 14.6, 4 16.7, compiling in 7.5, -, 21.8 s
+// there (about a third of that when quiet).
 func attentionQB(dim int) int {
 	switch {
 	case dim <= 64:
 		return 8
-	case dim <= 80:
-		return 4
 	case dim <= 128:
-		return 2
+		return 4
 	}
 	return 4
 }
