@@ -67,6 +67,20 @@ func runBench(b *testing.B, d *Device, flops float64, op func() error) {
 	}
 }
 
+// runBenchBytes times a bandwidth-bound op that reads and writes bytes per
+// call, reporting GB/s and, on CPU devices, cpuGB/s (as cpuGFLOP/s).
+func runBenchBytes(b *testing.B, d *Device, bytes float64, op func() error) {
+	b.Helper()
+	cpu0 := processCPU()
+	runBench(b, d, 0, op)
+	cpu := processCPU() - cpu0
+	b.ReportMetric(bytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
+	if d.Info().Type == "cpu" && cpu > 0 {
+		// cpu includes the warm-up call.
+		b.ReportMetric(bytes*float64(b.N+1)/(cpu.Seconds()/float64(runtime.NumCPU()))/1e9, "cpuGB/s")
+	}
+}
+
 func BenchmarkMatMul(b *testing.B) {
 	d := device(b)
 	for _, c := range []struct {
@@ -251,10 +265,7 @@ func BenchmarkTransformerOps(b *testing.B) {
 		{"Rope_half_4160x30x128", xb, func() error { return d.Rope(x, x, cos, cos, heads, engine.RopeHalf) }},
 		{"SwiGLU_4160x10240", 3 * float64(gate.Bytes()), func() error { return d.SwiGLU(gate, gate, up) }},
 	} {
-		b.Run(c.name, func(b *testing.B) {
-			runBench(b, d, 0, c.op)
-			b.ReportMetric(c.bytes*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
-		})
+		b.Run(c.name, func(b *testing.B) { runBenchBytes(b, d, c.bytes, c.op) })
 	}
 }
 
