@@ -197,7 +197,9 @@ type Backend interface {
 
 // TensorLimiter is implemented by backends that cannot bind a tensor larger
 // than some size (Vulkan's maxStorageBufferRange: 128 MiB on many GPUs).
-// Callers that can split work (the tiled VAE decoder) size it to fit.
+// Ops over rows, elements, batch rows or groups run bigger tensors in
+// pieces themselves; a convolution over one image that large does not, so
+// callers that can split such work (the tiled VAE decoder) size it to fit.
 type TensorLimiter interface {
 	MaxTensorBytes() int64
 }
