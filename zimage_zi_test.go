@@ -50,6 +50,7 @@ func TestZImageGenerateMatchesReference(t *testing.T) {
 		b    func(t *testing.T) engine.Backend
 	}{
 		{"ref", func(*testing.T) engine.Backend { return ref.New() }},
+		{"vk", func(t *testing.T) engine.Backend { return vulkan(t) }},
 	} {
 		t.Run(bk.name, func(t *testing.T) {
 			p, err := zimage.Load(r.Dir, zimage.WithBackend(bk.b(t)))

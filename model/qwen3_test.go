@@ -3,7 +3,6 @@ package model
 import (
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -37,16 +36,6 @@ func zimageIDs(t testing.TB, r *testref.Refs, name string) []int32 {
 	return out
 }
 
-// skipPendingVK skips a Vulkan subtest whose op the Vulkan backend does not
-// implement yet (RMSNorm, Rope, SwiGLU, grouped-query attention and key
-// lengths land with the Vulkan kernels); any other error fails.
-func skipPendingVK(t *testing.T, b engine.Backend, err error) {
-	t.Helper()
-	if b.Name() != "ref" && containsPending(err) {
-		t.Skipf("%s: %v (the test runs once the Vulkan kernels land)", b.Name(), err)
-	}
-}
-
 // TestQwen3Encode checks hidden_states[-2] at the valid tokens (what
 // ZImagePipeline uses) for every reference prompt, and the embeddings.
 //
@@ -69,7 +58,6 @@ func TestQwen3Encode(t *testing.T) {
 
 			rec := engine.NewRec(b)
 			got := m.Encode(rec, res, ids)
-			skipPendingVK(t, b, rec.Err())
 			require.NoError(t, rec.Err())
 			checkClose(t, b, got, r, fmt.Sprintf("te.%d.prompt_embeds", i), 0)
 			rec.Free(got)
@@ -125,8 +113,4 @@ func refBackend(t testing.TB) engine.Backend {
 	b := ref.New()
 	t.Cleanup(func() { b.Close() })
 	return b
-}
-
-func containsPending(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "not implemented yet")
 }

@@ -44,6 +44,12 @@ func TestVAEDecodeFLUX(t *testing.T) {
 			require.Nil(t, v.PostQuantConv)
 			require.Equal(t, 16, v.Config.LatentChannels)
 			forEachBackend(t, func(t *testing.T, b engine.Backend, res Residency) {
+				if b.Name() == "ref" && !wt.storeF32 {
+					// F16 storage rounds the weights the same way on every
+					// backend; the reference backend's exactness is shown in
+					// f32 mode, and this mode costs it 30 s.
+					t.Skip("F16 storage is checked on Vulkan")
+				}
 				rec := engine.NewRec(b)
 				decode := func(input, image, u8 string, raw bool) {
 					lat, shape := r.Floats(t, input)

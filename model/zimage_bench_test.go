@@ -59,7 +59,6 @@ func benchZImage(b *testing.B, h, w, capLen int) {
 	}
 	call := func(it ZImageItem) {
 		m.Forward(rec, res, []ZImageItem{it})
-		skipPendingVKBench(b, rec.Err())
 		require.NoError(b, rec.Err())
 	}
 	warm := item(4, 4)
@@ -80,10 +79,4 @@ func benchZImage(b *testing.B, h, w, capLen int) {
 	b.ReportMetric(m.FLOPs(h, w, capLen, 1)/sec/1e9, "GFLOP/s")
 	b.ReportMetric(float64(dev.MemStats().Peak-base)/1e6, "act-MB")
 	b.ReportMetric(float64(m.Bytes())/1e6, "weights-MB")
-}
-
-func skipPendingVKBench(b *testing.B, err error) {
-	if err != nil && containsPending(err) {
-		b.Skipf("%v (the benchmark runs once the Vulkan kernels land)", err)
-	}
 }

@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -225,9 +224,6 @@ func testZImageRuns(t *testing.T, m *ZImageModels, r *testref.Refs, b engine.Bac
 			steps := 0
 			p.Progress = func(step, n int) { steps = step; require.Equal(t, rn.Steps, n) }
 			out, err := RunZImage(context.Background(), b, m, p)
-			if b.Name() != "ref" && err != nil && strings.Contains(err.Error(), "not implemented yet") {
-				t.Skipf("%s: %v (runs once the Vulkan kernels land)", b.Name(), err)
-			}
 			require.NoError(t, err)
 			require.Equal(t, rn.Steps, steps)
 			require.Len(t, out.Images, 1)
