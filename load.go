@@ -30,6 +30,12 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.LoRADir != "" {
+		if st, err := os.Stat(o.LoRADir); err != nil || !st.IsDir() {
+			ck.Close()
+			return nil, fmt.Errorf("zimage: LoRA folder %s: not a folder", o.LoRADir)
+		}
+	}
 	p := &Pipeline{opts: o, closers: []func() error{ck.Close}}
 	if err := p.load(ck); err != nil {
 		p.Close()
@@ -161,6 +167,11 @@ func (p *Pipeline) Close() error {
 		for _, bl := range p.allBlocks() {
 			bl.Evict(p.backend)
 		}
+	}
+	// After the eviction: merged weights need no restoring upload then.
+	if p.lora != nil {
+		errs = append(errs, p.lora.close())
+		p.lora = nil
 	}
 	// Release in reverse order: the device before the mappings it read.
 	for i := len(p.closers) - 1; i >= 0; i-- {

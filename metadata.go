@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash/crc32"
 	"image"
 	"image/png"
 	"io"
+	"regexp"
 	"strconv"
 	"strings"
 )
@@ -26,7 +28,10 @@ type Parameters struct {
 	Width, Height  int
 	ModelHash      string
 	Model          string
-	Version        string
+	// LoRAHashes is A1111's "Lora hashes": "name: shorthash, ..." for the
+	// LoRAs applied (their <lora:...> tags stay in Prompt).
+	LoRAHashes string
+	Version    string
 }
 
 // String renders the A1111 layout: the prompt, an optional "Negative
@@ -46,11 +51,31 @@ func (p Parameters) String() string {
 	if p.Model != "" {
 		fmt.Fprintf(&b, ", Model: %s", strings.ReplaceAll(p.Model, ",", " "))
 	}
+	if p.LoRAHashes != "" {
+		fmt.Fprintf(&b, ", Lora hashes: %s", quote(p.LoRAHashes))
+	}
 	if p.Version != "" {
 		fmt.Fprintf(&b, ", Version: %s", p.Version)
 	}
 	return b.String()
 }
+
+// quote writes a value as A1111's infotext does: as is, unless it holds a
+// comma, colon or newline, then as a JSON string (non-ASCII kept).
+func quote(v string) string {
+	if !strings.ContainsAny(v, ",:\n") {
+		return v
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.Encode(v)
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// infotextPair is one "Key: value" of the parameters line; a quoted value
+// may hold commas and colons.
+var infotextPair = regexp.MustCompile(`\s*([\w][\w \-/]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)`)
 
 // ParseParameters reads the A1111 "parameters" text back.
 func ParseParameters(text string) (Parameters, error) {
@@ -74,10 +99,13 @@ func ParseParameters(text string) (Parameters, error) {
 		}
 	}
 	p.Prompt, p.NegativePrompt = strings.Join(prompt, "\n"), strings.Join(neg, "\n")
-	for _, kv := range strings.Split(last, ", ") {
-		k, v, ok := strings.Cut(kv, ": ")
-		if !ok {
-			continue
+	for _, m := range infotextPair.FindAllStringSubmatch(last, -1) {
+		k, v := strings.TrimSpace(m[1]), strings.TrimSpace(m[2])
+		if strings.HasPrefix(v, `"`) {
+			var u string
+			if json.Unmarshal([]byte(v), &u) == nil {
+				v = u
+			}
 		}
 		var err error
 		switch k {
@@ -95,6 +123,8 @@ func ParseParameters(text string) (Parameters, error) {
 			p.ModelHash = v
 		case "Model":
 			p.Model = v
+		case "Lora hashes":
+			p.LoRAHashes = v
 		case "Version":
 			p.Version = v
 		}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model/lora"
 	"github.com/zimage/zimage/sched"
 )
 
@@ -53,6 +54,16 @@ type Options struct {
 	// Backend runs the networks on this backend instead of opening a Vulkan
 	// device; the Pipeline then does not close it.
 	Backend engine.Backend
+	// LoRADir is the folder that A1111's <lora:NAME:MULT> prompt tags find
+	// LoRA files in (NAME.safetensors in any subfolder, or a file whose
+	// ss_output_name is NAME).
+	LoRADir string
+	// LoRAIgnoreUnknown applies the modules of a LoRA that match this model
+	// and skips the rest, instead of failing on a LoRA with keys this model
+	// has no module for.
+	LoRAIgnoreUnknown bool
+	// LoRAMode overrides how LoRAs are applied (default LoRAAuto).
+	LoRAMode LoRAMode
 }
 
 // Option sets an Option field.
@@ -89,6 +100,21 @@ func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progres
 
 // WithBackend runs on an existing backend (tests, the reference backend).
 func WithBackend(b engine.Backend) Option { return func(o *Options) { o.Backend = b } }
+
+// WithLoRADir names the folder that <lora:NAME:MULT> prompt tags find LoRA
+// files in.
+func WithLoRADir(dir string) Option { return func(o *Options) { o.LoRADir = dir } }
+
+// WithLoRAIgnoreUnknown applies the matching modules of LoRAs that also
+// carry keys this model has no module for (e.g. a text-encoder part for
+// another encoder), instead of failing.
+func WithLoRAIgnoreUnknown(ignore bool) Option {
+	return func(o *Options) { o.LoRAIgnoreUnknown = ignore }
+}
+
+// WithLoRAMode sets how LoRAs are applied: merged into the weights, in the
+// forward pass, or chosen per network and device (LoRAAuto, the default).
+func WithLoRAMode(m LoRAMode) Option { return func(o *Options) { o.LoRAMode = m } }
 
 // Progress is one progress event: one as each stage starts, one after
 // every denoising step, and "done" at the end. Step counts the denoising
@@ -130,6 +156,14 @@ type Request struct {
 	// the tile size in output pixels (multiple of 8), 0 = automatic.
 	VAETiling sched.Tiling
 	Tile      int
+	// LoRAs are applied in order, before the LoRAs the prompt's
+	// <lora:NAME:MULT> tags name (found in Options.LoRADir; A1111's
+	// syntax, <lora:NAME:TE:UNET> for separate multipliers). The tags are
+	// removed from the prompt before it is tokenized, exactly as A1111
+	// removes them, and kept in the metadata's prompt; the negative prompt
+	// is not searched for tags. Switching LoRAs between requests touches
+	// only the adapted modules: the model is not loaded again.
+	LoRAs []LoRA
 	// Progress, when set, receives this request's progress events (as
 	// well as the pipeline-wide WithProgress callback), on the goroutine
 	// that called Generate; it must return quickly.
@@ -150,6 +184,16 @@ type Result struct {
 	Uploaded    int64 // weight bytes uploaded during the request
 	Truncated   int   // prompt tokens dropped by the first tokenizer
 	Total       time.Duration
+	// LoRAs are the LoRAs applied, in order (Request.LoRAs, then the
+	// prompt's tags); LoRAModes says how each network took them ("merge"
+	// or "in-forward"); LoRAStats counts the merged and forward-pass
+	// modules and the device bytes of the forward-pass terms (which the
+	// run's budget leaves room for). Uploaded includes the weights a
+	// merge uploaded or restored; the "lora" stage in Stages is the time
+	// the LoRA set took to apply or switch.
+	LoRAs     []AppliedLoRA
+	LoRAModes map[string]string
+	LoRAStats lora.Stats
 }
 
 // Pipeline is a loaded model on a device.
@@ -162,6 +206,7 @@ type Pipeline struct {
 	zimage  *sched.ZImageModels // Z-Image; nil for Stable Diffusion
 	info    modelInfo
 	closers []func() error
+	lora    *loraState // nil until a request uses a LoRA
 	model   ModelInfo
 	// Warnings are problems found while loading that did not stop it
 	// (unused tensors, guessed configs).
@@ -246,8 +291,12 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	if req.Tile%8 != 0 {
 		return nil, fmt.Errorf("zimage: tile size %d: want a multiple of 8 pixels", req.Tile)
 	}
+	prompt, uses, err := p.requestLoRAs(req)
+	if err != nil {
+		return nil, err
+	}
 	params := sched.Params{
-		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt,
+		Prompt: prompt, NegativePrompt: req.NegativePrompt,
 		Width: w, Height: h, Steps: steps, Guidance: g, Seed: seed, Batch: batch,
 		Sampler: req.Sampler, Karras: req.Karras, LongPrompts: req.LongPrompts,
 		Offload: p.opts.Offload, Budget: p.opts.Budget, Tiling: req.VAETiling, Tile: req.Tile / 8,
@@ -277,8 +326,11 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		emit(Progress{Stage: "denoise", Step: step, Steps: steps})
 	}
 	params.OnStage = func(name string) { emit(Progress{Stage: name, Step: done, Steps: steps}) }
+	lst, err := p.runLoRAs(uses, &params, params.OnStage)
+	if err != nil {
+		return nil, err
+	}
 	var out *sched.Output
-	var err error
 	if p.zimage != nil {
 		out, err = sched.RunZImage(ctx, p.backend, p.zimage, sched.ZImageParams{
 			Params: params, CFGTruncation: req.CFGTruncation, CFGNormalization: req.CFGNormalization})
@@ -292,11 +344,12 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	pm := Parameters{
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Steps: steps, Sampler: sampler,
 		CFGScale: g, Seed: seed, Width: w, Height: h, ModelHash: p.info.Hash, Model: p.info.Name,
-		Version: "zimage " + Version,
+		LoRAHashes: loraHashes(lst.applied), Version: "zimage " + Version,
 	}
 	res := &Result{
-		Images: out.Images, Parameters: pm, Metadata: pm.String(), Stages: out.Stages,
-		PeakDevice: out.PeakDev, PeakHostRSS: sched.PeakRSS(), Uploaded: out.Uploaded, Total: time.Since(start),
+		Images: out.Images, Parameters: pm, Metadata: pm.String(), Stages: append(lst.stages, out.Stages...),
+		PeakDevice: max(out.PeakDev, lst.peak), PeakHostRSS: sched.PeakRSS(), Uploaded: out.Uploaded + lst.uploaded,
+		Total: time.Since(start), LoRAs: lst.applied, LoRAModes: lst.modes, LoRAStats: lst.stats,
 	}
 	for range out.Images {
 		res.Seeds = append(res.Seeds, seed)

@@ -224,6 +224,11 @@ func (p *Param) Evict(b engine.Backend) {
 	}
 }
 
+// Quantized reports whether p is stored in ggml blocks (a GGUF file):
+// such weights cannot take a merged LoRA once quantized kernels keep them
+// in blocks on the device.
+func (p *Param) Quantized() bool { return p.src != nil && p.src.Quantized() }
+
 // ResidentOn reports whether p's device copy lives on b.
 func (p *Param) ResidentOn(b engine.Backend) bool { return p.T != nil && p.on == b }
 

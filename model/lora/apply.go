@@ -146,6 +146,10 @@ func (a *Applier) Resolve(f *File) (*Resolved, error) {
 	return r, nil
 }
 
+// Forget drops the Applier's resolution of f, so that a caller may close
+// f (a file replaced on disk, say). f must not be in the applied set.
+func (a *Applier) Forget(f *File) { delete(a.resolved, f) }
+
 // Stats reports the current state.
 func (a *Applier) Stats() Stats {
 	s := Stats{Restored: a.restored}
