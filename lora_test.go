@@ -21,6 +21,7 @@ import (
 	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/model/lora"
 	"github.com/zimage/zimage/model/safetensors"
+	"github.com/zimage/zimage/sched"
 )
 
 // loraRequest is a LoRA reference run as an A1111 user writes it: the
@@ -306,4 +307,45 @@ func TestZImageLoRA(t *testing.T) {
 	again, err := p.Generate(context.Background(), req)
 	require.NoError(t, err)
 	assert.Equal(t, base.Images[0].Pix, again.Images[0].Pix)
+}
+
+// TestLoRAStreamed: with the weights streamed under a budget, LoRAs go in
+// the forward pass even when merging is asked for (a streamed block comes
+// back from the checkpoint without the merge), they match the reference,
+// and the run's budget leaves room for their terms: a budget the model
+// alone just fits is refused with them, naming their share.
+func TestLoRAStreamed(t *testing.T) {
+	r := testref.OpenLoRA(t, "tiny-sd-turbo")
+	rn := r.Run(t, "a0.7_b0.4")
+	load := func(budget int64) *zimage.Pipeline {
+		p, err := zimage.Load(r.Dir, zimage.WithBackend(vulkan(t)), zimage.WithLoRADir(filepath.Join(r.Dir, "loras")),
+			zimage.WithOffload(sched.OffloadLayer), zimage.WithBudget(budget), zimage.WithLoRAMode(zimage.LoRAMerge))
+		require.NoError(t, err)
+		t.Cleanup(func() { p.Close() })
+		return p
+	}
+	const budget = 6 << 20
+	p := load(budget)
+	for _, id := range []string{"a0.7_b0.4", "locon1.0"} {
+		rn := r.Run(t, id)
+		res, err := p.Generate(context.Background(), loraRequest(rn))
+		require.NoError(t, err)
+		db := checkLoRARun(t, r, rn, res)
+		for c, mode := range res.LoRAModes {
+			assert.Equal(t, "in-forward", mode, c)
+		}
+		assert.GreaterOrEqual(t, res.Uploaded, p.Model().DeviceWeightBytes, "streamed weights are uploaded for every request")
+		assert.LessOrEqual(t, res.PeakDevice, int64(budget))
+		t.Logf("%s streamed under %d B: %.1f dB, peak %d B with %d B of LoRA terms, uploaded %d B", id, budget, db, res.PeakDevice, res.LoRAStats.ForwardBytes, res.Uploaded)
+	}
+
+	// The UNet's largest block (3 MiB here) with its activations just fits
+	// 3.3 MiB, but not beside the 374 KiB of a0.7_b0.4's terms.
+	p = load(3<<20 + 300<<10)
+	_, err := p.Generate(context.Background(), loraRequest(r.Run(t, "base")))
+	require.NoError(t, err)
+	_, err = p.Generate(context.Background(), loraRequest(rn))
+	require.Error(t, err)
+	assert.ErrorContains(t, err, "taken by the LoRAs' forward-pass terms")
+	t.Log(err)
 }

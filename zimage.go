@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/model/lora"
 	"github.com/zimage/zimage/sched"
 )
@@ -338,6 +339,9 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		out, err = sched.Run(ctx, p.backend, p.models, params)
 	}
 	if err != nil {
+		if fb := lst.stats.ForwardBytes; fb > 0 && p.opts.Budget > 0 && ctx.Err() == nil {
+			return nil, fmt.Errorf("zimage: with %s of the budget taken by the LoRAs' forward-pass terms: %w", model.FormatBytes(fb), err)
+		}
 		return nil, err
 	}
 	sampler := a1111SamplerName(out.SamplerName, req.Karras)
