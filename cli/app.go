@@ -65,6 +65,8 @@ func NewApp(stdout, stderr io.Writer) *ucli.App {
 		Version:   zimage.Version,
 		Writer:    stdout,
 		ErrWriter: stderr,
+		// --lora takes paths, which may hold commas.
+		DisableSliceFlagSeparator: true,
 		// Errors are printed once by Main; keep urfave from printing them too.
 		ExitErrHandler: func(*ucli.Context, error) {},
 		OnUsageError: func(c *ucli.Context, err error, _ bool) error {

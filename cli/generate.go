@@ -2,17 +2,20 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"math"
 	"os"
 	"os/signal"
+	"sort"
 	"strings"
 
 	ucli "github.com/urfave/cli/v2"
 
 	"github.com/zimage/zimage"
 	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/model/lora"
 	"github.com/zimage/zimage/sched"
 	"github.com/zimage/zimage/sched/sampler"
 )
@@ -46,28 +49,31 @@ func generateCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "zimage-{seed}.png", Usage: "output PNG; {seed}, {n}, {prompt} and {date} are replaced"},
 			&ucli.StringFlag{Name: "noise", Usage: "safetensors file with explicit noise: latents [B,4,h,w] and noise.0, noise.1, ... for ancestral samplers"},
 			&ucli.StringFlag{Name: "unet", Usage: "file with the UNet alone (e.g. a quantized ComfyUI-GGUF .gguf) to use instead of the model's"},
+			&ucli.StringSliceFlag{Name: "lora", KeepSpace: true, Usage: "apply a LoRA file (kohya/A1111 or diffusers/PEFT .safetensors) at a multiplier, FILE or FILE:MULT (default 1); repeat for several"},
 			&ucli.BoolFlag{Name: "long-prompts", Usage: "encode prompts over 75 tokens in several windows (A1111 style) instead of truncating"},
 			&ucli.BoolFlag{Name: "json", Usage: "print a machine-readable summary on stdout"},
 			&ucli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "no progress on stderr"},
-		}, deviceFlags()...),
+		}, append(deviceFlags(), loraFlags()...)...),
 		Action: runGenerate,
 	}
 }
 
 type genSummary struct {
-	Images      []genImage         `json:"images"`
-	Width       int                `json:"width"`
-	Height      int                `json:"height"`
-	Steps       int                `json:"steps"`
-	CFG         float64            `json:"cfg"`
-	Sampler     string             `json:"sampler"`
-	Seed        uint64             `json:"seed"`
-	Stages      map[string]float64 `json:"stage_seconds"`
-	TotalSec    float64            `json:"total_seconds"`
-	PeakDevice  int64              `json:"peak_device_bytes"`
-	PeakHostRSS int64              `json:"peak_host_rss_bytes"`
-	Truncated   int                `json:"truncated_tokens"`
-	Parameters  string             `json:"parameters"`
+	Images      []genImage           `json:"images"`
+	Width       int                  `json:"width"`
+	Height      int                  `json:"height"`
+	Steps       int                  `json:"steps"`
+	CFG         float64              `json:"cfg"`
+	Sampler     string               `json:"sampler"`
+	Seed        uint64               `json:"seed"`
+	Stages      map[string]float64   `json:"stage_seconds"`
+	TotalSec    float64              `json:"total_seconds"`
+	PeakDevice  int64                `json:"peak_device_bytes"`
+	PeakHostRSS int64                `json:"peak_host_rss_bytes"`
+	Truncated   int                  `json:"truncated_tokens"`
+	Parameters  string               `json:"parameters"`
+	LoRAs       []zimage.AppliedLoRA `json:"loras,omitempty"`
+	LoRAModes   map[string]string    `json:"lora_modes,omitempty"`
 }
 
 type genImage struct {
@@ -111,10 +117,22 @@ func runGenerate(c *ucli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt)
 	defer stop()
 	res, err := p.Generate(ctx, req)
+	var unknown *lora.UnknownLoRAError
+	if errors.As(err, &unknown) {
+		// Checked before loading too; here when the folder changed since.
+		return usagef("--prompt: %v", err)
+	}
 	if err != nil {
 		return err
 	}
 	bar.printf("seed %d\n", res.Parameters.Seed)
+	for _, l := range res.LoRAs {
+		bar.printf("lora %s (%s): te %g, unet %g, hash %s\n", l.Name, l.Path, l.TE, l.UNet, l.Hash)
+	}
+	if st := res.LoRAStats; len(res.LoRAs) > 0 {
+		bar.printf("  %d modules merged, %d in the forward pass (%s on the device); %s\n", st.Merged, st.InForward,
+			model.FormatBytes(st.ForwardBytes), formatModes(res.LoRAModes))
+	}
 	if res.Truncated > 0 {
 		if p.Arch() == "z-image" {
 			bar.printf("prompt truncated: %d tokens beyond the text encoder's 512-token limit were dropped\n", res.Truncated)
@@ -125,7 +143,8 @@ func runGenerate(c *ucli.Context) error {
 	sum := genSummary{Width: res.Parameters.Width, Height: res.Parameters.Height, Steps: res.Parameters.Steps,
 		CFG: res.Parameters.CFGScale, Sampler: res.Parameters.Sampler, Seed: res.Parameters.Seed,
 		Stages: map[string]float64{}, TotalSec: res.Total.Seconds(), PeakDevice: res.PeakDevice,
-		PeakHostRSS: res.PeakHostRSS, Truncated: res.Truncated, Parameters: res.Metadata}
+		PeakHostRSS: res.PeakHostRSS, Truncated: res.Truncated, Parameters: res.Metadata,
+		LoRAs: res.LoRAs, LoRAModes: res.LoRAModes}
 	for i, img := range res.Images {
 		path := outputPath(pattern, res.Seeds[i], i+1, len(res.Images), req.Prompt)
 		if err := writePNG(path, img, res.Metadata); err != nil {
@@ -240,10 +259,31 @@ func requestFromFlags(c *ucli.Context) (zimage.Request, []zimage.Option, error) 
 		opts = append(opts, zimage.WithUNet(u))
 	}
 	req.LongPrompts = c.Bool("long-prompts")
+	if req.LoRAs, err = lorasFromFlags(c); err != nil {
+		return req, nil, err
+	}
+	ls, err := loraFromFlags(c)
+	if err != nil {
+		return req, nil, err
+	}
+	opts = append(opts, ls.opts...)
+	if err := checkPromptLoRAs(req.Prompt, ls.dir); err != nil {
+		return req, nil, err
+	}
 	if _, err := os.Stat(c.String("model")); err != nil {
 		return req, nil, usagef("--model: %v", err)
 	}
 	return req, opts, nil
+}
+
+// formatModes shows how each network took its LoRAs, sorted.
+func formatModes(m map[string]string) string {
+	var parts []string
+	for c, mode := range m {
+		parts = append(parts, c+" "+mode)
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
 }
 
 // deviceFlags are the flags of every command that loads a model onto a

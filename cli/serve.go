@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -39,7 +40,7 @@ func serveCommand() *ucli.Command {
 			&ucli.IntFlag{Name: "queue", Value: 16, Usage: "jobs that may wait; more are refused with 503 and Retry-After"},
 			&ucli.StringFlag{Name: "cors-allow-origins", Usage: "comma-separated origins (https://app.example) allowed to call the API from a browser, or *"},
 			&ucli.IntFlag{Name: "max-side", Value: 2048, Usage: "largest width or height a request may ask for"},
-		}, deviceFlags()...),
+		}, append(deviceFlags(), loraFlags()...)...),
 		Action: runServe,
 	}
 }
@@ -165,8 +166,14 @@ func serveConfig(c *ucli.Context) (server.Config, string, error) {
 		return cfg, "", err
 	}
 	cfg.VAETiling, cfg.Tile = dev.tiling, dev.tile
+	ls, err := loraFromFlags(c)
+	if err != nil {
+		return cfg, "", err
+	}
+	cfg.LoRADir = ls.dir
+	loadOpts := slices.Concat(dev.opts, ls.opts)
 	cfg.Load = func(path string) (server.Model, error) {
-		p, err := zimage.Load(path, dev.opts...)
+		p, err := zimage.Load(path, loadOpts...)
 		if err != nil {
 			return nil, err
 		}
@@ -183,7 +190,8 @@ func serveConfig(c *ucli.Context) (server.Config, string, error) {
 		"port": c.Int("port"), "api": true, "nowebui": false, "api_auth": nil, "outdir_samples": cfg.Outputs,
 		"queue": cfg.Queue, "cors_allow_origins": c.String("cors-allow-origins"), "vram": c.String("vram"),
 		"offload": c.String("offload"), "device": c.String("device"), "vae_tiling": c.String("vae-tiling"),
-		"max_side": cfg.MaxSide,
+		"max_side": cfg.MaxSide, "lora_dir": cfg.LoRADir, "lora_ignore_unknown": c.Bool("lora-ignore-unknown"),
+		"lora_mode": c.String("lora-mode"),
 	}
 	if len(cfg.Auth) > 0 {
 		cfg.Flags["api_auth"] = "(set)" // never the secret itself

@@ -44,7 +44,7 @@ func devicesCommand() *ucli.Command {
 func infoCommand() *ucli.Command {
 	return &ucli.Command{
 		Name:      "info",
-		Usage:     "show a checkpoint's architecture, components, parameters, dtypes and memory estimate",
+		Usage:     "show a checkpoint's architecture, components, parameters, dtypes and memory estimate, or what a LoRA file targets",
 		ArgsUsage: "PATH",
 		Flags: []ucli.Flag{
 			&ucli.StringFlag{Name: "tokenizer", Usage: "tokenizer folder for single-file checkpoints"},
@@ -55,7 +55,7 @@ func infoCommand() *ucli.Command {
 		},
 		Action: func(c *ucli.Context) error {
 			if c.Args().Len() != 1 {
-				return usagef("info: want one PATH (a diffusers folder, a .safetensors or a .gguf file), got %d arguments", c.Args().Len())
+				return usagef("info: want one PATH (a diffusers folder, a .safetensors or a .gguf file, or a LoRA .safetensors), got %d arguments", c.Args().Len())
 			}
 			for _, f := range []string{"text-encoder", "vae"} {
 				if p := c.String(f); p != "" {
@@ -63,6 +63,9 @@ func infoCommand() *ucli.Command {
 						return usagef("--%s: %v", f, err)
 					}
 				}
+			}
+			if isLoRAFile(c.Args().First()) {
+				return loraInfo(c, c.Args().First())
 			}
 			ck, err := model.OpenCheckpoint(c.Args().First(), model.OpenOptions{TokenizerDir: c.String("tokenizer"), ConfigDir: c.String("config"),
 				TextEncoderPath: c.String("text-encoder"), VAEPath: c.String("vae")})

@@ -22,8 +22,8 @@ import (
 	"github.com/zimage/zimage/model"
 )
 
-// routes maps every path. Future routes (img2img, LoRAs) go next to
-// txt2img: parse into a spec, submit a job, answer from its outcome.
+// routes maps every path. Future routes (img2img) go next to txt2img:
+// parse into a spec, submit a job, answer from its outcome.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /sdapi/v1/txt2img", s.txt2img)
@@ -36,6 +36,8 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("GET /sdapi/v1/options", s.getOptions)
 	mux.HandleFunc("POST /sdapi/v1/options", s.setOptions)
 	mux.HandleFunc("POST /sdapi/v1/refresh-checkpoints", s.refreshCheckpoints)
+	mux.HandleFunc("GET /sdapi/v1/loras", s.lorasList)
+	mux.HandleFunc("POST /sdapi/v1/refresh-loras", s.refreshLoRAs)
 	mux.HandleFunc("POST /sdapi/v1/png-info", s.pngInfo)
 	mux.HandleFunc("GET /sdapi/v1/memory", s.memory)
 	mux.HandleFunc("GET /sdapi/v1/cmd-flags", s.cmdFlags)
@@ -150,6 +152,9 @@ func (s *Server) txt2img(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sp, err := parseTxt2img(body, s.sizeMultiple(), s.cfg.MaxSide)
+	if err == nil {
+		err = s.checkLoRAs(sp.prompt)
+	}
 	if err != nil {
 		s.met.jobs.WithLabelValues("invalid").Inc()
 		writeInvalid(w, err)
@@ -184,6 +189,8 @@ func (s *Server) writeJobError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.As(err, &fe):
 		writeInvalid(w, err)
+	case loraRequestError(err):
+		writeInvalid(w, fieldf("prompt", "%v", err))
 	case errors.As(err, &nf):
 		writeJSON(w, http.StatusNotFound, apiError{Error: "HTTPException", Detail: "Model not found", Errors: err.Error()})
 	case errors.Is(err, errShuttingDown):
@@ -267,6 +274,9 @@ func (s *Server) txt2imgAnswer(j *job, o *outcome) txt2imgResponse {
 		info.AllNegativePrompts = append(info.AllNegativePrompts, sp.negative)
 		info.AllSeeds = append(info.AllSeeds, o.seed+int64(i))
 		info.AllSubseeds = append(info.AllSubseeds, subseed+int64(i))
+	}
+	if o.result != nil && o.result.Parameters.LoRAHashes != "" {
+		info.ExtraGenParams["Lora hashes"] = o.result.Parameters.LoRAHashes
 	}
 	images := []string{}
 	for _, g := range o.images {
@@ -591,6 +601,8 @@ type uiInfo struct {
 	LoadError  string             `json:"load_error"`
 	Models     []string           `json:"models"`
 	ModelsDir  string             `json:"models_dir"`
+	LoRAs      []uiLoRA           `json:"loras"`
+	LoRADir    string             `json:"lora_dir"`
 	Device     *zimage.DeviceInfo `json:"device"`
 	Defaults   map[string]any     `json:"defaults"`
 	Samplers   []string           `json:"samplers"`
@@ -600,11 +612,22 @@ type uiInfo struct {
 	Queue      map[string]any     `json:"queue"`
 }
 
+// uiLoRA is a LoRA of the web UI's picker (the metadata stays out: it can
+// be large, and /sdapi/v1/loras has it).
+type uiLoRA struct {
+	Name  string `json:"name"`
+	Alias string `json:"alias"`
+}
+
 func (s *Server) info(w http.ResponseWriter, r *http.Request) {
 	out := uiInfo{Version: zimage.Version, ModelsDir: s.cfg.ModelsDir, Models: []string{}, Samplers: []string{},
 		Limits: map[string]int{"max_side": s.cfg.MaxSide, "min_side": MinSide, "max_images": MaxImages, "max_steps": MaxSteps, "max_cfg": MaxCFG}}
 	for _, c := range s.models.checkpoints() {
 		out.Models = append(out.Models, c.title)
+	}
+	out.LoRADir, out.LoRAs = s.cfg.LoRADir, []uiLoRA{}
+	for _, l := range s.loras.list() {
+		out.LoRAs = append(out.LoRAs, uiLoRA{Name: l.Name, Alias: l.Alias})
 	}
 	for _, sm := range samplers {
 		out.Samplers = append(out.Samplers, sm.label)

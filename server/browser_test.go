@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/server"
 )
 
@@ -33,7 +34,8 @@ func TestBrowser(t *testing.T) {
 	if chrome == "" {
 		t.Skip("chromium not installed (make deps installs it): skipping the real-browser test")
 	}
-	ts := startServer(t, server.Config{}, nil)
+	loras := filepath.Join(testref.Dir(t, "tiny-sd-turbo"), "loras")
+	ts := startServer(t, server.Config{LoRADir: loras, Load: loraLoader(t, loras)}, nil)
 	shots := filepath.Join("..", "out")
 	require.NoError(t, os.MkdirAll(shots, 0o755))
 
@@ -86,6 +88,23 @@ func TestBrowser(t *testing.T) {
 	do(chromedp.SendKeys("#prompt", prompt),
 		chromedp.SendKeys("#negative", "blurry"),
 		chromedp.Click(`#presets button[data-preset="4:3"]`))
+	// The LoRA picker lists --lora-dir and inserts A1111's tag; picking a
+	// LoRA twice removes its tag again.
+	poll(`!document.querySelector("#lora-row").hidden && document.querySelector("#lora-select").options.length === 5`)
+	pick := func(name string) {
+		t.Helper()
+		_, err := chromedp.Run(ctx, chromedp.Evaluate[bool](`(() => { const s = document.querySelector("#lora-select");
+			s.value = "`+name+`"; s.dispatchEvent(new Event("change")); return true })()`))
+		require.NoError(t, err)
+	}
+	pick("style_b")
+	assert.Equal(t, prompt+" <lora:style_b:1>", str(chromedp.Value("#prompt")))
+	pick("style_b")
+	assert.Equal(t, prompt, str(chromedp.Value("#prompt")))
+	do(chromedp.SetValue("#lora-weight", "0.5"))
+	pick("style_a")
+	const tagged = prompt + " <lora:style_a:0.5>"
+	assert.Equal(t, tagged, str(chromedp.Value("#prompt")))
 	// 4:3 over the tiny model's 64-pixel base: 74x55 rounded to 8, the
 	// short side held at the 64-pixel minimum (as generate --preset does).
 	assert.Equal(t, "72", str(chromedp.Value("#width")))
@@ -96,6 +115,8 @@ func TestBrowser(t *testing.T) {
 	assert.Contains(t, infotext, prompt)
 	assert.Contains(t, infotext, "Negative prompt: blurry")
 	assert.Contains(t, infotext, "Steps: 2, Sampler: Euler, CFG scale: 0, Seed: 1234, Size: 72x64")
+	assert.Contains(t, infotext, tagged)
+	assert.Contains(t, infotext, `Lora hashes: "style_a: `)
 	href, err := chromedp.Run(ctx, chromedp.AttributeValue("#download", "href"))
 	require.NoError(t, err)
 	assert.True(t, strings.HasPrefix(href.Value, "data:image/png;base64,"), "download link %.40q", href.Value)
@@ -127,5 +148,5 @@ func TestBrowser(t *testing.T) {
 	promptBack := str(chromedp.Value("#prompt"))
 	do(chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2)), chromedp.Click("#lang-switch"))
 	shot("webui-phone.png")
-	assert.Equal(t, prompt, promptBack)
+	assert.Equal(t, tagged, promptBack)
 }

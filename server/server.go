@@ -54,6 +54,10 @@ type Config struct {
 	// --tile-size).
 	VAETiling sched.Tiling
 	Tile      int
+	// LoRADir is the folder of LoRA files that <lora:NAME:MULT> tags in
+	// prompts name; /sdapi/v1/loras lists it. Load must open models with
+	// the same folder (zimage.WithLoRADir), which finds the files.
+	LoRADir string
 }
 
 // Server is the HTTP side and the job queue. Create it with New, serve
@@ -63,6 +67,7 @@ type Server struct {
 	log     *slog.Logger
 	q       *queue
 	models  *registry
+	loras   *loraList
 	out     *outputs
 	met     *metrics
 	handler http.Handler
@@ -97,6 +102,10 @@ func New(cfg Config) (*Server, error) {
 	s.models = &registry{dir: cfg.ModelsDir, initial: cfg.Model, load: cfg.Load, hash: cfg.Hash}
 	if err := s.models.scan(); err != nil {
 		return nil, err
+	}
+	s.loras = &loraList{dir: cfg.LoRADir}
+	if err := s.loras.scan(); err != nil {
+		return nil, fmt.Errorf("server: --lora-dir: %w", err)
 	}
 	out, err := openOutputs(cfg.Outputs)
 	if err != nil {
@@ -250,6 +259,9 @@ func (s *Server) runJob(j *job) *outcome {
 		if err != nil {
 			if cause := context.Cause(j.ctx); cause != nil {
 				o.err, o.interrupted = cause, errors.Is(cause, errInterrupted)
+			} else if loraRequestError(err) {
+				o.err = err // the request's LoRAs: answered 422
+				s.log.Warn("request refused", "id", j.id, "err", err)
 			} else {
 				o.err = err
 				s.log.Error("generation failed", "id", j.id, "image", i+1, "err", err)
@@ -321,7 +333,7 @@ func (s *Server) countOutcome(o *outcome) {
 		s.met.jobs.WithLabelValues("cancelled").Inc()
 	case errors.Is(o.err, errShuttingDown):
 		s.met.jobs.WithLabelValues("rejected").Inc()
-	case errors.As(o.err, &fe):
+	case errors.As(o.err, &fe) || loraRequestError(o.err):
 		s.met.jobs.WithLabelValues("invalid").Inc()
 	default:
 		s.met.jobs.WithLabelValues("failed").Inc()

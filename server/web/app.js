@@ -13,7 +13,7 @@ const EN = {
   "k.offload": "Offload", "k.binding": "Binding limit", "k.driver": "Driver", "k.total": "Total", "k.peakdev": "Peak device memory",
   "k.peakrss": "Peak host memory", "k.size": "Settings", "k.outputs": "Outputs folder", "k.queue": "Queue", "k.version": "Version",
   "k.loading": "Loading", "k.error": "Error", "none": "none", "unlimited": "no limit", "no.run": "Nothing generated since the server started",
-  "steps.short": "steps",
+  "steps.short": "steps", "st.lora": "LoRA", "k.loras": "LoRAs",
 };
 
 const I18N = {
@@ -42,6 +42,8 @@ const I18N = {
     "help.seed": "图片起始的噪声：相同的种子和设置得到相同的图片。-1 表示随机。同一批中的图片依次使用 种子、种子+1……",
     "help.sampler": "逐步去噪的方法。“模型默认”使用模型自带的调度器。",
     "keys.generate": "生成", "keys.interrupt": "中断",
+    "lora.add": "在提示词中添加 LoRA…", "lora.weight": "权重", "st.lora": "应用 LoRA", "k.loras": "LoRA",
+    "help.lora": "风格、角色或概念的附加模型，来自服务器的 LoRA 文件夹（--lora-dir）。选择后会在提示词中加入 <lora:名称:权重>（与 AUTOMATIC1111 相同，再次选择则移除）；权重 1 按训练效果应用，0.5 为一半强度。",
     "st.queued": "排队中：第 {0} 位", "st.text": "文本编码", "st.denoise": "去噪", "st.decode": "VAE 解码", "st.done": "完成",
     "st.starting": "开始…", "st.step": "步 {0}/{1}", "st.image": "图 {0}/{1}", "st.eta": "剩余 {0}",
     "st.interrupted": "已中断", "err.network": "网络错误：{0}", "copied": "已复制",
@@ -210,10 +212,43 @@ async function loadInfo() {
     ms.value = info.checkpoint || info.models[0] || "";
   }
   $("switch-row").hidden = info.models.length < 2;
+  renderLoRAs(info.loras || []);
   $("version").textContent = info.version;
   renderPresets();
   renderSystem();
   if (!info.model && (info.loading || !info.load_error)) setTimeout(loadInfo, 1000);
+}
+
+// ---- LoRA picker: inserts A1111's <lora:ALIAS:WEIGHT> tag ----
+function renderLoRAs(loras) {
+  const sel = $("lora-select");
+  const keep = sel.options[0];
+  sel.textContent = "";
+  sel.appendChild(keep);
+  for (const l of loras) {
+    const o = document.createElement("option");
+    o.value = l.alias || l.name;
+    o.textContent = l.alias && l.alias !== l.name ? `${l.alias} (${l.name})` : l.name;
+    sel.appendChild(o);
+  }
+  $("lora-row").hidden = loras.length === 0;
+}
+
+function escapeRe(s) { return s.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"); }
+
+// toggleLoRA adds the tag at the end of the prompt, or removes the LoRA's
+// tag when the prompt has one (as A1111's extra-networks cards do).
+function toggleLoRA(name, weight) {
+  const p = $("prompt");
+  const re = new RegExp(`\\s*<lora:${escapeRe(name)}(:[^>]*)?>`);
+  if (re.test(p.value)) {
+    p.value = p.value.replace(re, "");
+  } else {
+    const w = Number.isFinite(weight) ? weight : 1;
+    const sep = p.value && !/\s$/.test(p.value) ? " " : "";
+    p.value = `${p.value}${sep}<lora:${name}:${w}>`;
+  }
+  p.dispatchEvent(new Event("input"));
 }
 
 function dl(el, rows) {
@@ -255,7 +290,7 @@ function renderSystem() {
     dl($("sys-last"), [["", t("no.run")]]);
   }
   dl($("sys-server"), [[t("k.outputs"), i.outputs], [t("k.queue"), `${i.queue.waiting} / ${i.queue.capacity}${i.queue.running ? " (+1)" : ""}`],
-    [t("k.version"), i.version]]);
+    [t("k.loras"), i.lora_dir ? `${(i.loras || []).length} · ${i.lora_dir}` : t("none")], [t("k.version"), i.version]]);
 }
 
 // ---- generation ----
@@ -519,6 +554,12 @@ function bind() {
     if (f) pngInfo(f, f.name);
   });
   $("gallery-more").addEventListener("click", () => loadGallery(false));
+  $("lora-select").addEventListener("change", () => {
+    const name = $("lora-select").value;
+    if (name) toggleLoRA(name, parseFloat($("lora-weight").value));
+    $("lora-select").value = "";
+    $("prompt").focus();
+  });
   const switchModel = async (name) => {
     showError("");
     try {
