@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,9 +33,9 @@ type LoRA struct {
 type LoRAMode uint8
 
 const (
-	// LoRAAuto merges into resident weights on GPUs and adds the low-rank
-	// terms in the forward pass on CPU devices and for streamed or
-	// quantized weights.
+	// LoRAAuto merges into resident weights on GPUs, and on CPU devices
+	// where merging costs the request less than the forward-pass terms;
+	// streamed and quantized weights take the terms in the forward pass.
 	LoRAAuto LoRAMode = iota
 	// LoRAMerge merges wherever the weights stay resident (streamed and
 	// quantized networks still take the terms in the forward pass).
@@ -224,12 +225,9 @@ func (s *loraState) open(path string) (*loraFile, error) {
 	return lf, nil
 }
 
-// applyLoRAs makes uses the applied set (nothing to do when neither this
-// request nor the one before had LoRAs) and reports them.
-func (p *Pipeline) applyLoRAs(uses []loraUse) ([]AppliedLoRA, error) {
-	if len(uses) == 0 && (p.lora == nil || !p.lora.applied) {
-		return nil, nil
-	}
+// applyLoRAs makes uses the applied set, each network in the mode
+// loraModes picks for the request, and reports them.
+func (p *Pipeline) applyLoRAs(uses []loraUse, params *sched.Params) ([]AppliedLoRA, lora.Modes, error) {
 	s := p.loraState()
 	defer s.closeStale()
 	specs := make([]lora.Spec, 0, len(uses))
@@ -242,17 +240,18 @@ func (p *Pipeline) applyLoRAs(uses []loraUse) ([]AppliedLoRA, error) {
 			_, err = s.applier.Resolve(lf.f)
 		}
 		if err != nil {
-			return nil, &LoRAError{Name: u.name, Path: u.path, Err: err}
+			return nil, lora.Modes{}, &LoRAError{Name: u.name, Path: u.path, Err: err}
 		}
 		specs = append(specs, lora.Spec{File: lf.f, TE: u.te, UNet: u.unet})
 		out = append(out, AppliedLoRA{Name: u.name, Path: u.path, TE: u.te, UNet: u.unet, Hash: lf.hash})
 	}
-	err := s.applier.Apply(specs, p.loraModes(s.target))
+	modes := p.loraModes(s, specs, params)
+	err := s.applier.Apply(specs, modes)
 	s.applied = err == nil && len(specs) > 0
 	if err != nil {
-		return nil, fmt.Errorf("zimage: applying LoRAs: %w", err)
+		return nil, modes, fmt.Errorf("zimage: applying LoRAs: %w", err)
 	}
-	return out, nil
+	return out, modes, nil
 }
 
 // closeStale closes files replaced on disk once nothing uses them.
@@ -276,6 +275,18 @@ func (s *loraState) close() error {
 	return errors.Join(errs...)
 }
 
+// mergeCostMACs is what one weight element of a merge costs on a CPU
+// device, in multiply-adds of forward-pass terms. Measured on lavapipe
+// (BenchmarkLoRASwitch: full-size SD-Turbo at 128x128 with a rank-32 LoRA
+// on its 128 attention projections, CPU seconds, which compare on a busy
+// machine): merging took 3.35 CPU-s for 1.0e8 weight elements (33 ns
+// each), the terms 0.29 CPU-s per UNet call for 4.3e8 multiply-adds (0.67
+// ns each). The same constants predict SDXL-Turbo's 560 attention modules
+// (model/lora BenchmarkSDXLTurboAttentionLoRA): a 32 s merge against 0.63
+// s per UNet call at a 16x16 latent, where that benchmark measured 46-115 s
+// and 0.7-1.0 s of wall time on the busy machine.
+const mergeCostMACs = 50
+
 // loraModes chooses, per network, how it takes its LoRA terms:
 //
 //   - In the forward pass wherever the weights do not stay resident for
@@ -287,28 +298,96 @@ func (s *loraState) close() error {
 //     adapted weights (1.9 GB for a rank-32 LoRA on all of SDXL's
 //     attention projections: milliseconds at a GPU's hundreds of GB/s), and
 //     then every step runs at the base model's speed.
-//   - Else, on CPU devices (lavapipe, the reference backend), in the
-//     forward pass. Measured on lavapipe, 2 cores (model/lora
-//     BenchmarkSDXLTurboAttentionLoRA, SDXL-Turbo with that LoRA): merging
-//     takes 46-115 s, while the forward-pass terms take 1-5 s to attach
-//     and add 0.7-1.0 s (+6-15%) to a 16 s UNet call. A merge pays off
-//     only after 50-100 UNet calls with one LoRA set, dozens of turbo
-//     requests, and every switch pays it again (plus a restore);
-//     WithLoRAMode(LoRAMerge) merges anyway for a server that keeps one
-//     set.
-func (p *Pipeline) loraModes(t *lora.Target) lora.Modes {
+//   - Else, on CPU devices (lavapipe, the reference backend), whichever
+//     costs this request less: a merge costs mergeCostMACs per adapted
+//     weight element, the terms cost rank·(in+out) multiply-adds per
+//     token of every denoiser call. Small images and few steps take the
+//     forward pass (SD-Turbo, all attention at rank 32: 1 step at 128² adds
+//     0.3 CPU-s where a merge costs 3.4), large ones merge (at 512² one
+//     step of terms already costs more than the merge; SDXL-Turbo merges
+//     from 4 steps at 512², 1 at 1024²). Text encoders run once per
+//     request and always take the forward pass on CPUs. The choice
+//     depends on the request and the set only, not on what was applied
+//     before, so a request gives the same pixels whatever ran before it.
+//
+// WithLoRAMode(LoRAMerge) or (LoRAInForward) overrides the cost rule.
+func (p *Pipeline) loraModes(s *loraState, specs []lora.Spec, params *sched.Params) lora.Modes {
 	o := p.opts
 	resident := o.Offload == sched.OffloadNone || (o.Offload == sched.OffloadAuto && o.Budget == 0)
-	merge := resident && (o.LoRAMode == LoRAMerge || (o.LoRAMode == LoRAAuto && !p.cpuDevice()))
+	cpu := p.cpuDevice()
 	ms := lora.Modes{Default: lora.InForward, Components: map[string]lora.Mode{}}
-	for _, n := range t.Networks() {
+	for _, n := range s.target.Networks() {
 		m := lora.InForward
-		if merge && !quantized(n.Modules) {
+		text := strings.HasPrefix(n.Component, "text_encoder")
+		switch {
+		case !resident || quantized(n.Modules) || o.LoRAMode == LoRAInForward:
+		case o.LoRAMode == LoRAMerge || !cpu:
 			m = lora.Merge
+		case !text:
+			fwd, merge := s.work(specs, n.Component, p.tokens(params))
+			if fwd >= mergeCostMACs*merge {
+				m = lora.Merge
+			}
 		}
 		ms.Components[n.Component] = m
 	}
 	return ms
+}
+
+// tokens returns the denoiser's tokens per request at a module path, all
+// calls together: latent pixels at the module's resolution level (halved
+// per UNet level) times images per call times calls.
+func (p *Pipeline) tokens(params *sched.Params) func(path string) float64 {
+	calls := float64(params.Steps * max(params.Batch, 1))
+	if params.Guidance > 1 {
+		calls *= 2
+	}
+	px := float64(params.Width/8) * float64(params.Height/8)
+	if p.zimage != nil {
+		return func(string) float64 { return calls * px / 4 } // 2x2 patches
+	}
+	levels := len(p.models.UNet.Config.BlockOutChannels)
+	return func(path string) float64 {
+		level := 0
+		block, rest, _ := strings.Cut(path, ".")
+		idx, _, _ := strings.Cut(rest, ".")
+		i, _ := strconv.Atoi(idx)
+		switch block {
+		case "down_blocks":
+			level = i
+		case "up_blocks":
+			level = levels - 1 - i
+		case "mid_block":
+			level = levels - 1
+		}
+		return calls * px / float64(int64(1)<<(2*level))
+	}
+}
+
+// work sums, over the modules of one network that specs adapt, the
+// multiply-adds their forward-pass terms add to a request and the weight
+// elements a merge passes over.
+func (s *loraState) work(specs []lora.Spec, component string, tokens func(string) float64) (fwd, merge float64) {
+	seen := map[string]bool{}
+	for _, sp := range specs {
+		r, err := s.applier.Resolve(sp.File) // cached; applyLoRAs resolved it
+		if err != nil || sp.UNet == 0 {
+			continue
+		}
+		for _, bd := range r.Bindings {
+			if bd.Component != component {
+				continue
+			}
+			k := max(bd.Module.Kernel(), 1)
+			in, out := float64(bd.Module.In()*k*k), float64(bd.Module.Out())
+			fwd += float64(bd.Src.Rank()) * (in + out) * tokens(bd.Module.Path)
+			if !seen[bd.Module.Path] {
+				seen[bd.Module.Path] = true
+				merge += in * out
+			}
+		}
+	}
+	return fwd, merge
 }
 
 // cpuDevice reports whether the networks run on the CPU: a Vulkan CPU
@@ -390,7 +469,7 @@ func (p *Pipeline) runLoRAs(uses []loraUse, params *sched.Params, onStage func(s
 	b.ResetPeak()
 	s := p.loraState()
 	before, restored := p.residentBytes(), s.applier.Stats().Restored
-	applied, err := p.applyLoRAs(uses)
+	applied, modes, err := p.applyLoRAs(uses, params)
 	if err != nil {
 		return r, err
 	}
@@ -399,7 +478,7 @@ func (p *Pipeline) runLoRAs(uses []loraUse, params *sched.Params, onStage func(s
 	}
 	r.applied, r.stats = applied, s.applier.Stats()
 	if len(applied) > 0 {
-		r.modes = loraModeNames(p.loraModes(s.target))
+		r.modes = loraModeNames(modes)
 	}
 	r.uploaded = max(0, p.residentBytes()-before) + r.stats.Restored - restored
 	r.peak = b.MemStats().Peak

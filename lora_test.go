@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -70,9 +71,12 @@ func checkLoRARun(t *testing.T, r *testref.LoRARefs, rn testref.LoRARun, res *zi
 // the model's loras/ as the LoRA folder, in the reference's order (base,
 // one LoRA at 1.0 and 0.5, two stacked, LoCon, PEFT, separate TE/UNet
 // multipliers, then base again): >= 50 dB against the fp32 images, and
-// switching sets uploads no weights (lavapipe is a CPU device, so the
-// terms go in the forward pass) and ends bit-identical to the first base
-// image. The reference backend runs two of the runs.
+// switching sets never reloads the model: in the forward pass it uploads
+// nothing, merged it restores only the modules merged before, and the
+// last base image is bit-identical to the first. lavapipe is a CPU device,
+// so the UNet is merged only where that costs the run less (tiny-sd15's
+// 8 UNet calls with the larger sets) and the text encoders never are. The
+// reference backend runs two of the runs.
 func TestLoRARunsMatchReference(t *testing.T) {
 	backends := []struct {
 		name string
@@ -95,6 +99,8 @@ func TestLoRARunsMatchReference(t *testing.T) {
 					require.NoError(t, err)
 					defer p.Close()
 					var base *image.RGBA
+					var model int64
+					prevMerged := false
 					for i, rn := range r.Runs {
 						if bk.runs != nil && !bk.runs[rn.ID] {
 							continue
@@ -111,13 +117,20 @@ func TestLoRARunsMatchReference(t *testing.T) {
 						t.Logf("%s %-17s %5.1f dB  lora stage %.3f s  uploaded %d B  %v  %d in-forward modules, %d B of terms",
 							m, rn.ID, db, lstage, res.Uploaded, res.LoRAModes, res.LoRAStats.InForward, res.LoRAStats.ForwardBytes)
 						if rn.ID == "base" {
-							base = res.Images[0]
+							base, model = res.Images[0], res.Uploaded
 						}
+						merged := res.LoRAStats.Merged > 0
 						if i > 0 && bk.runs == nil {
-							assert.Zero(t, res.Uploaded, "%s: switching LoRAs uploaded weights", rn.ID)
+							if !merged && !prevMerged {
+								assert.Zero(t, res.Uploaded, "%s: switching LoRAs in the forward pass uploaded weights", rn.ID)
+							}
+							assert.Less(t, res.Uploaded, model/4, "%s: a switch re-uploads only the merged modules", rn.ID)
 						}
-						for _, mode := range res.LoRAModes {
-							assert.Equal(t, "in-forward", mode, "%s on a CPU device", rn.ID)
+						prevMerged = merged
+						for c, mode := range res.LoRAModes {
+							if strings.HasPrefix(c, "text_encoder") {
+								assert.Equal(t, "in-forward", mode, "%s %s on a CPU device", rn.ID, c)
+							}
 						}
 					}
 					if base == nil {
@@ -126,8 +139,7 @@ func TestLoRARunsMatchReference(t *testing.T) {
 					res, err := p.Generate(context.Background(), loraRequest(r.Run(t, "base")))
 					require.NoError(t, err)
 					assert.Equal(t, base.Pix, res.Images[0].Pix, "base after the LoRA runs differs from the first base")
-					assert.Zero(t, res.Uploaded)
-					assert.Equal(t, lora.Stats{}, res.LoRAStats, "LoRA terms left after the set was cleared")
+					assert.Equal(t, lora.Stats{Restored: res.LoRAStats.Restored}, res.LoRAStats, "LoRA terms left after the set was cleared")
 				})
 			}
 		})
@@ -281,12 +293,12 @@ func writeZImageLoRA(t *testing.T, dir, path string) {
 
 // TestZImageLoRA: a diffusers/PEFT LoRA on the Z-Image transformer, named
 // by a prompt tag, changes the image; the base image comes back bit for
-// bit once the tag is gone (reference backend, one small step).
+// bit once the tag is gone (one small step).
 func TestZImageLoRA(t *testing.T) {
 	dir := testref.Dir(t, "tiny-z-image-turbo")
 	loras := t.TempDir()
 	writeZImageLoRA(t, dir, filepath.Join(loras, "zi_style.safetensors"))
-	p, err := zimage.Load(dir, zimage.WithBackend(ref.New()), zimage.WithLoRADir(loras))
+	p, err := zimage.Load(dir, zimage.WithBackend(vulkan(t)), zimage.WithLoRADir(loras))
 	require.NoError(t, err)
 	defer p.Close()
 	g := 0.0

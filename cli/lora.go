@@ -20,7 +20,7 @@ func loraFlags() []ucli.Flag {
 	return []ucli.Flag{
 		&ucli.StringFlag{Name: "lora-dir", Usage: "folder of LoRA files that <lora:NAME:MULT> tags in prompts name (NAME.safetensors in any subfolder, or the ss_output_name in a file's metadata)"},
 		&ucli.BoolFlag{Name: "lora-ignore-unknown", Usage: "apply the modules of a LoRA that match this model and skip keys that match none (else such a LoRA is refused as one for another model)"},
-		&ucli.StringFlag{Name: "lora-mode", Value: "auto", Usage: "how LoRAs are applied: auto (merged into resident weights on GPUs; in the forward pass on CPU devices and for streamed or quantized weights), merge, forward"},
+		&ucli.StringFlag{Name: "lora-mode", Value: "auto", Usage: "how LoRAs are applied: auto (merged into resident weights on GPUs, and on CPU devices where that costs the run less than the forward-pass terms; streamed or quantized weights take them in the forward pass), merge, forward"},
 	}
 }
 
