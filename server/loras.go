@@ -86,19 +86,26 @@ func (l *loraList) list() []loraItem {
 // folder, listing it again once on a miss (a file copied in since).
 func (l *loraList) find(name string) bool {
 	for try := 0; try < 2; try++ {
-		l.mu.Lock()
-		d := l.d
-		l.mu.Unlock()
-		if d != nil {
-			if _, err := d.Find(name); err == nil {
-				return true
-			}
+		if l.has(name) {
+			return true
 		}
 		if try == 0 && l.scan() != nil {
 			return false
 		}
 	}
 	return false
+}
+
+// has looks name up under the lock: lora.Dir reads the aliases on its
+// first miss and is not safe for concurrent use.
+func (l *loraList) has(name string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.d == nil {
+		return false
+	}
+	_, err := l.d.Find(name)
+	return err == nil
 }
 
 // checkLoRAs refuses a prompt whose <lora:...> tags cannot be read or name
