@@ -82,7 +82,8 @@ type Params struct {
 	Tiling  Tiling
 	Tile    int // tile size in latent pixels, 0 = automatic
 
-	// Progress is called after every denoising step.
+	// Progress is called after every denoising step with the model calls
+	// done and due (PNDM makes one more call than Steps).
 	Progress func(step, steps int)
 	// OnStage, when set, is called as each stage ("text", "denoise",
 	// "decode") starts, so that a caller can show where a run is.

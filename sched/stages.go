@@ -202,7 +202,9 @@ func (r *runner) denoise() error {
 			r.p.OnStep(step, r.latents)
 		}
 		if r.p.Progress != nil {
-			r.p.Progress(step+1, r.p.Steps)
+			// PNDM (skip_prk_steps) calls the UNet once more than the
+			// steps asked for: count calls, so progress never passes 100%.
+			r.p.Progress(step+1, len(s.Timesteps()))
 		}
 	}
 	if !r.keepResident() {
