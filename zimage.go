@@ -321,12 +321,14 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 			}
 		}
 	}
-	done := 0 // steps finished, carried by the stage events that follow
-	params.Progress = func(step, steps int) {
-		done = step
-		emit(Progress{Stage: "denoise", Step: step, Steps: steps})
+	// Steps finished and due, carried by the stage events that follow (due
+	// is the model calls: PNDM makes one more than steps).
+	done, due := 0, steps
+	params.Progress = func(step, calls int) {
+		done, due = step, calls
+		emit(Progress{Stage: "denoise", Step: step, Steps: calls})
 	}
-	params.OnStage = func(name string) { emit(Progress{Stage: name, Step: done, Steps: steps}) }
+	params.OnStage = func(name string) { emit(Progress{Stage: name, Step: done, Steps: due}) }
 	lst, err := p.runLoRAs(uses, &params, params.OnStage)
 	if err != nil {
 		return nil, err
