@@ -2,10 +2,8 @@ package vk
 
 import (
 	"fmt"
-	"math"
 	"unsafe"
 
-	"github.com/vulkan-go/vulkan"
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/kernels"
 )
@@ -19,7 +17,7 @@ const maxBindings = 8
 
 // binding is one storage-buffer range a dispatch reads or writes.
 type binding struct {
-	buf   vulkan.Buffer
+	buf   vkBuffer
 	off   int64
 	size  int64
 	write bool
@@ -32,12 +30,12 @@ type binding struct {
 // batch is one command buffer being recorded or executed, with what it
 // needs until it completes.
 type batch struct {
-	cmd      vulkan.CommandBuffer
-	fence    vulkan.Fence
-	pools    []vulkan.DescriptorPool
+	cmd      vkCmd
+	fence    vkFence
+	pools    []vkDescPool
 	pool     int // pool sets are allocated from
 	left     int // sets left in pools[pool]
-	queries  vulkan.QueryPool
+	queries  vkQueryPool
 	timed    []*kernels.Kernel // kernel of each timestamped dispatch
 	n        int               // commands recorded
 	ops      int               // dispatches recorded (n also counts copies)
@@ -54,13 +52,13 @@ type batch struct {
 	staged   int64 // staging bytes used
 	// views are the texel-buffer views its descriptor sets point to,
 	// destroyed once it completes.
-	views []vulkan.BufferView
+	views []vkView
 }
 
 // destroyViews destroys b's texel-buffer views; b's work must be complete.
-func (b *batch) destroyViews(dev vulkan.Device) {
+func (b *batch) destroyViews(a *api) {
 	for _, v := range b.views {
-		vulkan.DestroyBufferView(dev, v, nil)
+		a.destroyBufferView(v)
 	}
 	clear(b.views)
 	b.views = b.views[:0]
@@ -68,90 +66,73 @@ func (b *batch) destroyViews(dev vulkan.Device) {
 
 // rng is a byte range of a buffer touched since the last barrier.
 type rng struct {
-	buf    vulkan.Buffer
+	buf    vkBuffer
 	lo, hi int64
 }
 
 // recorder owns the batches of a device and records dispatches into them.
 type recorder struct {
 	d        *Device
+	vk       *api
 	batches  [2]*batch
 	cur      int
 	maxBatch int
 	writes   []rng // written since the last barrier
 	reads    []rng // read since the last barrier
-	lastPipe vulkan.Pipeline
+	lastPipe vkPipeline
 	barriers int // barriers recorded (for tests and profiling)
 	// stagedWrites counts host writes that went through a staging copy
 	// because pending work used their bytes (or memory is not host-visible).
 	stagedWrites int
 	waits        int // fence waits that blocked the host (retire's are not)
+	// abandoned counts batches whose recorded work was dropped because
+	// ending or submitting them failed.
+	abandoned int
 }
 
 func newRecorder(d *Device, maxBatch int) (*recorder, error) {
-	r := &recorder{d: d, maxBatch: maxBatch}
-	ai := vulkan.CommandBufferAllocateInfo{
-		SType:              vulkan.StructureTypeCommandBufferAllocateInfo,
-		CommandPool:        d.cmdPool,
-		Level:              vulkan.CommandBufferLevelPrimary,
-		CommandBufferCount: 2,
-	}
-	cmds := make([]vulkan.CommandBuffer, 2)
-	if err := check("vkAllocateCommandBuffers", vulkan.AllocateCommandBuffers(d.dev, &ai, cmds)); err != nil {
-		return nil, err
-	}
+	r := &recorder{d: d, vk: d.vk, maxBatch: maxBatch}
 	for i := range r.batches {
-		b := &batch{cmd: cmds[i]}
+		b := &batch{}
 		r.batches[i] = b
-		fi := vulkan.FenceCreateInfo{SType: vulkan.StructureTypeFenceCreateInfo}
-		var fence vulkan.Fence
-		if err := check("vkCreateFence", vulkan.CreateFence(d.dev, &fi, nil, &fence)); err != nil {
+		var err error
+		if b.cmd, err = r.vk.allocateCommandBuffer(d.cmdPool); err != nil {
 			return r, err
 		}
-		b.fence = fence
+		if b.fence, err = r.vk.createFence(); err != nil {
+			return r, err
+		}
 		if d.prof != nil {
-			qi := vulkan.QueryPoolCreateInfo{
-				SType:      vulkan.StructureTypeQueryPoolCreateInfo,
-				QueryType:  vulkan.QueryTypeTimestamp,
-				QueryCount: uint32(maxBatch + 1),
-			}
-			var qp vulkan.QueryPool
-			if err := check("vkCreateQueryPool", vulkan.CreateQueryPool(d.dev, &qi, nil, &qp)); err != nil {
+			if b.queries, err = r.vk.createQueryPool(uint32(maxBatch + 1)); err != nil {
 				return r, err
 			}
-			b.queries = qp
 		}
 	}
 	return r, nil
 }
 
+// destroy frees every object of the batches; the device must be idle.
 func (r *recorder) destroy() {
-	dev := r.d.dev
 	for _, b := range r.batches {
 		if b == nil {
 			continue
 		}
-		b.destroyViews(dev)
+		b.destroyViews(r.vk)
 		for _, p := range b.pools {
-			vulkan.DestroyDescriptorPool(dev, p, nil)
+			r.vk.destroyDescriptorPool(p)
 		}
-		if b.fence != nil {
-			vulkan.DestroyFence(dev, b.fence, nil)
+		b.pools = nil
+		if b.fence != 0 {
+			r.vk.destroyFence(b.fence)
 		}
-		if b.queries != nil {
-			vulkan.DestroyQueryPool(dev, b.queries, nil)
+		if b.queries != 0 {
+			r.vk.destroyQueryPool(b.queries)
 		}
+		if b.cmd != 0 {
+			r.vk.freeCommandBuffer(r.d.cmdPool, b.cmd)
+		}
+		*b = batch{}
 	}
-}
-
-func fullBarrier(cmd vulkan.CommandBuffer) {
-	stages := vulkan.PipelineStageFlags(vulkan.PipelineStageComputeShaderBit | vulkan.PipelineStageTransferBit)
-	vulkan.CmdPipelineBarrier(cmd, stages, stages, 0, 1, []vulkan.MemoryBarrier{{
-		SType:         vulkan.StructureTypeMemoryBarrier,
-		SrcAccessMask: vulkan.AccessFlags(vulkan.AccessShaderWriteBit | vulkan.AccessTransferWriteBit),
-		DstAccessMask: vulkan.AccessFlags(vulkan.AccessShaderReadBit | vulkan.AccessShaderWriteBit |
-			vulkan.AccessTransferReadBit | vulkan.AccessTransferWriteBit),
-	}}, 0, nil, 0, nil)
 }
 
 // begin returns the batch being recorded, opening one when needed (and
@@ -164,45 +145,39 @@ func (r *recorder) begin() (*batch, error) {
 	if err := r.wait(b); err != nil {
 		return nil, err
 	}
-	bi := vulkan.CommandBufferBeginInfo{
-		SType: vulkan.StructureTypeCommandBufferBeginInfo,
-		Flags: vulkan.CommandBufferUsageFlags(vulkan.CommandBufferUsageOneTimeSubmitBit),
-	}
-	if err := check("vkBeginCommandBuffer", vulkan.BeginCommandBuffer(b.cmd, &bi)); err != nil {
+	if err := r.vk.begin(b.cmd); err != nil {
 		return nil, err
 	}
 	b.open = true
 	b.n, b.ops = 0, 0
 	b.timed = b.timed[:0]
-	r.lastPipe = nil
+	r.lastPipe = 0
 	// Submission order alone does not order work between command buffers:
 	// this barrier orders everything below after every earlier submission.
-	fullBarrier(b.cmd)
+	r.vk.cmdBarrier(b.cmd)
 	r.writes, r.reads = r.writes[:0], r.reads[:0]
-	if b.queries != nil {
-		vulkan.CmdResetQueryPool(b.cmd, b.queries, 0, uint32(r.maxBatch+1))
-		vulkan.CmdWriteTimestamp(b.cmd, vulkan.PipelineStageBottomOfPipeBit, b.queries, 0)
+	if b.queries != 0 {
+		r.vk.cmdResetQueries(b.cmd, b.queries, uint32(r.maxBatch+1))
+		r.vk.cmdTimestamp(b.cmd, b.queries, 0)
 	}
 	return b, nil
 }
 
 // submit ends and submits the open batch without waiting, then moves on to
-// the other batch.
+// the other batch. If ending or submitting fails, the batch's work is
+// dropped (see abandon) and the error returned.
 func (r *recorder) submit() error {
 	b := r.batches[r.cur]
 	if !b.open {
 		return nil
 	}
 	b.open = false
-	if err := check("vkEndCommandBuffer", vulkan.EndCommandBuffer(b.cmd)); err != nil {
-		return err
+	err := r.vk.end(b.cmd)
+	if err == nil {
+		err = r.vk.submit(b.cmd, b.fence)
 	}
-	si := []vulkan.SubmitInfo{{
-		SType:              vulkan.StructureTypeSubmitInfo,
-		CommandBufferCount: 1,
-		PCommandBuffers:    []vulkan.CommandBuffer{b.cmd},
-	}}
-	if err := check("vkQueueSubmit", withoutGC(func() vulkan.Result { return vulkan.QueueSubmit(r.d.queue, 1, si, b.fence) })); err != nil {
+	if err != nil {
+		r.abandon(b)
 		return err
 	}
 	b.inFlight = true
@@ -210,41 +185,64 @@ func (r *recorder) submit() error {
 	return nil
 }
 
+// abandon drops the work recorded in b, which never reached the device:
+// its descriptor sets, views and staging blocks are recycled at once, and
+// the next begin rerecords the command buffer from scratch. What the
+// dropped commands would have written stays unwritten; the failed call's
+// error tells the caller so.
+func (r *recorder) abandon(b *batch) {
+	r.abandoned++
+	b.open, b.inFlight = false, false
+	r.recycle(b)
+	r.writes, r.reads = r.writes[:0], r.reads[:0]
+	r.lastPipe = 0
+}
+
 // wait blocks until b's submitted work is done and recycles its resources.
 func (r *recorder) wait(b *batch) error {
 	if !b.inFlight {
 		return nil
 	}
-	if vulkan.GetFenceStatus(r.d.dev, b.fence) != vulkan.Success {
+	if r.vk.fenceStatus(b.fence) != vkSuccess {
 		r.waits++
 	}
-	if err := check("vkWaitForFences", vulkan.WaitForFences(r.d.dev, 1, []vulkan.Fence{b.fence}, vulkan.True, math.MaxUint64)); err != nil {
+	if err := r.vk.waitFence(b.fence); err != nil {
 		return err
 	}
 	b.inFlight = false
-	if err := check("vkResetFences", vulkan.ResetFences(r.d.dev, 1, []vulkan.Fence{b.fence})); err != nil {
+	if err := r.vk.resetFence(b.fence); err != nil {
 		return err
 	}
+	if err := r.recycle(b); err != nil {
+		return err
+	}
+	if r.d.prof != nil && len(b.timed) > 0 {
+		return r.d.prof.collect(r.vk, b)
+	}
+	return nil
+}
+
+// recycle returns what b's work held to the pools; the device must not be
+// using it (b completed, or was never submitted).
+func (r *recorder) recycle(b *batch) error {
+	var err error
 	for _, p := range b.pools {
-		if err := check("vkResetDescriptorPool", vulkan.ResetDescriptorPool(r.d.dev, p, 0)); err != nil {
-			return err
+		if e := r.vk.resetDescriptorPool(p); e != nil && err == nil {
+			err = e
 		}
 	}
 	b.pool, b.left = 0, 0
 	if len(b.pools) > 0 {
 		b.left = setsPerPool
 	}
-	b.destroyViews(r.d.dev)
+	b.destroyViews(r.vk)
 	b.touched = b.touched[:0]
 	for _, st := range b.staging {
 		r.d.staging.put(st)
 	}
 	clear(b.staging)
 	b.staging, b.stageOff, b.staged = b.staging[:0], 0, 0
-	if r.d.prof != nil && len(b.timed) > 0 {
-		return r.d.prof.collect(r.d.dev, b)
-	}
-	return nil
+	return err
 }
 
 // retire recycles submitted batches that have completed, without blocking.
@@ -253,12 +251,12 @@ func (r *recorder) retire() error {
 		if !b.inFlight {
 			continue
 		}
-		switch res := vulkan.GetFenceStatus(r.d.dev, b.fence); res {
-		case vulkan.Success:
+		switch res := r.vk.fenceStatus(b.fence); res {
+		case vkSuccess:
 			if err := r.wait(b); err != nil {
 				return err
 			}
-		case vulkan.NotReady:
+		case vkNotReady:
 		default:
 			return check("vkGetFenceStatus", res)
 		}
@@ -335,43 +333,25 @@ func (r *recorder) idle() bool {
 	return true
 }
 
-func (r *recorder) descriptorSet(b *batch, layout vulkan.DescriptorSetLayout) (vulkan.DescriptorSet, error) {
+func (r *recorder) descriptorSet(b *batch, layout vkSetLayout) (vkSet, error) {
 	if b.left == 0 {
 		b.pool++
 		if len(b.pools) == 0 {
 			b.pool = 0
 		}
 		if b.pool >= len(b.pools) {
-			ci := vulkan.DescriptorPoolCreateInfo{
-				SType:         vulkan.StructureTypeDescriptorPoolCreateInfo,
-				MaxSets:       setsPerPool,
-				PoolSizeCount: 2,
-				PPoolSizes: []vulkan.DescriptorPoolSize{{
-					Type:            vulkan.DescriptorTypeStorageBuffer,
-					DescriptorCount: setsPerPool * maxBindings,
-				}, {
-					Type:            vulkan.DescriptorTypeUniformTexelBuffer,
-					DescriptorCount: setsPerPool * maxBindings,
-				}},
-			}
-			var p vulkan.DescriptorPool
-			if err := check("vkCreateDescriptorPool", vulkan.CreateDescriptorPool(r.d.dev, &ci, nil, &p)); err != nil {
-				return nil, err
+			p, err := r.vk.createDescriptorPool(setsPerPool, setsPerPool*maxBindings)
+			if err != nil {
+				return 0, err
 			}
 			b.pools = append(b.pools, p)
 			b.pool = len(b.pools) - 1
 		}
 		b.left = setsPerPool
 	}
-	ai := vulkan.DescriptorSetAllocateInfo{
-		SType:              vulkan.StructureTypeDescriptorSetAllocateInfo,
-		DescriptorPool:     b.pools[b.pool],
-		DescriptorSetCount: 1,
-		PSetLayouts:        []vulkan.DescriptorSetLayout{layout},
-	}
-	var set vulkan.DescriptorSet
-	if err := check("vkAllocateDescriptorSets", vulkan.AllocateDescriptorSets(r.d.dev, &ai, &set)); err != nil {
-		return nil, err
+	set, err := r.vk.allocateSet(b.pools[b.pool], layout)
+	if err != nil {
+		return 0, err
 	}
 	b.left--
 	return set, nil
@@ -399,7 +379,7 @@ func (r *recorder) hazard(b *batch, binds []binding) {
 		}
 	}
 	if need {
-		fullBarrier(b.cmd)
+		r.vk.cmdBarrier(b.cmd)
 		r.barriers++
 		r.writes, r.reads = r.writes[:0], r.reads[:0]
 	}
@@ -442,19 +422,10 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 	if err != nil {
 		return err
 	}
-	infos := make([]vulkan.DescriptorBufferInfo, len(binds))
-	writes := make([]vulkan.WriteDescriptorSet, len(binds))
+	w := setWrites{n: len(binds), texels: k.Texels}
 	for i, bd := range binds {
-		writes[i] = vulkan.WriteDescriptorSet{
-			SType:           vulkan.StructureTypeWriteDescriptorSet,
-			DstSet:          set,
-			DstBinding:      uint32(i),
-			DescriptorCount: 1,
-			DescriptorType:  descriptorType(k.Texels, i),
-		}
 		if k.Texels&(1<<i) == 0 {
-			infos[i] = vulkan.DescriptorBufferInfo{Buffer: bd.buf, Offset: vulkan.DeviceSize(bd.off), Range: vulkan.DeviceSize(bd.size)}
-			writes[i].PBufferInfo = infos[i : i+1]
+			w.bufs[i], w.offs[i], w.ranges[i] = uint64(bd.buf), uint64(bd.off), uint64(bd.size)
 			continue
 		}
 		view, err := r.texelView(k, bd)
@@ -462,24 +433,24 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 			return err
 		}
 		b.views = append(b.views, view)
-		writes[i].PTexelBufferView = []vulkan.BufferView{view}
+		w.views[i] = uint64(view)
 	}
-	vulkan.UpdateDescriptorSets(r.d.dev, uint32(len(writes)), writes, 0, nil)
+	r.vk.writeSet(set, &w)
 	r.hazard(b, binds)
 	if p.pipe != r.lastPipe {
-		vulkan.CmdBindPipeline(b.cmd, vulkan.PipelineBindPointCompute, p.pipe)
+		r.vk.cmdBindPipeline(b.cmd, p.pipe)
 		r.lastPipe = p.pipe
 	}
-	vulkan.CmdBindDescriptorSets(b.cmd, vulkan.PipelineBindPointCompute, p.layout, 0, 1, []vulkan.DescriptorSet{set}, 0, nil)
+	r.vk.cmdBindSet(b.cmd, p.layout, set)
 	if pushSize > 0 {
-		vulkan.CmdPushConstants(b.cmd, p.layout, vulkan.ShaderStageFlags(vulkan.ShaderStageComputeBit), 0, uint32(pushSize), push)
+		r.vk.cmdPush(b.cmd, p.layout, pushSize, push)
 	}
-	vulkan.CmdDispatch(b.cmd, groups[0], groups[1], groups[2])
+	r.vk.cmdDispatch(b.cmd, groups)
 	b.n++
 	b.ops++
-	if b.queries != nil {
+	if b.queries != 0 {
 		b.timed = append(b.timed, k)
-		vulkan.CmdWriteTimestamp(b.cmd, vulkan.PipelineStageBottomOfPipeBit, b.queries, uint32(len(b.timed)))
+		r.vk.cmdTimestamp(b.cmd, b.queries, uint32(len(b.timed)))
 	}
 	if b.n >= r.maxBatch {
 		return r.submit()
@@ -490,36 +461,29 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 // texelView makes a uniform texel-buffer view of bd for kernel k: RGBA32F
 // over F32 tensors, RGBA16F over F16 ones, one texel per 4 elements (R32F
 // and R16F, one per element, for kernels with ScalarTexels).
-func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vulkan.BufferView, error) {
-	format, comps := vulkan.FormatR32g32b32a32Sfloat, 4
+func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vkView, error) {
+	format, comps := uint32(formatRGBA32F), 4
 	switch {
 	case k.ScalarTexels && bd.dtype == engine.F16:
-		format, comps = vulkan.FormatR16Sfloat, 1
+		format, comps = formatR16F, 1
 	case k.ScalarTexels:
-		format, comps = vulkan.FormatR32Sfloat, 1
+		format, comps = formatR32F, 1
 	case bd.dtype == engine.F16:
-		format = vulkan.FormatR16g16b16a16Sfloat
+		format = formatRGBA16F
 	}
 	if err := r.d.texelError("kernel "+k.Name, comps, bd); err != nil {
-		return nil, err
+		return 0, err
 	}
-	ci := vulkan.BufferViewCreateInfo{
-		SType:  vulkan.StructureTypeBufferViewCreateInfo,
-		Buffer: bd.buf,
-		Format: format,
-		Offset: vulkan.DeviceSize(bd.off),
-		Range:  vulkan.DeviceSize(bd.size),
-	}
-	var view vulkan.BufferView
-	if err := check("vkCreateBufferView "+bd.name, vulkan.CreateBufferView(r.d.dev, &ci, nil, &view)); err != nil {
-		return nil, err
+	view, err := r.vk.createBufferView(bd.buf, format, bd.off, bd.size)
+	if err != nil {
+		return 0, fmt.Errorf("texel view of %s: %w", bd.name, err)
 	}
 	return view, nil
 }
 
 // updateBuffer records an inline upload of small data (at most 64 KiB per
 // command, a multiple of 4 bytes) into buf at off.
-func (r *recorder) updateBuffer(buf vulkan.Buffer, off int64, data []byte) error {
+func (r *recorder) updateBuffer(buf vkBuffer, off int64, data []byte) error {
 	b, err := r.begin()
 	if err != nil {
 		return err
@@ -527,7 +491,7 @@ func (r *recorder) updateBuffer(buf vulkan.Buffer, off int64, data []byte) error
 	r.hazard(b, []binding{{buf: buf, off: off, size: int64(len(data)), write: true}})
 	for len(data) > 0 {
 		n := min(len(data), 65536)
-		vulkan.CmdUpdateBuffer(b.cmd, buf, vulkan.DeviceSize(off), vulkan.DeviceSize(n), (*uint32)(unsafe.Pointer(&data[0])))
+		r.vk.cmdUpdate(b.cmd, buf, off, data[:n])
 		data, off = data[n:], off+int64(n)
 	}
 	b.n++
@@ -535,14 +499,13 @@ func (r *recorder) updateBuffer(buf vulkan.Buffer, off int64, data []byte) error
 }
 
 // copyBuffer records a buffer-to-buffer copy.
-func (r *recorder) copyBuffer(src vulkan.Buffer, srcOff int64, dst vulkan.Buffer, dstOff, size int64) error {
+func (r *recorder) copyBuffer(src vkBuffer, srcOff int64, dst vkBuffer, dstOff, size int64) error {
 	b, err := r.begin()
 	if err != nil {
 		return err
 	}
 	r.hazard(b, []binding{{buf: src, off: srcOff, size: size}, {buf: dst, off: dstOff, size: size, write: true}})
-	vulkan.CmdCopyBuffer(b.cmd, src, dst, 1, []vulkan.BufferCopy{{
-		SrcOffset: vulkan.DeviceSize(srcOff), DstOffset: vulkan.DeviceSize(dstOff), Size: vulkan.DeviceSize(size)}})
+	r.vk.cmdCopy(b.cmd, src, srcOff, dst, dstOff, size)
 	b.n++
 	return nil
 }

@@ -1,6 +1,7 @@
 // Package vk is zimage's Vulkan compute backend: it implements
 // engine.Backend by dispatching the precompiled SPIR-V kernels of package
-// kernels. It is the only package that imports the Vulkan binding.
+// kernels. It is the only package that touches Vulkan, through its own
+// small C layer (zvk.c; capi.go says why).
 //
 // A Device records ops into command buffers and submits them on Flush, Read
 // and Write (and when a batch grows large); every op is ordered after the
@@ -20,9 +21,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
-
-	"github.com/vulkan-go/vulkan"
 )
 
 // Tuning selects the kernel family used for the heavy ops.
@@ -73,6 +71,12 @@ type Options struct {
 	// device's maxStorageBufferRange (0: the device's limit). Tests use it
 	// to run ops on tensors over the limit, which go in pieces (limits.go).
 	MaxBinding int64
+	// Fault is for tests only; leave it nil. When set, it is called before
+	// every operation of a FaultPoint kind with the number of such
+	// operations on this device so far (1-based); a non-nil error (one of
+	// the Err* values: ErrOutOfDeviceMemory, ErrDeviceLost, ...) makes the
+	// operation fail as if Vulkan had returned it.
+	Fault func(p FaultPoint, n int) error
 }
 
 // DefaultOptions selects the device from ZIMAGE_DEVICE (an index or a name
@@ -122,132 +126,7 @@ func (i DeviceInfo) String() string {
 		i.Index, i.Name, i.Type, i.APIVersion, float64(mem)/(1<<30), i.SubgroupSize, i.FP16Storage)
 }
 
-var (
-	loaderOnce sync.Once
-	loaderErr  error
-)
-
-// loadVulkan initialises the binding's process-wide loader once.
-func loadVulkan() error {
-	loaderOnce.Do(func() {
-		if err := vulkan.SetDefaultGetInstanceProcAddr(); err != nil {
-			loaderErr = fmt.Errorf("vk: cannot load libvulkan.so (install libvulkan1 and libvulkan-dev): %w", err)
-			return
-		}
-		if err := vulkan.Init(); err != nil {
-			loaderErr = fmt.Errorf("vk: initialising the Vulkan loader: %w", err)
-		}
-	})
-	return loaderErr
-}
-
-func newInstance() (vulkan.Instance, error) {
-	if err := loadVulkan(); err != nil {
-		return nil, err
-	}
-	app := vulkan.ApplicationInfo{
-		SType:            vulkan.StructureTypeApplicationInfo,
-		PApplicationName: "zimage\x00",
-		PEngineName:      "zimage\x00",
-		ApiVersion:       vulkan.MakeVersion(1, 2, 0),
-	}
-	ci := vulkan.InstanceCreateInfo{SType: vulkan.StructureTypeInstanceCreateInfo, PApplicationInfo: &app}
-	var inst vulkan.Instance
-	if err := check("vkCreateInstance", vulkan.CreateInstance(&ci, nil, &inst)); err != nil {
-		return nil, err
-	}
-	if err := vulkan.InitInstance(inst); err != nil {
-		vulkan.DestroyInstance(inst, nil)
-		return nil, fmt.Errorf("vk: loading instance functions: %w", err)
-	}
-	return inst, nil
-}
-
-func physicalDevices(inst vulkan.Instance) ([]vulkan.PhysicalDevice, error) {
-	var n uint32
-	if err := check("vkEnumeratePhysicalDevices", vulkan.EnumeratePhysicalDevices(inst, &n, nil)); err != nil {
-		return nil, err
-	}
-	if n == 0 {
-		return nil, ErrNoDevice
-	}
-	pds := make([]vulkan.PhysicalDevice, n)
-	if err := check("vkEnumeratePhysicalDevices", vulkan.EnumeratePhysicalDevices(inst, &n, pds)); err != nil {
-		return nil, err
-	}
-	return pds[:n], nil
-}
-
-func describe(inst vulkan.Instance, pd vulkan.PhysicalDevice, index int) (DeviceInfo, error) {
-	var props vulkan.PhysicalDeviceProperties
-	vulkan.GetPhysicalDeviceProperties(pd, &props)
-	props.Deref()
-	props.Limits.Deref()
-	lim := props.Limits
-	info := DeviceInfo{
-		Index:                   index,
-		Name:                    cString(props.DeviceName[:]),
-		VendorID:                props.VendorID,
-		DeviceID:                props.DeviceID,
-		APIVersion:              fmt.Sprintf("%d.%d.%d", props.ApiVersion>>22, (props.ApiVersion>>12)&0x3ff, props.ApiVersion&0xfff),
-		MaxStorageBufferRange:   int64(lim.MaxStorageBufferRange),
-		MaxSharedMemory:         int(lim.MaxComputeSharedMemorySize),
-		MaxWorkgroupInvocations: int(lim.MaxComputeWorkGroupInvocations),
-		MinStorageBufferAlign:   int64(lim.MinStorageBufferOffsetAlignment),
-		MaxTexelBufferElements:  int64(lim.MaxTexelBufferElements),
-		MinTexelBufferAlign:     int64(lim.MinTexelBufferOffsetAlignment),
-		TimestampPeriod:         float64(lim.TimestampPeriod),
-		apiVersion:              props.ApiVersion,
-	}
-	switch props.DeviceType {
-	case vulkan.PhysicalDeviceTypeDiscreteGpu:
-		info.Type = "discrete-gpu"
-	case vulkan.PhysicalDeviceTypeIntegratedGpu:
-		info.Type = "integrated-gpu"
-	case vulkan.PhysicalDeviceTypeVirtualGpu:
-		info.Type = "virtual-gpu"
-	case vulkan.PhysicalDeviceTypeCpu:
-		info.Type = "cpu"
-	default:
-		info.Type = "other"
-	}
-	var mp vulkan.PhysicalDeviceMemoryProperties
-	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
-	mp.Deref()
-	for i := uint32(0); i < mp.MemoryHeapCount; i++ {
-		h := mp.MemoryHeaps[i]
-		h.Deref()
-		info.Heaps = append(info.Heaps, MemoryHeap{Size: int64(h.Size),
-			DeviceLocal: vulkan.MemoryHeapFlagBits(h.Flags)&vulkan.MemoryHeapDeviceLocalBit != 0})
-	}
-	info.TexelBuffers = true
-	for _, f := range []vulkan.Format{vulkan.FormatR32g32b32a32Sfloat, vulkan.FormatR16g16b16a16Sfloat,
-		vulkan.FormatR32Sfloat, vulkan.FormatR16Sfloat} {
-		var fp vulkan.FormatProperties
-		vulkan.GetPhysicalDeviceFormatProperties(pd, f, &fp)
-		fp.Deref()
-		if vulkan.FormatFeatureFlagBits(fp.BufferFeatures)&vulkan.FormatFeatureUniformTexelBufferBit == 0 {
-			info.TexelBuffers = false
-		}
-	}
-	ex, err := queryExtra(inst, pd, props.ApiVersion)
-	if err != nil {
-		return info, err
-	}
-	info.SubgroupSize = ex.SubgroupSize
-	info.FP16Storage = ex.Storage16
-	info.FP16Arithmetic = ex.ShaderFloat16
-	info.MaxAllocationSize = ex.MaxAllocation
-	info.Driver = strings.TrimSpace(ex.DriverName + " " + ex.DriverInfo)
-	return info, nil
-}
-
-func cString(b []byte) string {
-	if i := strings.IndexByte(string(b), 0); i >= 0 {
-		return string(b[:i])
-	}
-	return string(b)
-}
+func trimSpace(s string) string { return strings.TrimSpace(s) }
 
 // ListDevices describes every Vulkan device the loader finds.
 func ListDevices() ([]DeviceInfo, error) {
@@ -255,18 +134,25 @@ func ListDevices() ([]DeviceInfo, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer vulkan.DestroyInstance(inst, nil)
-	pds, err := physicalDevices(inst)
+	defer inst.destroy()
+	infos, _, err := inst.describeAll()
+	return infos, err
+}
+
+// describeAll describes every physical device of the instance.
+func (in *instance) describeAll() ([]DeviceInfo, []physical, error) {
+	pds, err := in.physicalDevices()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	infos := make([]DeviceInfo, len(pds))
+	phys := make([]physical, len(pds))
 	for i, pd := range pds {
-		if infos[i], err = describe(inst, pd, i); err != nil {
-			return nil, err
+		if infos[i], phys[i], err = in.describe(pd, i); err != nil {
+			return nil, nil, err
 		}
 	}
-	return infos, nil
+	return infos, phys, nil
 }
 
 // pickDevice applies Options (and ZIMAGE_DEVICE) to the device list.

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/vulkan-go/vulkan"
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/kernels"
 )
@@ -175,14 +174,16 @@ func TestProfile(t *testing.T) {
 
 func TestResultErrors(t *testing.T) {
 	for _, c := range []struct {
-		r    vulkan.Result
+		r    int32
 		want error
 	}{
-		{vulkan.ErrorDeviceLost, ErrDeviceLost},
-		{vulkan.ErrorOutOfDeviceMemory, ErrOutOfDeviceMemory},
-		{vulkan.ErrorOutOfHostMemory, ErrOutOfHostMemory},
-		{vulkan.ErrorOutOfPoolMemory, ErrOutOfPoolMemory},
-		{vulkan.Result(-12345), ErrUnknown},
+		// VkResult values from vulkan_core.h (zvk.c asserts the ones the
+		// engine names itself).
+		{-4, ErrDeviceLost},
+		{-2, ErrOutOfDeviceMemory},
+		{-1, ErrOutOfHostMemory},
+		{-1000069000, ErrOutOfPoolMemory},
+		{-12345, ErrUnknown},
 	} {
 		err := check("vkTest", c.r)
 		var re *ResultError
@@ -190,7 +191,7 @@ func TestResultErrors(t *testing.T) {
 			t.Errorf("check(%d) = %v, want %v from vkTest", c.r, err, c.want)
 		}
 	}
-	if check("vkTest", vulkan.Success) != nil {
+	if check("vkTest", 0) != nil {
 		t.Error("Success is an error")
 	}
 }

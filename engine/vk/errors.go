@@ -3,8 +3,6 @@ package vk
 import (
 	"errors"
 	"fmt"
-
-	"github.com/vulkan-go/vulkan"
 )
 
 // Errors a Vulkan call can end in, mapped from VkResult. Match them with
@@ -36,51 +34,70 @@ type ResultError struct {
 	Call   string
 	Result int32
 	Err    error // one of the Err* values above
+	// Injected: the failure came from Options.Fault, not the driver.
+	Injected bool
 }
 
 func (e *ResultError) Error() string {
+	if e.Injected {
+		return fmt.Sprintf("%v in %s (VkResult %d, injected by a test)", e.Err, e.Call, e.Result)
+	}
 	return fmt.Sprintf("%v in %s (VkResult %d)", e.Err, e.Call, e.Result)
 }
 
 func (e *ResultError) Unwrap() error { return e.Err }
 
+// VkResult codes (from the spec; zvk.c returns them unchanged).
+const (
+	vkSuccess  = 0
+	vkNotReady = 1
+)
+
+// results maps the VkResult error codes to the Err* values.
+var results = []struct {
+	code int32
+	err  error
+}{
+	{-1, ErrOutOfHostMemory},
+	{-2, ErrOutOfDeviceMemory},
+	{-3, ErrInitializationFailed},
+	{-4, ErrDeviceLost},
+	{-5, ErrMemoryMapFailed},
+	{-6, ErrLayerNotPresent},
+	{-7, ErrExtensionNotPresent},
+	{-8, ErrFeatureNotPresent},
+	{-9, ErrIncompatibleDriver},
+	{-10, ErrTooManyObjects},
+	{-12, ErrFragmentedPool},
+	{-1000069000, ErrOutOfPoolMemory},
+	{2, ErrTimeout},
+	{-13, ErrUnknown},
+}
+
 // check maps a VkResult to nil or a *ResultError naming call.
-func check(call string, r vulkan.Result) error {
-	if r == vulkan.Success {
+func check(call string, r int32) error {
+	if r == vkSuccess {
 		return nil
 	}
-	var e error
-	switch r {
-	case vulkan.ErrorOutOfHostMemory:
-		e = ErrOutOfHostMemory
-	case vulkan.ErrorOutOfDeviceMemory:
-		e = ErrOutOfDeviceMemory
-	case vulkan.ErrorInitializationFailed:
-		e = ErrInitializationFailed
-	case vulkan.ErrorDeviceLost:
-		e = ErrDeviceLost
-	case vulkan.ErrorMemoryMapFailed:
-		e = ErrMemoryMapFailed
-	case vulkan.ErrorLayerNotPresent:
-		e = ErrLayerNotPresent
-	case vulkan.ErrorExtensionNotPresent:
-		e = ErrExtensionNotPresent
-	case vulkan.ErrorFeatureNotPresent:
-		e = ErrFeatureNotPresent
-	case vulkan.ErrorIncompatibleDriver:
-		e = ErrIncompatibleDriver
-	case vulkan.ErrorTooManyObjects:
-		e = ErrTooManyObjects
-	case vulkan.Timeout:
-		e = ErrTimeout
-	case vulkan.ErrorFragmentedPool:
-		e = ErrFragmentedPool
-	case vulkan.ErrorOutOfPoolMemory:
-		e = ErrOutOfPoolMemory
-	default:
-		e = ErrUnknown
+	e := ErrUnknown
+	for _, x := range results {
+		if x.code == r {
+			e = x.err
+			break
+		}
 	}
-	return &ResultError{Call: call, Result: int32(r), Err: e}
+	return &ResultError{Call: call, Result: r, Err: e}
+}
+
+// resultCode is the VkResult for one of the Err* values (VK_ERROR_UNKNOWN
+// for any other error).
+func resultCode(err error) int32 {
+	for _, x := range results {
+		if errors.Is(err, x.err) {
+			return x.code
+		}
+	}
+	return -13
 }
 
 // BudgetError is an allocation refused because it would take the device's

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"sort"
 	"unsafe"
-
-	"github.com/vulkan-go/vulkan"
 )
 
 // allocAlign is the alignment of every sub-allocation: a multiple of any
@@ -20,10 +18,10 @@ type span struct{ off, size int64 }
 
 // block is one VkDeviceMemory with one VkBuffer spanning it.
 type block struct {
-	mem       vulkan.DeviceMemory
-	buf       vulkan.Buffer
+	mem       vkMemory
+	buf       vkBuffer
 	size      int64
-	ptr       unsafe.Pointer // persistent host mapping; nil when not host-visible
+	ptr       unsafe.Pointer // persistent host mapping (C memory); nil when not host-visible
 	free      []span         // sorted by offset, coalesced
 	live      int            // allocations in this block
 	dedicated bool
@@ -42,7 +40,7 @@ type allocation struct {
 
 // allocator sub-allocates device memory and accounts every byte of it.
 type allocator struct {
-	dev       vulkan.Device
+	vk        *api
 	typeIndex uint32
 	mapped    bool // tensor memory is host-visible and coherent (lavapipe, UMA)
 	blockSize int64
@@ -54,104 +52,49 @@ type allocator struct {
 	reserved  int64 // bytes held in VkDeviceMemory
 }
 
-const bufferUsage = vulkan.BufferUsageFlags(vulkan.BufferUsageStorageBufferBit | vulkan.BufferUsageUniformTexelBufferBit |
-	vulkan.BufferUsageTransferSrcBit | vulkan.BufferUsageTransferDstBit)
-
-// memoryTypeBits probes which memory types a storage buffer may use.
-func memoryTypeBits(dev vulkan.Device) (uint32, error) {
-	buf, err := createBuffer(dev, allocAlign)
+// chooseMemoryType returns the first memory type a storage buffer may use
+// that has all the flags of one of prefs, tried in order; -1 when none has.
+func chooseMemoryType(a *api, ph physical, prefs ...uint32) (int, error) {
+	// Which types a storage buffer may use: ask for a small probe buffer's
+	// requirements.
+	buf, err := a.createBuffer(allocAlign)
 	if err != nil {
-		return 0, err
+		return -1, err
 	}
-	defer vulkan.DestroyBuffer(dev, buf, nil)
-	var req vulkan.MemoryRequirements
-	vulkan.GetBufferMemoryRequirements(dev, buf, &req)
-	req.Deref()
-	return req.MemoryTypeBits, nil
-}
-
-func createBuffer(dev vulkan.Device, size int64) (vulkan.Buffer, error) {
-	ci := vulkan.BufferCreateInfo{
-		SType:       vulkan.StructureTypeBufferCreateInfo,
-		Size:        vulkan.DeviceSize(size),
-		Usage:       bufferUsage,
-		SharingMode: vulkan.SharingModeExclusive,
-	}
-	var buf vulkan.Buffer
-	if err := check("vkCreateBuffer", vulkan.CreateBuffer(dev, &ci, nil, &buf)); err != nil {
-		return nil, err
-	}
-	return buf, nil
-}
-
-// chooseMemoryType returns pd's memory properties and the first memory type
-// a storage buffer may use that has all the flags of one of prefs, tried in
-// order; -1 when none has.
-func chooseMemoryType(dev vulkan.Device, pd vulkan.PhysicalDevice, prefs ...vulkan.MemoryPropertyFlagBits) (*vulkan.PhysicalDeviceMemoryProperties, int, error) {
-	bits, err := memoryTypeBits(dev)
-	if err != nil {
-		return nil, -1, err
-	}
-	var mp vulkan.PhysicalDeviceMemoryProperties
-	vulkan.GetPhysicalDeviceMemoryProperties(pd, &mp)
-	mp.Deref()
+	_, bits := a.requirements(buf)
+	a.destroyBuffer(buf)
 	for _, want := range prefs {
-		if ti := pickMemoryType(&mp, bits, want); ti >= 0 {
-			return &mp, ti, nil
+		for i, flags := range ph.memTypes {
+			if bits&(1<<i) != 0 && flags&want == want {
+				return i, nil
+			}
 		}
 	}
-	return &mp, -1, nil
-}
-
-// pickMemoryType returns the first type allowed by bits that has all of
-// want, or -1.
-func pickMemoryType(mp *vulkan.PhysicalDeviceMemoryProperties, bits uint32, want vulkan.MemoryPropertyFlagBits) int {
-	for i := uint32(0); i < mp.MemoryTypeCount; i++ {
-		t := mp.MemoryTypes[i]
-		t.Deref()
-		if bits&(1<<i) != 0 && vulkan.MemoryPropertyFlagBits(t.PropertyFlags)&want == want {
-			return int(i)
-		}
-	}
-	return -1
-}
-
-func memoryFlags(mp *vulkan.PhysicalDeviceMemoryProperties, i int) vulkan.MemoryPropertyFlagBits {
-	t := mp.MemoryTypes[i]
-	t.Deref()
-	return vulkan.MemoryPropertyFlagBits(t.PropertyFlags)
+	return -1, nil
 }
 
 // newBlock allocates size bytes of memory of the given type, binds a buffer
 // spanning it and maps it when host-visible.
-func newBlock(dev vulkan.Device, typeIndex uint32, size int64, mapped bool) (*block, error) {
-	buf, err := createBuffer(dev, size)
+func newBlock(a *api, typeIndex uint32, size int64, mapped bool) (*block, error) {
+	buf, err := a.createBuffer(size)
 	if err != nil {
 		return nil, err
 	}
-	var req vulkan.MemoryRequirements
-	vulkan.GetBufferMemoryRequirements(dev, buf, &req)
-	req.Deref()
-	ai := vulkan.MemoryAllocateInfo{
-		SType:           vulkan.StructureTypeMemoryAllocateInfo,
-		AllocationSize:  req.Size,
-		MemoryTypeIndex: typeIndex,
-	}
-	var mem vulkan.DeviceMemory
-	if err := check("vkAllocateMemory", vulkan.AllocateMemory(dev, &ai, nil, &mem)); err != nil {
-		vulkan.DestroyBuffer(dev, buf, nil)
-		return nil, err
-	}
-	if err := check("vkBindBufferMemory", vulkan.BindBufferMemory(dev, buf, mem, 0)); err != nil {
-		vulkan.DestroyBuffer(dev, buf, nil)
-		vulkan.FreeMemory(dev, mem, nil)
+	need, _ := a.requirements(buf)
+	mem, err := a.allocateMemory(need, typeIndex)
+	if err != nil {
+		a.destroyBuffer(buf)
 		return nil, err
 	}
 	b := &block{mem: mem, buf: buf, size: size, free: []span{{0, size}}}
+	if err := a.bindBufferMemory(buf, mem); err != nil {
+		b.destroy(a)
+		return nil, err
+	}
 	if mapped {
-		var p unsafe.Pointer
-		if err := check("vkMapMemory", vulkan.MapMemory(dev, mem, 0, vulkan.DeviceSize(vulkan.WholeSize), 0, &p)); err != nil {
-			b.destroy(dev)
+		p, err := a.mapMemory(mem)
+		if err != nil {
+			b.destroy(a)
 			return nil, err
 		}
 		b.ptr = p
@@ -159,13 +102,13 @@ func newBlock(dev vulkan.Device, typeIndex uint32, size int64, mapped bool) (*bl
 	return b, nil
 }
 
-func (b *block) destroy(dev vulkan.Device) {
+func (b *block) destroy(a *api) {
 	if b.ptr != nil {
-		vulkan.UnmapMemory(dev, b.mem)
+		a.unmapMemory(b.mem)
 		b.ptr = nil
 	}
-	vulkan.DestroyBuffer(dev, b.buf, nil)
-	vulkan.FreeMemory(dev, b.mem, nil)
+	a.destroyBuffer(b.buf)
+	a.freeMemory(b.mem)
 }
 
 // take carves size bytes from the block's free list (first fit).
@@ -214,6 +157,9 @@ func (a *allocator) alloc(name string, bytes int64) (*allocation, error) {
 	if size > a.maxAlloc {
 		return nil, &RangeError{Op: "alloc", Tensor: name, Bytes: size, Limit: a.maxAlloc, What: "maxMemoryAllocationSize"}
 	}
+	if err := a.vk.inject(FaultAlloc, "vkAllocateMemory "+name); err != nil {
+		return nil, fmt.Errorf("vk: allocating %s (%d bytes, %d in use): %w", name, size, a.inUse, err)
+	}
 	var blk *block
 	var off int64
 	for _, b := range a.blocks {
@@ -228,11 +174,11 @@ func (a *allocator) alloc(name string, bytes int64) (*allocation, error) {
 		if dedicated {
 			bs = size
 		}
-		b, err := newBlock(a.dev, a.typeIndex, bs, a.mapped)
+		b, err := newBlock(a.vk, a.typeIndex, bs, a.mapped)
 		if err != nil && !dedicated && bs > size {
 			// A smaller, dedicated block may still fit.
 			dedicated, bs = true, size
-			b, err = newBlock(a.dev, a.typeIndex, bs, a.mapped)
+			b, err = newBlock(a.vk, a.typeIndex, bs, a.mapped)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("vk: allocating %s (%d bytes, %d in use): %w", name, size, a.inUse, err)
@@ -268,7 +214,7 @@ func (a *allocator) trim() {
 	for _, b := range a.blocks {
 		if b.live == 0 && (b.dedicated || spare) {
 			a.reserved -= b.size
-			b.destroy(a.dev)
+			b.destroy(a.vk)
 			continue
 		}
 		if b.live == 0 {
@@ -282,7 +228,7 @@ func (a *allocator) trim() {
 
 func (a *allocator) destroyAll() {
 	for _, b := range a.blocks {
-		b.destroy(a.dev)
+		b.destroy(a.vk)
 	}
 	a.blocks = nil
 	a.reserved = 0

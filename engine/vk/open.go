@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 
-	"github.com/vulkan-go/vulkan"
 	"github.com/zimage/zimage/engine"
 )
 
@@ -15,11 +14,10 @@ type Device struct {
 	opts      Options
 	info      DeviceInfo
 	tuning    Tuning // resolved: TuningCPU or TuningGPU
-	inst      vulkan.Instance
-	dev       vulkan.Device
-	queue     vulkan.Queue
+	inst      *instance
+	vk        *api
 	family    uint32
-	cmdPool   vulkan.CommandPool
+	cmdPool   vkCmdPool
 	maxGroups [3]uint32
 	mem       *allocator
 	staging   *stager
@@ -54,23 +52,17 @@ func Open(opts Options) (*Device, error) {
 }
 
 func (d *Device) init() error {
-	pds, err := physicalDevices(d.inst)
+	infos, phys, err := d.inst.describeAll()
 	if err != nil {
 		return err
-	}
-	infos := make([]DeviceInfo, len(pds))
-	for i, pd := range pds {
-		if infos[i], err = describe(d.inst, pd, i); err != nil {
-			return err
-		}
 	}
 	idx, err := pickDevice(infos, d.opts)
 	if err != nil {
 		return err
 	}
-	pd, info := pds[idx], infos[idx]
+	ph, info := phys[idx], infos[idx]
 	d.info = info
-	if info.apiVersion < vulkan.MakeVersion(1, 2, 0) {
+	if info.apiVersion < apiVersion12 {
 		return fmt.Errorf("vk: %s supports Vulkan %s; zimage's kernels need 1.2: %w", info.Name, info.APIVersion, ErrIncompatibleDriver)
 	}
 	d.tuning = d.opts.Tuning
@@ -82,66 +74,26 @@ func (d *Device) init() error {
 	}
 
 	// A queue family with compute, preferring one with valid timestamps.
-	var n uint32
-	vulkan.GetPhysicalDeviceQueueFamilyProperties(pd, &n, nil)
-	fams := make([]vulkan.QueueFamilyProperties, n)
-	vulkan.GetPhysicalDeviceQueueFamilyProperties(pd, &n, fams)
 	family, validBits := -1, uint32(0)
-	for i := range fams {
-		fams[i].Deref()
-		if vulkan.QueueFlagBits(fams[i].QueueFlags)&vulkan.QueueComputeBit == 0 {
+	for i, flags := range ph.families {
+		if flags&queueCompute == 0 {
 			continue
 		}
-		if family < 0 || (validBits == 0 && fams[i].TimestampValidBits > 0) {
-			family, validBits = i, fams[i].TimestampValidBits
+		if family < 0 || (validBits == 0 && ph.timestamps[i] > 0) {
+			family, validBits = i, ph.timestamps[i]
 		}
 	}
 	if family < 0 {
 		return fmt.Errorf("vk: %s has no compute queue: %w", info.Name, ErrNoDevice)
 	}
 	d.family = uint32(family)
-
-	qci := []vulkan.DeviceQueueCreateInfo{{
-		SType:            vulkan.StructureTypeDeviceQueueCreateInfo,
-		QueueFamilyIndex: d.family,
-		QueueCount:       1,
-		PQueuePriorities: []float32{1},
-	}}
-	dci := vulkan.DeviceCreateInfo{
-		SType:                vulkan.StructureTypeDeviceCreateInfo,
-		QueueCreateInfoCount: 1,
-		PQueueCreateInfos:    qci,
-	}
-	if info.FP16Storage {
-		chain, free := featureChain()
-		defer free()
-		dci.PNext = chain
-	}
-	// Out-parameters are locals: the binding rejects pointers into structs
-	// that hold Go pointers.
-	var dev vulkan.Device
-	if err := check("vkCreateDevice", vulkan.CreateDevice(pd, &dci, nil, &dev)); err != nil {
+	if d.vk, err = d.inst.createDevice(ph.handle, d.family, info.FP16Storage, d.opts.Fault); err != nil {
 		return fmt.Errorf("vk: opening %s: %w", info.Name, err)
 	}
-	d.dev = dev
-	var queue vulkan.Queue
-	vulkan.GetDeviceQueue(d.dev, d.family, 0, &queue)
-	d.queue = queue
-	pci := vulkan.CommandPoolCreateInfo{
-		SType:            vulkan.StructureTypeCommandPoolCreateInfo,
-		Flags:            vulkan.CommandPoolCreateFlags(vulkan.CommandPoolCreateResetCommandBufferBit),
-		QueueFamilyIndex: d.family,
-	}
-	var pool vulkan.CommandPool
-	if err := check("vkCreateCommandPool", vulkan.CreateCommandPool(d.dev, &pci, nil, &pool)); err != nil {
+	if d.cmdPool, err = d.vk.createCommandPool(d.family); err != nil {
 		return err
 	}
-	d.cmdPool = pool
-	var props vulkan.PhysicalDeviceProperties
-	vulkan.GetPhysicalDeviceProperties(pd, &props)
-	props.Deref()
-	props.Limits.Deref()
-	d.maxGroups = props.Limits.MaxComputeWorkGroupCount
+	d.maxGroups = ph.maxGroups
 	if d.opts.Profile {
 		if validBits == 0 {
 			return fmt.Errorf("vk: profiling needs timestamps, which %s's compute queue lacks", info.Name)
@@ -149,23 +101,25 @@ func (d *Device) init() error {
 		d.prof = newProfiler(info.TimestampPeriod, validBits)
 	}
 
-	if d.mem, err = newAllocator(d.dev, pd, info, d.opts.Budget); err != nil {
+	if d.mem, err = newAllocator(d.vk, ph, info, d.opts.Budget); err != nil {
 		return err
 	}
 	if !d.mem.mapped {
-		if d.staging, err = newStager(d.dev, pd); err != nil {
+		if d.staging, err = newStager(d.vk, ph); err != nil {
 			return err
 		}
 	}
-	d.pipes = newPipelines(d.dev)
+	d.pipes = newPipelines(d.vk)
 	if d.rec, err = newRecorder(d, d.opts.MaxBatch); err != nil {
 		return err
 	}
-	// The dummy buffer is internal: it is not charged to the budget.
-	budget := d.mem.budget
-	d.mem.budget = 0
+	// The dummy buffer is internal: it is not charged to the budget, nor
+	// seen by the fault hook.
+	budget, fault := d.mem.budget, d.vk.fault
+	d.mem.budget, d.vk.fault = 0, nil
 	d.dummy, err = d.mem.alloc("vk.dummy", allocAlign)
-	d.mem.budget = budget
+	d.mem.budget, d.vk.fault = budget, fault
+	d.vk.faults[FaultAlloc] = 0
 	if err == nil {
 		d.mem.inUse -= d.dummy.size
 		d.mem.peak = 0
@@ -173,28 +127,28 @@ func (d *Device) init() error {
 	return err
 }
 
-func newAllocator(dev vulkan.Device, pd vulkan.PhysicalDevice, info DeviceInfo, budget int64) (*allocator, error) {
-	mp, ti, err := chooseMemoryType(dev, pd, vulkan.MemoryPropertyDeviceLocalBit, 0)
+func newAllocator(a *api, ph physical, info DeviceInfo, budget int64) (*allocator, error) {
+	ti, err := chooseMemoryType(a, ph, memDeviceLocal, 0)
 	if err != nil {
 		return nil, err
 	}
 	if ti < 0 {
 		return nil, fmt.Errorf("vk: %s offers no memory type for storage buffers", info.Name)
 	}
-	host := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
-	a := &allocator{
-		dev:       dev,
+	host := uint32(memHostVisible | memHostCoherent)
+	al := &allocator{
+		vk:        a,
 		typeIndex: uint32(ti),
-		mapped:    memoryFlags(mp, ti)&host == host,
+		mapped:    ph.memTypes[ti]&host == host,
 		blockSize: defaultBlockSize,
 		maxAlloc:  info.MaxAllocationSize,
 		budget:    budget,
 	}
-	if a.maxAlloc <= 0 {
-		a.maxAlloc = 1 << 30 // the minimum Vulkan guarantees
+	if al.maxAlloc <= 0 {
+		al.maxAlloc = 1 << 30 // the minimum Vulkan guarantees
 	}
-	a.blockSize = min(a.blockSize, a.maxAlloc)
-	return a, nil
+	al.blockSize = min(al.blockSize, al.maxAlloc)
+	return al, nil
 }
 
 // Name describes the device, e.g. "vk:llvmpipe (LLVM 15.0.6, 256 bits)".
@@ -207,22 +161,27 @@ func (d *Device) Info() DeviceInfo { return d.info }
 func (d *Device) Tuning() Tuning { return d.tuning }
 
 // Close waits for pending work and frees every Vulkan object. With
-// profiling on it prints the kernel time table to stderr first.
+// profiling on it prints the kernel time table to stderr first. It reports
+// an error if pending work failed or if any object outlived it (a leak in
+// the engine, see Objects).
 func (d *Device) Close() error {
 	if d.closed {
 		return nil
 	}
-	var err error
-	if d.rec != nil {
-		err = d.rec.flush()
-	}
-	if d.prof != nil && err == nil {
-		err = d.WriteProfile(os.Stderr)
+	var errs []error
+	if d.rec != nil && d.lost == nil {
+		if err := d.rec.flush(); err != nil {
+			errs = append(errs, err)
+		} else if d.prof != nil {
+			errs = append(errs, d.WriteProfile(os.Stderr))
+		}
 	}
 	d.closed = true
-	if d.dev != nil {
-		// Wait even if a flush failed, so nothing is destroyed in use.
-		vulkan.DeviceWaitIdle(d.dev)
+	if d.vk != nil {
+		// Wait even if a flush failed, so nothing is destroyed in use; a
+		// lost device fails the wait, and its objects may still be
+		// destroyed.
+		d.vk.waitIdle()
 		if d.rec != nil {
 			d.rec.destroy()
 		}
@@ -235,16 +194,43 @@ func (d *Device) Close() error {
 		if d.mem != nil {
 			d.mem.destroyAll()
 		}
-		if d.cmdPool != nil {
-			vulkan.DestroyCommandPool(d.dev, d.cmdPool, nil)
+		if d.cmdPool != 0 {
+			d.vk.destroyCommandPool(d.cmdPool)
 		}
-		vulkan.DestroyDevice(d.dev, nil)
+		if left := d.vk.objs; left.Total() != 0 {
+			errs = append(errs, fmt.Errorf("vk: Close left %d Vulkan objects undestroyed: %+v", left.Total(), left))
+		}
+		d.vk.destroy()
 	}
-	if d.inst != nil {
-		vulkan.DestroyInstance(d.inst, nil)
-	}
-	return err
+	d.inst.destroy()
+	return errors.Join(errs...)
 }
+
+// Objects counts the Vulkan objects the device holds now.
+func (d *Device) Objects() Objects {
+	if d.vk == nil {
+		return Objects{}
+	}
+	return d.vk.objs
+}
+
+// Counters reports the work recorded since Open.
+func (d *Device) Counters() Counters {
+	if d.vk == nil {
+		return Counters{}
+	}
+	c := d.vk.work
+	if d.rec != nil {
+		c.Waits = int64(d.rec.waits)
+		c.StagedUploads = int64(d.rec.stagedWrites)
+		c.Abandoned = int64(d.rec.abandoned)
+	}
+	return c
+}
+
+// Lost reports the error that lost the device, or nil: once lost, every
+// call fails with it and the device must be closed and opened again.
+func (d *Device) Lost() error { return d.lost }
 
 // MemStats reports the accounted device memory.
 func (d *Device) MemStats() engine.MemStats {

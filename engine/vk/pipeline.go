@@ -3,9 +3,7 @@ package vk
 import (
 	"encoding/binary"
 	"fmt"
-	"unsafe"
 
-	"github.com/vulkan-go/vulkan"
 	"github.com/zimage/zimage/kernels"
 )
 
@@ -22,113 +20,77 @@ type pipeKey struct {
 
 type pipeline struct {
 	k      *kernels.Kernel
-	pipe   vulkan.Pipeline
-	layout vulkan.PipelineLayout
-	set    vulkan.DescriptorSetLayout
+	pipe   vkPipeline
+	layout vkPipeLayout
+	set    vkSetLayout
 }
 
 // pipelines caches shader modules, layouts and pipelines for one device.
 type pipelines struct {
-	dev        vulkan.Device
-	modules    map[*kernels.Kernel]vulkan.ShaderModule
-	setLayouts map[[2]int]vulkan.DescriptorSetLayout // by bindings, texel mask
-	layouts    map[[3]int]vulkan.PipelineLayout      // by bindings, texel mask, push bytes
+	vk         *api
+	modules    map[*kernels.Kernel]vkModule
+	setLayouts map[[2]int]vkSetLayout  // by bindings, texel mask
+	layouts    map[[3]int]vkPipeLayout // by bindings, texel mask, push bytes
 	cache      map[pipeKey]*pipeline
 }
 
-func newPipelines(dev vulkan.Device) *pipelines {
+func newPipelines(a *api) *pipelines {
 	return &pipelines{
-		dev:        dev,
-		modules:    map[*kernels.Kernel]vulkan.ShaderModule{},
-		setLayouts: map[[2]int]vulkan.DescriptorSetLayout{},
-		layouts:    map[[3]int]vulkan.PipelineLayout{},
+		vk:         a,
+		modules:    map[*kernels.Kernel]vkModule{},
+		setLayouts: map[[2]int]vkSetLayout{},
+		layouts:    map[[3]int]vkPipeLayout{},
 		cache:      map[pipeKey]*pipeline{},
 	}
 }
 
-func (ps *pipelines) module(k *kernels.Kernel) (vulkan.ShaderModule, error) {
+func (ps *pipelines) module(k *kernels.Kernel) (vkModule, error) {
 	if m, ok := ps.modules[k]; ok {
 		return m, nil
 	}
 	if len(k.SPIRV)%4 != 0 || len(k.SPIRV) == 0 {
-		return nil, fmt.Errorf("vk: kernel %s has %d bytes of SPIR-V, not whole words", k.Name, len(k.SPIRV))
+		return 0, fmt.Errorf("vk: kernel %s has %d bytes of SPIR-V, not whole words", k.Name, len(k.SPIRV))
 	}
 	words := make([]uint32, len(k.SPIRV)/4)
 	for i := range words {
 		words[i] = binary.LittleEndian.Uint32(k.SPIRV[4*i:])
 	}
-	ci := vulkan.ShaderModuleCreateInfo{
-		SType:    vulkan.StructureTypeShaderModuleCreateInfo,
-		CodeSize: uint(len(k.SPIRV)),
-		PCode:    words,
-	}
-	var m vulkan.ShaderModule
-	if err := check("vkCreateShaderModule "+k.Name, vulkan.CreateShaderModule(ps.dev, &ci, nil, &m)); err != nil {
-		return nil, err
+	m, err := ps.vk.createShaderModule(words)
+	if err != nil {
+		return 0, fmt.Errorf("kernel %s: %w", k.Name, err)
 	}
 	ps.modules[k] = m
 	return m, nil
 }
 
-// descriptorType is binding i's type in a kernel with the given texel mask.
-func descriptorType(texels uint32, i int) vulkan.DescriptorType {
-	if texels&(1<<i) != 0 {
-		return vulkan.DescriptorTypeUniformTexelBuffer
+func (ps *pipelines) setLayout(n int, texels uint32) (vkSetLayout, error) {
+	if n > maxBindings {
+		return 0, fmt.Errorf("vk: %d bindings, at most %d", n, maxBindings)
 	}
-	return vulkan.DescriptorTypeStorageBuffer
-}
-
-func (ps *pipelines) setLayout(n int, texels uint32) (vulkan.DescriptorSetLayout, error) {
 	key := [2]int{n, int(texels)}
 	if l, ok := ps.setLayouts[key]; ok {
 		return l, nil
 	}
-	binds := make([]vulkan.DescriptorSetLayoutBinding, n)
-	for i := range binds {
-		binds[i] = vulkan.DescriptorSetLayoutBinding{
-			Binding:         uint32(i),
-			DescriptorType:  descriptorType(texels, i),
-			DescriptorCount: 1,
-			StageFlags:      vulkan.ShaderStageFlags(vulkan.ShaderStageComputeBit),
-		}
-	}
-	ci := vulkan.DescriptorSetLayoutCreateInfo{
-		SType:        vulkan.StructureTypeDescriptorSetLayoutCreateInfo,
-		BindingCount: uint32(n),
-		PBindings:    binds,
-	}
-	var l vulkan.DescriptorSetLayout
-	if err := check("vkCreateDescriptorSetLayout", vulkan.CreateDescriptorSetLayout(ps.dev, &ci, nil, &l)); err != nil {
-		return nil, err
+	l, err := ps.vk.createSetLayout(n, texels)
+	if err != nil {
+		return 0, err
 	}
 	ps.setLayouts[key] = l
 	return l, nil
 }
 
-func (ps *pipelines) layout(bindings int, texels uint32, push int) (vulkan.PipelineLayout, vulkan.DescriptorSetLayout, error) {
+func (ps *pipelines) layout(bindings int, texels uint32, push int) (vkPipeLayout, vkSetLayout, error) {
 	set, err := ps.setLayout(bindings, texels)
 	if err != nil {
-		return nil, nil, err
+		return 0, 0, err
 	}
 	key := [3]int{bindings, int(texels), push}
 	if l, ok := ps.layouts[key]; ok {
 		return l, set, nil
 	}
-	ci := vulkan.PipelineLayoutCreateInfo{
-		SType:          vulkan.StructureTypePipelineLayoutCreateInfo,
-		SetLayoutCount: 1,
-		PSetLayouts:    []vulkan.DescriptorSetLayout{set},
-	}
-	if push > 0 {
-		ci.PushConstantRangeCount = 1
-		ci.PPushConstantRanges = []vulkan.PushConstantRange{{
-			StageFlags: vulkan.ShaderStageFlags(vulkan.ShaderStageComputeBit),
-			Size:       uint32(push),
-		}}
-	}
-	var l vulkan.PipelineLayout
-	if err := check("vkCreatePipelineLayout", vulkan.CreatePipelineLayout(ps.dev, &ci, nil, &l)); err != nil {
-		return nil, nil, err
+	l, err := ps.vk.createPipelineLayout(set, push)
+	if err != nil {
+		return 0, 0, err
 	}
 	ps.layouts[key] = l
 	return l, set, nil
@@ -152,60 +114,27 @@ func (ps *pipelines) get(k *kernels.Kernel, spec []uint32) (*pipeline, error) {
 	if err != nil {
 		return nil, err
 	}
-	stage := vulkan.PipelineShaderStageCreateInfo{
-		SType:  vulkan.StructureTypePipelineShaderStageCreateInfo,
-		Stage:  vulkan.ShaderStageComputeBit,
-		Module: mod,
-		PName:  "main\x00",
-	}
-	// Specialization data lives in C memory: the binding copies the struct
-	// into C memory and would otherwise leave a Go pointer inside it.
-	var free func()
-	if len(spec) > 0 {
-		entries := make([]vulkan.SpecializationMapEntry, len(spec))
-		for i := range spec {
-			entries[i] = vulkan.SpecializationMapEntry{ConstantID: uint32(i), Offset: uint32(4 * i), Size: 4}
-		}
-		data := unsafe.Slice((*byte)(unsafe.Pointer(&key.spec[0])), 4*len(spec))
-		var cdata unsafe.Pointer
-		cdata, free = cBytes(data)
-		stage.PSpecializationInfo = []vulkan.SpecializationInfo{{
-			MapEntryCount: uint32(len(spec)),
-			PMapEntries:   entries,
-			DataSize:      uint(4 * len(spec)),
-			PData:         cdata,
-		}}
-	}
-	ci := []vulkan.ComputePipelineCreateInfo{{
-		SType:  vulkan.StructureTypeComputePipelineCreateInfo,
-		Stage:  stage,
-		Layout: layout,
-	}}
-	pipes := make([]vulkan.Pipeline, 1)
-	r := withoutGC(func() vulkan.Result { return vulkan.CreateComputePipelines(ps.dev, nil, 1, ci, nil, pipes) })
-	if free != nil {
-		free()
-	}
-	if err := check("vkCreateComputePipelines "+k.Name, r); err != nil {
+	pipe, err := ps.vk.createPipeline(k.Name, mod, layout, key.spec[:key.n])
+	if err != nil {
 		return nil, err
 	}
-	p := &pipeline{k: k, pipe: pipes[0], layout: layout, set: set}
+	p := &pipeline{k: k, pipe: pipe, layout: layout, set: set}
 	ps.cache[key] = p
 	return p, nil
 }
 
 func (ps *pipelines) destroy() {
 	for _, p := range ps.cache {
-		vulkan.DestroyPipeline(ps.dev, p.pipe, nil)
+		ps.vk.destroyPipeline(p.pipe)
 	}
 	for _, l := range ps.layouts {
-		vulkan.DestroyPipelineLayout(ps.dev, l, nil)
+		ps.vk.destroyPipelineLayout(l)
 	}
 	for _, l := range ps.setLayouts {
-		vulkan.DestroyDescriptorSetLayout(ps.dev, l, nil)
+		ps.vk.destroySetLayout(l)
 	}
 	for _, m := range ps.modules {
-		vulkan.DestroyShaderModule(ps.dev, m, nil)
+		ps.vk.destroyShaderModule(m)
 	}
 	clear(ps.cache)
 	clear(ps.layouts)

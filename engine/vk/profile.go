@@ -6,9 +6,7 @@ import (
 	"sort"
 	"strings"
 	"time"
-	"unsafe"
 
-	"github.com/vulkan-go/vulkan"
 	"github.com/zimage/zimage/kernels"
 )
 
@@ -36,12 +34,10 @@ func newProfiler(period float64, validBits uint32) *profiler {
 	return &profiler{period: period, mask: mask, totals: map[*kernels.Kernel]*KernelTime{}}
 }
 
-func (p *profiler) collect(dev vulkan.Device, b *batch) error {
+func (p *profiler) collect(a *api, b *batch) error {
 	n := len(b.timed) + 1
 	ts := make([]uint64, n)
-	r := vulkan.GetQueryPoolResults(dev, b.queries, 0, uint32(n), uint(8*n), unsafe.Pointer(&ts[0]), 8,
-		vulkan.QueryResultFlags(vulkan.QueryResult64Bit|vulkan.QueryResultWaitBit))
-	if err := check("vkGetQueryPoolResults", r); err != nil {
+	if err := a.queryResults(b.queries, ts); err != nil {
 		return err
 	}
 	for i, k := range b.timed {

@@ -2,8 +2,6 @@ package vk
 
 import (
 	"fmt"
-
-	"github.com/vulkan-go/vulkan"
 )
 
 // stagingChunk bounds one staged transfer; bigger transfers go in chunks,
@@ -20,22 +18,22 @@ const stagingSpare = 4
 // An upload's block belongs to the batch that copies from it until that batch
 // completes (see recorder.stage), so uploads never wait for the device.
 type stager struct {
-	dev       vulkan.Device
+	vk        *api
 	typeIndex uint32
 	blocks    []*block // every staging block alive
 	idle      []*block // blocks no batch holds
 }
 
-func newStager(dev vulkan.Device, pd vulkan.PhysicalDevice) (*stager, error) {
-	host := vulkan.MemoryPropertyHostVisibleBit | vulkan.MemoryPropertyHostCoherentBit
-	_, ti, err := chooseMemoryType(dev, pd, host|vulkan.MemoryPropertyHostCachedBit, host)
+func newStager(a *api, ph physical) (*stager, error) {
+	host := uint32(memHostVisible | memHostCoherent)
+	ti, err := chooseMemoryType(a, ph, host|memHostCached, host)
 	if err != nil {
 		return nil, err
 	}
 	if ti < 0 {
 		return nil, fmt.Errorf("vk: no host-visible coherent memory for staging")
 	}
-	return &stager{dev: dev, typeIndex: uint32(ti)}, nil
+	return &stager{vk: a, typeIndex: uint32(ti)}, nil
 }
 
 // stager returns the device's staging pool. Devices whose tensor memory is
@@ -43,7 +41,7 @@ func newStager(dev vulkan.Device, pd vulkan.PhysicalDevice) (*stager, error) {
 // still uses is staged rather than waited for), from that same memory type.
 func (d *Device) stager() *stager {
 	if d.staging == nil {
-		d.staging = &stager{dev: d.dev, typeIndex: d.mem.typeIndex}
+		d.staging = &stager{vk: d.vk, typeIndex: d.mem.typeIndex}
 	}
 	return d.staging
 }
@@ -62,7 +60,7 @@ func (s *stager) get(size int64) (*block, error) {
 		s.idle = append(s.idle[:best], s.idle[best+1:]...)
 		return b, nil
 	}
-	b, err := newBlock(s.dev, s.typeIndex, max(size, stagingMin), true)
+	b, err := newBlock(s.vk, s.typeIndex, max(size, stagingMin), true)
 	if err != nil {
 		return nil, fmt.Errorf("vk: staging buffer of %d bytes: %w", max(size, stagingMin), err)
 	}
@@ -91,13 +89,13 @@ func (s *stager) put(b *block) {
 			break
 		}
 	}
-	victim.destroy(s.dev)
+	victim.destroy(s.vk)
 }
 
 // destroy frees every staging block; the device must be idle.
 func (s *stager) destroy() {
 	for _, b := range s.blocks {
-		b.destroy(s.dev)
+		b.destroy(s.vk)
 	}
 	s.blocks, s.idle = nil, nil
 }

@@ -133,6 +133,10 @@ func (d *Device) writeBytes(op string, t *engine.Tensor, raw []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := d.vk.inject(FaultUpload, "the staging upload of "+t.Name); err != nil {
+		return fmt.Errorf("vk: %s %s: %w", op, t.Name, err)
+	}
+	d.vk.work.Uploads++
 	off := al.off + int64(t.Offset*t.DType.Size())
 	if err := d.kick(); err != nil {
 		return err
