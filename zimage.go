@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"image"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/zimage/zimage/engine"
+	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/model/lora"
 	"github.com/zimage/zimage/sched"
@@ -209,10 +211,18 @@ type Pipeline struct {
 	closers []func() error
 	lora    *loraState // nil until a request uses a LoRA
 	model   ModelInfo
+	// lost is set once the device is lost: every later Generate fails
+	// with it at once.
+	lost error
 	// Warnings are problems found while loading that did not stop it
 	// (unused tensors, guessed configs).
 	Warnings []string
 }
+
+// ErrDeviceLost is what a Generate error wraps once the Vulkan device is
+// lost (a driver reset, a hung or removed GPU): the Pipeline cannot run
+// again; Close it and Load the model again. Match it with errors.Is.
+var ErrDeviceLost = vk.ErrDeviceLost
 
 // modelInfo is what requests default to and metadata records.
 type modelInfo struct {
@@ -265,6 +275,9 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	defer p.mu.Unlock()
 	if p.models == nil && p.zimage == nil {
 		return nil, fmt.Errorf("zimage: pipeline is closed")
+	}
+	if p.lost != nil {
+		return nil, p.lost
 	}
 	start := time.Now()
 	w, h, steps, g := p.Defaults()
@@ -333,13 +346,13 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var out *sched.Output
-	if p.zimage != nil {
-		out, err = sched.RunZImage(ctx, p.backend, p.zimage, sched.ZImageParams{
-			Params: params, CFGTruncation: req.CFGTruncation, CFGNormalization: req.CFGNormalization})
-	} else {
-		out, err = sched.Run(ctx, p.backend, p.models, params)
-	}
+	out, err := p.run(func() (*sched.Output, error) {
+		if p.zimage != nil {
+			return sched.RunZImage(ctx, p.backend, p.zimage, sched.ZImageParams{
+				Params: params, CFGTruncation: req.CFGTruncation, CFGNormalization: req.CFGNormalization})
+		}
+		return sched.Run(ctx, p.backend, p.models, params)
+	})
 	if err != nil {
 		if fb := lst.stats.ForwardBytes; fb > 0 && p.opts.Budget > 0 && ctx.Err() == nil {
 			return nil, fmt.Errorf("zimage: with %s of the budget taken by the LoRAs' forward-pass terms: %w", model.FormatBytes(fb), err)
@@ -365,6 +378,34 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	}
 	emit(Progress{Stage: "done", Steps: steps, Step: steps})
 	return res, nil
+}
+
+// run runs the request (run) and leaves the Pipeline ready for the
+// next one whatever happened: after a lost device it fails fast from then
+// on, and when the device dropped recorded work (a failed submit), weights
+// kept resident are evicted, since uploads among that work never landed.
+func (p *Pipeline) run(run func() (*sched.Output, error)) (*sched.Output, error) {
+	dev, _ := p.backend.(*vk.Device)
+	var abandoned int64
+	if dev != nil {
+		abandoned = dev.Counters().Abandoned
+	}
+	out, err := run()
+	if err == nil {
+		return out, nil
+	}
+	if errors.Is(err, vk.ErrDeviceLost) {
+		p.lost = fmt.Errorf("zimage: the Vulkan device was lost, so this Pipeline cannot generate again: Close it and Load the model again (%w)", err)
+		return nil, p.lost
+	}
+	if dev != nil && dev.Counters().Abandoned != abandoned {
+		// The flush reports the dropped work again (err already did).
+		dev.Flush()
+		for _, bl := range p.allBlocks() {
+			bl.Evict(p.backend)
+		}
+	}
+	return nil, err
 }
 
 // a1111SamplerName maps our sampler names to the names A1111 metadata uses.

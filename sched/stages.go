@@ -38,11 +38,13 @@ func (r *runner) encode() error {
 		}
 		h, err := r.b.Read(hidden)
 		if err != nil {
+			out.Free(rec)
 			return err
 		}
 		if r.m.SDXL && i == 1 {
 			pooled, err := r.b.Read(out.TextEmbeds)
 			if err != nil {
+				out.Free(rec)
 				return err
 			}
 			// Pooled embeddings come from each prompt's first window.

@@ -86,8 +86,10 @@ type recorder struct {
 	stagedWrites int
 	waits        int // fence waits that blocked the host (retire's are not)
 	// abandoned counts batches whose recorded work was dropped because
-	// ending or submitting them failed.
+	// ending or submitting them failed; dropped is that failure until the
+	// next Flush or Read reports it (see Device.Flush).
 	abandoned int
+	dropped   error
 }
 
 func newRecorder(d *Device, maxBatch int) (*recorder, error) {
@@ -177,7 +179,7 @@ func (r *recorder) submit() error {
 		err = r.vk.submit(b.cmd, b.fence)
 	}
 	if err != nil {
-		r.abandon(b)
+		r.abandon(b, err)
 		return err
 	}
 	b.inFlight = true
@@ -188,10 +190,15 @@ func (r *recorder) submit() error {
 // abandon drops the work recorded in b, which never reached the device:
 // its descriptor sets, views and staging blocks are recycled at once, and
 // the next begin rerecords the command buffer from scratch. What the
-// dropped commands would have written stays unwritten; the failed call's
-// error tells the caller so.
-func (r *recorder) abandon(b *batch) {
+// dropped commands would have written stays unwritten. The failed call
+// returns err, but that caller may not own the dropped work (an upload
+// submits the ops recorded before it), so the next Flush or Read reports
+// it too.
+func (r *recorder) abandon(b *batch, err error) {
 	r.abandoned++
+	if r.dropped == nil {
+		r.dropped = fmt.Errorf("vk: work recorded before a failed submission was dropped; tensors it wrote hold stale values: %w", err)
+	}
 	b.open, b.inFlight = false, false
 	r.recycle(b)
 	r.writes, r.reads = r.writes[:0], r.reads[:0]
@@ -243,6 +250,24 @@ func (r *recorder) recycle(b *batch) error {
 	clear(b.staging)
 	b.staging, b.stageOff, b.staged = b.staging[:0], 0, 0
 	return err
+}
+
+// trimPools keeps one descriptor pool per batch once all work is done:
+// a batch holds as many pools as its largest recording needed, and an idle
+// device (a server between requests, or after a failure split the work
+// differently) need not.
+func (r *recorder) trimPools() {
+	for _, b := range r.batches {
+		if b.open || b.inFlight || len(b.pools) <= 1 {
+			continue
+		}
+		for _, p := range b.pools[1:] {
+			r.vk.destroyDescriptorPool(p)
+		}
+		clear(b.pools[1:])
+		b.pools = b.pools[:1]
+		b.pool, b.left = 0, setsPerPool
+	}
 }
 
 // retire recycles submitted batches that have completed, without blocking.

@@ -173,10 +173,13 @@ func newInstance() (*instance, error) {
 	return &instance{c: in}, nil
 }
 
+// destroy destroys the instance, then returns the heap memory the driver
+// freed to the OS (see zvk_trim_heap).
 func (in *instance) destroy() {
 	if in != nil && in.c != nil {
 		C.zvk_destroy_instance(in.c)
 		in.c = nil
+		C.zvk_trim_heap()
 	}
 }
 

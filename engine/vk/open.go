@@ -247,15 +247,24 @@ func (d *Device) Reserved() int64 { return d.mem.reserved }
 // ResetPeak sets the peak to the current use.
 func (d *Device) ResetPeak() { d.mem.peak = d.mem.inUse }
 
-// Flush runs pending work and waits for it.
+// Flush runs pending work and waits for it. If recorded work was dropped
+// since the last Flush (a submission failed, maybe inside another call
+// whose caller ignored its error), Flush reports it once: the results of
+// that work are stale.
 func (d *Device) Flush() error {
 	if err := d.usable(); err != nil {
 		return err
 	}
 	if err := d.rec.flush(); err != nil {
+		d.rec.dropped = nil // this error reports it
 		return d.fail(err)
 	}
 	d.mem.trim()
+	d.rec.trimPools()
+	if err := d.rec.dropped; err != nil {
+		d.rec.dropped = nil
+		return err
+	}
 	return nil
 }
 

@@ -1,4 +1,5 @@
 // zvk: see zvk.h.
+#define _GNU_SOURCE // RTLD_DEFAULT
 #include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,16 @@ int zvk_load(void) {
 	if (!h) return -1;
 	zvk_gipa = (PFN_vkGetInstanceProcAddr)dlsym(h, "vkGetInstanceProcAddr");
 	return zvk_gipa ? 0 : -2;
+}
+
+// zvk_trim_heap returns the heap memory the driver freed to the OS.
+// glibc keeps freed memory in its per-thread arenas, and the driver's
+// threads free tens of MiB when a device closes (LLVM's compiled
+// pipelines); without this, RSS stays at its high-water mark. Looked up at
+// run time: other C libraries have no malloc_trim.
+void zvk_trim_heap(void) {
+	int (*trim)(size_t) = (int (*)(size_t))dlsym(RTLD_DEFAULT, "malloc_trim");
+	if (trim) trim(0);
 }
 
 VkResult zvk_create_instance(uint32_t apiVersion, zvk_inst **out, const char **missing) {

@@ -83,6 +83,7 @@ typedef struct zvk_info {
 } zvk_info;
 
 int zvk_load(void);
+void zvk_trim_heap(void);
 VkResult zvk_create_instance(uint32_t apiVersion, zvk_inst **out, const char **missing);
 void zvk_destroy_instance(zvk_inst *in);
 VkResult zvk_physical_devices(zvk_inst *in, uint64_t *pds, uint32_t *n);
