@@ -3,11 +3,13 @@ package zimage_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strings"
 	"testing"
 	"time"
 
@@ -284,4 +286,92 @@ func TestGenerateUnderGC(t *testing.T) {
 	require.NoError(t, d.Close())
 	t.Logf("%d dispatches, %d pipelines created under %d forced GC cycles", c.Dispatches, c.PipelinesCreated, cycles)
 	require.True(t, bytes.Equal(want.Images[0].Pix, got.Images[0].Pix), "the image made under GC pressure differs")
+}
+
+// TestConcurrentPipeline is the concurrency test make test runs under
+// -race (on Vulkan: the reference backend's arithmetic is 10-20 times
+// slower under the race detector). Goroutines share one Pipeline, as
+// requests of a server do: each gets the image it would get alone, one
+// request is cancelled while others wait, readers of the Pipeline's
+// defaults run meanwhile, and Close, called while requests are queued,
+// waits for the running one; later requests fail cleanly.
+func TestConcurrentPipeline(t *testing.T) {
+	dir := testref.Dir(t, "tiny-sd-turbo")
+	d := openVK(t, nil)
+	defer func() { require.NoError(t, d.Close()) }()
+	p, err := zimage.Load(dir, zimage.WithBackend(d))
+	require.NoError(t, err)
+	seeds := []uint64{1, 2, 3, 4}
+	req := func(s uint64) zimage.Request {
+		return zimage.Request{Prompt: "a red cube", Width: 64, Height: 64, Steps: 2, Seed: s}
+	}
+	alone := map[uint64][]byte{}
+	for _, s := range seeds {
+		res, err := p.Generate(context.Background(), req(s))
+		require.NoError(t, err)
+		alone[s] = res.Images[0].Pix
+	}
+	errs := make(chan error, 3*len(seeds)+2)
+	done := make(chan struct{})
+	for round := 0; round < 2; round++ {
+		for _, s := range seeds {
+			go func() {
+				res, err := p.Generate(context.Background(), req(s))
+				if err == nil && !bytes.Equal(res.Images[0].Pix, alone[s]) {
+					err = fmt.Errorf("seed %d: the concurrent image differs from the serial one", s)
+				}
+				errs <- err
+			}()
+		}
+	}
+	go func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		_, err := p.Generate(ctx, req(9))
+		if !errors.Is(err, context.Canceled) {
+			err = fmt.Errorf("cancelled request: got %v, want context.Canceled", err)
+		} else {
+			err = nil
+		}
+		errs <- err
+	}()
+	go func() {
+		for {
+			select {
+			case <-done:
+				errs <- nil
+				return
+			default:
+				p.Defaults()
+				_ = p.Arch()
+			}
+		}
+	}()
+	for range 2*len(seeds) + 1 {
+		require.NoError(t, <-errs)
+	}
+	close(done)
+	require.NoError(t, <-errs)
+
+	// Close while requests are queued: each either ran to the end or
+	// reports the closed pipeline.
+	for _, s := range seeds {
+		go func() {
+			res, err := p.Generate(context.Background(), req(s))
+			switch {
+			case err == nil && !bytes.Equal(res.Images[0].Pix, alone[s]):
+				err = fmt.Errorf("seed %d: a different image while closing", s)
+			case err != nil && strings.Contains(err.Error(), "closed"):
+				err = nil
+			}
+			errs <- err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond)
+	require.NoError(t, p.Close())
+	for range seeds {
+		require.NoError(t, <-errs)
+	}
+	_, err = p.Generate(context.Background(), req(1))
+	require.ErrorContains(t, err, "closed")
 }
