@@ -3,8 +3,6 @@ package cli
 import (
 	"encoding/json"
 	"errors"
-	"fmt"
-	"image"
 	"math"
 	"os"
 	"os/signal"
@@ -165,18 +163,6 @@ func runGenerate(c *ucli.Context) error {
 		return enc.Encode(sum)
 	}
 	return nil
-}
-
-func writePNG(path string, img image.Image, meta string) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return fmt.Errorf("--output: %w", err)
-	}
-	if err := zimage.EncodePNG(f, img, meta); err != nil {
-		f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	return f.Close()
 }
 
 // requestFromFlags validates every flag before the model loads, so that a

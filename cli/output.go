@@ -2,12 +2,15 @@ package cli
 
 import (
 	"fmt"
+	"image"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 	"unicode"
+
+	"github.com/zimage/zimage"
 )
 
 // outputPath expands the --output pattern: {seed}, {n} (1-based image
@@ -77,6 +80,13 @@ func checkWritable(path string) error {
 	name := f.Name()
 	f.Close()
 	return os.Remove(name)
+}
+
+// writePNG writes through a temporary file renamed into place: a failure
+// (full disk) leaves what was at path, and the earlier images of a batch;
+// the error names the path.
+func writePNG(path string, img image.Image, meta string) error {
+	return zimage.WritePNGFile(path, img, meta)
 }
 
 // progressBar draws "denoise [=====>    ] 3/4  12.1s  ETA 4.0s" on a
