@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"strings"
@@ -17,6 +18,7 @@ import (
 	"github.com/zimage/zimage"
 	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model/safetensors"
 	"github.com/zimage/zimage/sched"
 )
 
@@ -374,4 +376,38 @@ func TestConcurrentPipeline(t *testing.T) {
 	}
 	_, err = p.Generate(context.Background(), req(1))
 	require.ErrorContains(t, err, "closed")
+}
+
+// TestModelTruncatedWhileLoaded truncates the UNet's weights file after
+// Load: the Generate that uploads them fails with an error wrapping
+// safetensors.ErrFileChanged that names the file, instead of dying of
+// SIGBUS, and the device is left clean.
+func TestModelTruncatedWhileLoaded(t *testing.T) {
+	src := testref.Dir(t, "tiny-sd-turbo")
+	dir := t.TempDir()
+	entries, err := os.ReadDir(src)
+	require.NoError(t, err)
+	for _, e := range entries {
+		if e.Name() != "unet" {
+			require.NoError(t, os.Symlink(filepath.Join(src, e.Name()), filepath.Join(dir, e.Name())))
+		}
+	}
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "unet"), 0o755))
+	require.NoError(t, os.Symlink(filepath.Join(src, "unet", "config.json"), filepath.Join(dir, "unet", "config.json")))
+	weights := filepath.Join(dir, "unet", "diffusion_pytorch_model.fp16.safetensors")
+	raw, err := os.ReadFile(filepath.Join(src, "unet", filepath.Base(weights)))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(weights, raw, 0o644))
+
+	d := openVK(t, nil)
+	p, err := zimage.Load(dir, zimage.WithBackend(d))
+	require.NoError(t, err)
+	require.NoError(t, os.Truncate(weights, int64(len(raw)/3)))
+	_, err = p.Generate(context.Background(), zimage.Request{Prompt: "a red cube", Width: 64, Height: 64})
+	require.ErrorIs(t, err, safetensors.ErrFileChanged)
+	require.Contains(t, err.Error(), weights)
+	t.Logf("%v", err)
+	require.NoError(t, p.Close())
+	require.Zero(t, d.MemStats().InUse, "device bytes after Close")
+	require.NoError(t, d.Close())
 }

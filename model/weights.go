@@ -2,6 +2,7 @@ package model
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"sort"
@@ -163,53 +164,64 @@ func (p *Param) Bytes() int64 { return int64(p.Shape.NumElem()) * int64(p.DType.
 
 // Upload makes p resident on b (no-op when it already is). A copy on
 // another backend is freed first. The first upload checks the values for
-// NaN/Inf.
+// NaN/Inf. The bytes are read from the file's mapping under
+// safetensors.Guard: a file truncated since it was opened gives an error
+// wrapping safetensors.ErrFileChanged, not a crash.
 func (p *Param) Upload(b engine.Backend) error {
 	if p.T != nil && p.on == b {
 		return nil
 	}
 	p.Evict(nil)
-	raw, dtype := p.src.Bytes(), p.src.DType
-	if p.src.Quantized() {
-		// No quantized kernels yet: the device holds the exact dequantized
-		// values, converted to p.DType (16-bit for matrices).
-		v, err := p.src.Float32s()
-		if err != nil {
+	var t *engine.Tensor
+	err := safetensors.Guard(p.src.File, func() error {
+		raw, dtype := p.src.Bytes(), p.src.DType
+		if p.src.Quantized() {
+			// No quantized kernels yet: the device holds the exact dequantized
+			// values, converted to p.DType (16-bit for matrices).
+			v, err := p.src.Float32s()
+			if err != nil {
+				return fmt.Errorf("model: upload %s: %w", p.Key, err)
+			}
+			raw, dtype = float32Bytes(v), safetensors.F32
+		}
+		if !p.checked {
+			if i := firstNonFinite(raw, dtype); i >= 0 {
+				return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
+			}
+			// A BF16 or F32 value beyond F16's largest finite value (65504)
+			// would become Inf on the device, and an Inf weight NaN in the
+			// activations. Such a parameter stays F32 instead: twice the
+			// memory for that one tensor, exact values, and no silent change
+			// of the model. (Scaling the matrix into range would need a rescale
+			// op after every product; clamping would change the network.) The
+			// check runs once, on the first upload, so Bytes grows from then
+			// on; Widened reports it.
+			if p.DType == engine.F16 && dtype != safetensors.F16 && firstOutsideF16(raw, dtype) >= 0 {
+				p.DType, p.Widened = engine.F32, true
+			}
+			p.checked = true
+		}
+		var err error
+		if t, err = b.Alloc(p.Key, p.DType, p.Shape); err != nil {
 			return fmt.Errorf("model: upload %s: %w", p.Key, err)
 		}
-		raw, dtype = float32Bytes(v), safetensors.F32
-	}
-	if !p.checked {
-		if i := firstNonFinite(raw, dtype); i >= 0 {
-			return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
+		src := engine.F16
+		switch dtype {
+		case safetensors.F32:
+			src = engine.F32
+		case safetensors.BF16:
+			raw, src = bf16ToF32(raw), engine.F32
 		}
-		// A BF16 or F32 value beyond F16's largest finite value (65504)
-		// would become Inf on the device, and an Inf weight NaN in the
-		// activations. Such a parameter stays F32 instead: twice the
-		// memory for that one tensor, exact values, and no silent change
-		// of the model. (Scaling the matrix into range would need a rescale
-		// op after every product; clamping would change the network.) The
-		// check runs once, on the first upload, so Bytes grows from then
-		// on; Widened reports it.
-		if p.DType == engine.F16 && dtype != safetensors.F16 && firstOutsideF16(raw, dtype) >= 0 {
-			p.DType, p.Widened = engine.F32, true
-		}
-		p.checked = true
-	}
-	t, err := b.Alloc(p.Key, p.DType, p.Shape)
+		return b.WriteRaw(t, raw, src)
+	})
 	if err != nil {
-		return fmt.Errorf("model: upload %s: %w", p.Key, err)
-	}
-	src := engine.F16
-	switch dtype {
-	case safetensors.F32:
-		src = engine.F32
-	case safetensors.BF16:
-		raw, src = bf16ToF32(raw), engine.F32
-	}
-	if err := b.WriteRaw(t, raw, src); err != nil {
-		b.Free(t)
-		return fmt.Errorf("model: upload %s from %s: %w", p.Key, p.src.File, err)
+		if t != nil {
+			b.Free(t) // also when the copy faulted half way
+		}
+		if errors.Is(err, safetensors.ErrFileChanged) || t != nil {
+			return fmt.Errorf("model: upload %s from %s: %w", p.Key, p.src.File, err)
+		}
+		return err
 	}
 	p.T, p.on = t, b
 	return nil

@@ -9,8 +9,21 @@ import (
 )
 
 // Float32s decodes a floating-point tensor (F32, F16, BF16 or F64) into
-// float32 values.
-func Float32s(t *Tensor) ([]float32, error) {
+// float32 values. A file truncated since Open gives an error wrapping
+// ErrFileChanged (see Guard).
+func Float32s(t *Tensor) (out []float32, err error) {
+	path := t.Name
+	if t.file != nil {
+		path = t.file.Path
+	}
+	err = Guard(path, func() error {
+		out, err = float32s(t)
+		return err
+	})
+	return out, err
+}
+
+func float32s(t *Tensor) ([]float32, error) {
 	b := t.Data()
 	n := int(t.NumElem())
 	if int64(len(b)) != t.NumElem()*int64(t.DType.Size()) {
