@@ -35,14 +35,10 @@ func Example() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	f, err := os.Create(filepath.Join(dir, "lighthouse.png"))
-	if err != nil {
+	// Written through a temporary file renamed into place.
+	if err := zimage.WritePNGFile(filepath.Join(dir, "lighthouse.png"), res.Images[0], res.Metadata); err != nil {
 		log.Fatal(err)
 	}
-	if err := zimage.EncodePNG(f, res.Images[0], res.Metadata); err != nil {
-		log.Fatal(err)
-	}
-	f.Close()
 	fmt.Println(res.Images[0].Bounds().Size(), "seed", res.Seeds[0], "steps", res.Parameters.Steps)
 	// Output: (64,64) seed 42 steps 1
 }
