@@ -235,7 +235,10 @@ func (in *instance) describe(pd uint64, index int) (DeviceInfo, physical, error)
 		MaxAllocationSize:       int64(c.maxAllocation),
 		apiVersion:              api,
 	}
-	info.Type = [...]string{"other", "integrated-gpu", "discrete-gpu", "virtual-gpu", "cpu"}[min(uint32(c._type), 4)]
+	info.Type = "other"
+	if t := uint32(c._type); t <= 4 { // VkPhysicalDeviceType
+		info.Type = [...]string{"other", "integrated-gpu", "discrete-gpu", "virtual-gpu", "cpu"}[t]
+	}
 	driver := C.GoString(&c.driverName[0]) + " " + C.GoString(&c.driverInfo[0])
 	info.Driver = trimSpace(driver)
 	for i := 0; i < int(c.heapCount); i++ {
