@@ -239,6 +239,10 @@ func (r *runner) unet(in []float32, rows, c, h, w int, t float64) ([]float32, er
 		}
 	}
 	if err := rec.Err(); err != nil {
+		rec.Free(x, ctx) // the uploads that succeeded
+		if added != nil {
+			rec.Free(added.TextEmbeds)
+		}
 		return nil, err
 	}
 	y := r.m.UNet.Forward(rec, r.unetRes, x, t, ctx, added)
