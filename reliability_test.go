@@ -210,6 +210,9 @@ func soak(t *testing.T, dir string, budget int64, cases []soakCase, calls int) {
 			continue
 		}
 		last = s
+		if (pass+1)%max(1, passes/8) == 0 {
+			t.Logf("after pass %d (%d calls): RSS %.1f MiB (anonymous %.1f)", pass+1, made, float64(s.RSS)/(1<<20), float64(s.Anon)/(1<<20))
+		}
 		require.Equal(t, base.DevInUse, s.DevInUse, "device bytes in use after pass %d", pass+1)
 		require.Equal(t, base.Objects, s.Objects, "Vulkan objects after pass %d", pass+1)
 		require.Equal(t, base.Goroutines, s.Goroutines, "goroutines after pass %d", pass+1)
