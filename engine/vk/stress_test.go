@@ -124,9 +124,9 @@ type stressSet struct {
 	all   []*engine.Tensor
 	// Inputs: conv input and weights, per-channel vectors, linear and
 	// matmul weights, an embedding table.
-	x, w3, w3s, bias, gamma, beta, wl, wl2, b16, bm, g12, b12, table *engine.Tensor
+	x, w3, w3s, bias, gamma, beta, wl, wl2, b16, bm, g12, b12, table, cos, sin *engine.Tensor
 	// Intermediates and outputs.
-	c1, c2, c3, up, cat, perm, h, h2, q, att, gl, sm, ln, half, out, emb *engine.Tensor
+	c1, c2, c3, up, cat, perm, h, h2, q, att, gl, rms, sm, sw, ln, half, out, emb *engine.Tensor
 }
 
 func newStressSet(t *testing.T, d *Device) *stressSet {
@@ -161,6 +161,8 @@ func newStressSet(t *testing.T, d *Device) *stressSet {
 	s.g12 = mk("g12", engine.F32, true, 12)
 	s.b12 = mk("b12", engine.F32, true, 12)
 	s.table = mk("table", engine.F16, true, 10, 16)
+	s.cos = mk("cos", engine.F32, true, 1, 64, 4)
+	s.sin = mk("sin", engine.F32, true, 1, 64, 4)
 	s.c1 = mk("c1", engine.F32, false, 2, 8, 8, 8)
 	s.c2 = mk("c2", engine.F32, false, 2, 8, 4, 4)
 	s.c3 = mk("c3", engine.F32, false, 2, 8, 8, 8)
@@ -172,7 +174,9 @@ func newStressSet(t *testing.T, d *Device) *stressSet {
 	s.q = mk("q", engine.F32, false, 2, 64, 16)
 	s.att = mk("att", engine.F32, false, 2, 64, 16)
 	s.gl = mk("gl", engine.F32, false, 2, 64, 12)
+	s.rms = mk("rms", engine.F32, false, 2, 64, 12)
 	s.sm = mk("sm", engine.F32, false, 2, 64, 12)
+	s.sw = mk("sw", engine.F32, false, 2, 64, 12)
 	s.ln = mk("ln", engine.F32, false, 2, 64, 12)
 	s.half = mk("half", engine.F16, false, 2, 64, 12)
 	s.out = mk("out", engine.F32, false, 2, 64, 12)
@@ -186,7 +190,8 @@ func (s *stressSet) free() {
 	}
 }
 
-// round records one pass of the mixed workload (about 25 dispatches, one
+// round records one pass of the mixed workload (about 25 dispatches: every
+// op of engine.Backend; one
 // staged upload into a tensor that pending work reads, one inline update)
 // and reads the result back.
 func (s *stressSet) round(t *testing.T) []float32 {
@@ -200,26 +205,34 @@ func (s *stressSet) round(t *testing.T) []float32 {
 	}
 	seq, err := s.perm.Reshape(2, 64, 16)
 	must(err)
-	must(d.Conv2d(s.c1, s.x, s.w3, s.bias, engine.Conv2dParams{Stride: 1, Pad: 1}))         // [2,8,8,8]
-	must(d.Conv2d(s.c2, s.c1, s.w3s, nil, engine.Conv2dParams{Stride: 2, Pad: 1}))          // [2,8,4,4]
-	must(d.GroupNorm(s.c1, s.c1, s.gamma, s.beta, 4, 1e-5, true))                           // in place
-	must(d.Write(s.x, s.hostX))                                                             // pending work reads x: staged
-	must(d.Upsample2x(s.up, s.c2))                                                          // [2,8,8,8]
-	must(d.Binary(s.c3, s.c1, s.up, engine.Add))                                            //
-	must(d.Concat(s.cat, s.c3, s.x))                                                        // [2,16,8,8]
-	must(d.Permute(s.perm, s.cat, []int{0, 2, 3, 1}))                                       // [2,8,8,16]
-	must(d.Linear(s.h, seq, s.wl, nil))                                                     // [2,64,24]
-	must(d.Unary(s.h2, s.h, engine.GELU))                                                   //
-	must(d.Linear(s.q, s.h2, s.wl2, s.b16))                                                 // [2,64,16]
-	must(d.Attention(s.att, s.q, seq, seq, engine.AttentionOptions{Heads: 2, Scale: 0.25})) //
-	must(d.MatMul(s.h, s.att, s.bm, true, 0.5))                                             // [2,64,24]
-	must(d.GEGLU(s.gl, s.h))                                                                // [2,64,12]
-	must(d.Softmax(s.sm, s.gl))                                                             //
-	must(d.LayerNorm(s.ln, s.sm, s.g12, s.b12, 1e-5))                                       //
-	must(d.Embedding(s.emb, s.table, []int32{3, 1, 4, 1, 5, 9}))                            // inline update
-	must(d.Copy(s.half, s.ln))                                                              // F32 -> F16
-	must(d.Copy(s.out, s.half))                                                             //
-	must(d.Scale(s.out, s.out, 2, 0.5))                                                     //
+	attn := engine.AttentionOptions{Heads: 2, Scale: 0.25}
+	masked := engine.AttentionOptions{Heads: 2, Scale: 0.25, Causal: true, KeyLens: []int{40, 64}}
+	must(d.Conv2d(s.c1, s.x, s.w3, s.bias, engine.Conv2dParams{Stride: 1, Pad: 1})) // [2,8,8,8]
+	must(d.Conv2d(s.c2, s.c1, s.w3s, nil, engine.Conv2dParams{Stride: 2, Pad: 1}))  // [2,8,4,4]
+	must(d.GroupNorm(s.c1, s.c1, s.gamma, s.beta, 4, 1e-5, true))                   // in place
+	must(d.Write(s.x, s.hostX))                                                     // pending work reads x: staged
+	must(d.Upsample2x(s.up, s.c2))                                                  // [2,8,8,8]
+	must(d.Binary(s.c3, s.c1, s.up, engine.Add))
+	must(d.Concat(s.cat, s.c3, s.x))                  // [2,16,8,8]
+	must(d.Permute(s.perm, s.cat, []int{0, 2, 3, 1})) // [2,8,8,16]
+	must(d.Linear(s.h, seq, s.wl, nil))               // [2,64,24]
+	must(d.Unary(s.h2, s.h, engine.GELU))
+	must(d.Unary(s.h2, s.h2, engine.Tanh))                   // in place
+	must(d.Linear(s.q, s.h2, s.wl2, s.b16))                  // [2,64,16]
+	must(d.Rope(s.q, s.q, s.cos, s.sin, 2, engine.RopeHalf)) // in place
+	must(d.Attention(s.att, s.q, seq, seq, attn))
+	must(d.Attention(s.q, s.att, seq, seq, masked))
+	must(d.Rope(s.q, s.q, s.cos, s.sin, 2, engine.RopeInterleaved))
+	must(d.MatMul(s.h, s.q, s.bm, true, 0.5)) // [2,64,24]
+	must(d.GEGLU(s.gl, s.h))                  // [2,64,12]
+	must(d.RMSNorm(s.rms, s.gl, s.g12, 1e-6))
+	must(d.Softmax(s.sm, s.rms))
+	must(d.SwiGLU(s.sw, s.gl, s.sm))
+	must(d.LayerNorm(s.ln, s.sw, s.g12, s.b12, 1e-5))
+	must(d.Embedding(s.emb, s.table, []int32{3, 1, 4, 1, 5, 9})) // inline update
+	must(d.Copy(s.half, s.ln))                                   // F32 -> F16
+	must(d.Copy(s.out, s.half))
+	must(d.Scale(s.out, s.out, 2, 0.5))
 	out, err := d.Read(s.out)
 	must(err)
 	emb, err := d.Read(s.emb)
