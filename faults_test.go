@@ -16,8 +16,12 @@ import (
 	"github.com/zimage/zimage/sched"
 )
 
-var faultsEvery = flag.Bool("faults.every", false,
-	"TestFaults and TestCancelEveryBoundary try every N along a generation (long run) instead of the first, middle and last")
+var (
+	faultsEvery = flag.Bool("faults.every", false,
+		"TestFaults and TestCancelEveryBoundary try every N along a generation (long run) instead of the first, middle and last")
+	faultsModels = flag.String("faults.models", "tiny-sd-turbo",
+		"the tiny models TestFaults injects faults into, comma-separated (all: tiny-sd-turbo,tiny-sdxl-turbo,tiny-z-image-turbo)")
+)
 
 // injector is a vk.Options.Fault hook that fails the at-th operation of
 // one kind and counts them all. The device calls it on the test's
@@ -45,6 +49,57 @@ func (in *injector) arm(p vk.FaultPoint, n int, err error) {
 }
 
 func (in *injector) disarm() { in.at = 0 }
+
+// faultPipeline injects the faults of TestFaults into a pipeline of the
+// model in dir and returns the image it makes without them.
+func faultPipeline(t *testing.T, dir string, streamed bool, req zimage.Request) *zimage.Result {
+	inj := &injector{}
+	d := openVK(t, inj.hook)
+	defer func() { require.NoError(t, d.Close()) }()
+	opts := []zimage.Option{zimage.WithBackend(d)}
+	if streamed {
+		opts = append(opts, zimage.WithBudget(24<<20), zimage.WithOffload(sched.OffloadLayer))
+	}
+	p, err := zimage.Load(dir, opts...)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, p.Close()) }()
+	want, err := p.Generate(context.Background(), req)
+	require.NoError(t, err)
+	base := measure(t, d)
+	for _, point := range []vk.FaultPoint{vk.FaultAlloc, vk.FaultUpload, vk.FaultSubmit} {
+		before := inj.seen[point]
+		res, err := p.Generate(context.Background(), req)
+		require.NoError(t, err)
+		sameImages(t, want, res, "second run")
+		per := inj.seen[point] - before
+		failed, absorbed := 0, 0
+		for _, n := range picks(per) {
+			inj.arm(point, n, vk.ErrOutOfDeviceMemory)
+			res, err = p.Generate(context.Background(), req)
+			inj.disarm()
+			require.Equal(t, 1, inj.fired, "%v %d of %d: the fault did not fire", point, n, per)
+			if err == nil {
+				require.True(t, streamed && point != vk.FaultSubmit, "%v %d of %d: Generate succeeded", point, n, per)
+				sameImages(t, want, res, "after an absorbed fault")
+				absorbed++
+			} else {
+				var re *vk.ResultError
+				require.ErrorIs(t, err, vk.ErrOutOfDeviceMemory, "%v %d of %d", point, n, per)
+				require.True(t, errors.As(err, &re) && re.Injected, "%v %d of %d: %v is not the injected *vk.ResultError", point, n, per, err)
+				failed++
+			}
+			res, err = p.Generate(context.Background(), req)
+			require.NoError(t, err, "the Generate after %v fault %d of %d", point, n, per)
+			sameImages(t, want, res, "after a fault")
+			s := measure(t, d)
+			require.Equal(t, base.DevInUse, s.DevInUse, "device bytes after %v fault %d of %d", point, n, per)
+			require.Equal(t, base.Objects, s.Objects, "Vulkan objects after %v fault %d of %d", point, n, per)
+			require.Equal(t, base.Goroutines, s.Goroutines, "goroutines after %v fault %d of %d", point, n, per)
+		}
+		t.Logf("%v: %d per generation; injected %d: %d failed Generate with a typed error, %d absorbed by a retry; all recovered", point, per, failed+absorbed, failed, absorbed)
+	}
+	return want
+}
 
 // picks is the Ns to try out of 1..total: all of them with -faults.every,
 // else the first, the middle and the last.
@@ -82,7 +137,8 @@ func sameImages(t *testing.T, want, res *zimage.Result, what string) {
 // TestFaults makes the N-th device allocation, upload and submit of a
 // generation fail, for the first, middle and last N (every N with
 // -faults.every), on a pipeline with resident weights and on one
-// streaming them under a budget; and the N-th pipeline creation of a
+// streaming them under a budget (of tiny SD-Turbo; -faults.models adds
+// the other tiny models); and the N-th pipeline creation of a
 // fresh device. Each failure must come out of Generate as a typed error
 // (errors.Is the injected vk error, a *vk.ResultError), nothing may panic
 // or leak (device bytes and Vulkan objects back to their baseline), and
@@ -94,61 +150,19 @@ func TestFaults(t *testing.T) {
 	dir := testref.Dir(t, "tiny-sd-turbo")
 	req := faultRequest()
 	var want *zimage.Result
-	for _, streamed := range []bool{false, true} {
-		name := "resident"
-		if streamed {
-			name = "streamed"
-		}
-		t.Run(name, func(t *testing.T) {
-			inj := &injector{}
-			d := openVK(t, inj.hook)
-			defer func() { require.NoError(t, d.Close()) }()
-			opts := []zimage.Option{zimage.WithBackend(d)}
+	for _, m := range strings.Split(*faultsModels, ",") {
+		for _, streamed := range []bool{false, true} {
+			name := m + "/resident"
 			if streamed {
-				opts = append(opts, zimage.WithBudget(24<<20), zimage.WithOffload(sched.OffloadLayer))
+				name = m + "/streamed"
 			}
-			p, err := zimage.Load(dir, opts...)
-			require.NoError(t, err)
-			defer func() { require.NoError(t, p.Close()) }()
-			res, err := p.Generate(context.Background(), req)
-			require.NoError(t, err)
-			if want == nil {
-				want = res
-			}
-			sameImages(t, want, res, "first run")
-			base := measure(t, d)
-			for _, point := range []vk.FaultPoint{vk.FaultAlloc, vk.FaultUpload, vk.FaultSubmit} {
-				before := inj.seen[point]
-				res, err := p.Generate(context.Background(), req)
-				require.NoError(t, err)
-				per := inj.seen[point] - before
-				failed, absorbed := 0, 0
-				for _, n := range picks(per) {
-					inj.arm(point, n, vk.ErrOutOfDeviceMemory)
-					res, err = p.Generate(context.Background(), req)
-					inj.disarm()
-					require.Equal(t, 1, inj.fired, "%v %d of %d: the fault did not fire", point, n, per)
-					if err == nil {
-						require.True(t, streamed && point != vk.FaultSubmit, "%v %d of %d: Generate succeeded", point, n, per)
-						sameImages(t, want, res, "after an absorbed fault")
-						absorbed++
-					} else {
-						var re *vk.ResultError
-						require.ErrorIs(t, err, vk.ErrOutOfDeviceMemory, "%v %d of %d", point, n, per)
-						require.True(t, errors.As(err, &re) && re.Injected, "%v %d of %d: %v is not the injected *vk.ResultError", point, n, per, err)
-						failed++
-					}
-					res, err = p.Generate(context.Background(), req)
-					require.NoError(t, err, "the Generate after %v fault %d of %d", point, n, per)
-					sameImages(t, want, res, "after a fault")
-					s := measure(t, d)
-					require.Equal(t, base.DevInUse, s.DevInUse, "device bytes after %v fault %d of %d", point, n, per)
-					require.Equal(t, base.Objects, s.Objects, "Vulkan objects after %v fault %d of %d", point, n, per)
-					require.Equal(t, base.Goroutines, s.Goroutines, "goroutines after %v fault %d of %d", point, n, per)
+			t.Run(name, func(t *testing.T) {
+				res := faultPipeline(t, testref.Dir(t, m), streamed, req)
+				if m == "tiny-sd-turbo" && want == nil {
+					want = res
 				}
-				t.Logf("%s %v: %d per generation; injected %d: %d failed Generate with a typed error, %d absorbed by a retry; all recovered", name, point, per, failed+absorbed, failed, absorbed)
-			}
-		})
+			})
+		}
 	}
 
 	t.Run("pipeline", func(t *testing.T) {
