@@ -9,6 +9,7 @@ const (
 	QuickGELU                // x * sigmoid(1.702 x), as CLIP ViT-L/14 uses
 	GELUTanh                 // tanh approximation of GELU
 	Tanh                     // tanh(x), the gates of Z-Image's adaLN
+	ReLU                     // max(x, 0), TAESD's activation; NaN stays NaN as in torch
 )
 
 func (o UnaryOp) String() string {
@@ -23,6 +24,8 @@ func (o UnaryOp) String() string {
 		return "gelu_tanh"
 	case Tanh:
 		return "tanh"
+	case ReLU:
+		return "relu"
 	}
 	return "unary?"
 }

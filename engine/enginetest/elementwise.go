@@ -2,6 +2,7 @@ package enginetest
 
 import (
 	"fmt"
+	"math"
 	"testing"
 
 	"github.com/zimage/zimage/engine"
@@ -10,12 +11,43 @@ import (
 // Unary runs every activation, into a new tensor and in place. Inputs span
 // [-6, 6) so the tails of erf, tanh and the sigmoids are exercised.
 func Unary(t *testing.T, b engine.Backend, opts ...Option) {
-	for _, op := range []engine.UnaryOp{engine.SiLU, engine.GELU, engine.QuickGELU, engine.GELUTanh, engine.Tanh} {
+	for _, op := range []engine.UnaryOp{engine.SiLU, engine.GELU, engine.QuickGELU, engine.GELUTanh, engine.Tanh, engine.ReLU} {
 		for _, shape := range []engine.Shape{{1}, {17}, {3, 5, 7}, {2, 77, 3072}, {2, 1280, 8, 8}} {
 			for _, inPlace := range []bool{false, true} {
 				t.Run(fmt.Sprintf("%v_%v_inplace=%v", op, shape, inPlace), func(t *testing.T) {
 					checkUnary(t, b, op, shape, inPlace)
 				})
+			}
+		}
+	}
+	t.Run("relu_nan", func(t *testing.T) { checkReLUSpecials(t, b) })
+}
+
+// checkReLUSpecials checks that ReLU passes NaN through and maps -Inf to 0
+// (torch.relu does both; a max()-based kernel may swallow the NaN and hide
+// a broken network), on the scalar (5 values) and vec4 (4 values) paths.
+func checkReLUSpecials(t *testing.T, b engine.Backend) {
+	nan, inf := float32(math.NaN()), float32(math.Inf(1))
+	for _, in := range [][]float32{{nan, -1, 2, -inf}, {nan, -1, 2, -inf, inf}} {
+		x, err := b.Alloc("relu.x", engine.F32, engine.Shape{len(in)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Free(x)
+		if err := b.Write(x, in); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Unary(x, x, engine.ReLU); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.Read(x)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []float32{nan, 0, 2, 0, inf}[:len(in)]
+		for i := range want {
+			if same := got[i] == want[i] || (math.IsNaN(float64(got[i])) && math.IsNaN(float64(want[i]))); !same {
+				t.Errorf("relu(%v) = %v, want %v", in[i], got[i], want[i])
 			}
 		}
 	}

@@ -18,6 +18,14 @@ func geluTanh(x float64) float64 {
 	return 0.5 * x * (1 + math.Tanh(math.Sqrt(2/math.Pi)*(x+0.044715*x*x*x)))
 }
 
+// relu is torch.relu: negatives become 0, NaN passes through.
+func relu(x float64) float64 {
+	if x < 0 {
+		return 0
+	}
+	return x
+}
+
 // activation returns the float64 function an UnaryOp applies, or nil for
 // an unknown op.
 func activation(op engine.UnaryOp) func(float64) float64 {
@@ -32,6 +40,8 @@ func activation(op engine.UnaryOp) func(float64) float64 {
 		return geluTanh
 	case engine.Tanh:
 		return math.Tanh
+	case engine.ReLU:
+		return relu
 	}
 	return nil
 }

@@ -253,6 +253,8 @@ func TestElementwiseHand(t *testing.T) {
 		engine.GELU:      {0.8413447460685429, -2 * (1 - 0.9772498680518208), 0},
 		engine.QuickGELU: {0.8457957659328212, -2 / (1 + float32(math.Exp(2*1.702))), 0},
 		engine.GELUTanh:  {0.8411919906082768, -0.04540230591222, 0},
+		engine.Tanh:      {0.7615941559557649, -0.9640275800758169, 0},
+		engine.ReLU:      {1, 0, 0},
 	}
 	for op, w := range want {
 		must(t, b.Unary(d, x, op))

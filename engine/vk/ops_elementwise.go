@@ -22,7 +22,7 @@ func sameShape(op string, dst, x *engine.Tensor) error {
 func (d *Device) Unary(dst, x *engine.Tensor, op engine.UnaryOp) error {
 	c := d.newOp("unary " + op.String())
 	c.check(sameShape(c.op, dst, x))
-	if op > engine.Tanh && c.err == nil {
+	if op > engine.ReLU && c.err == nil {
 		c.fail(fmt.Errorf("vk: unary %s -> %s: unknown op %d", x.Name, dst.Name, op))
 	}
 	c.dtype(x, engine.F32)
