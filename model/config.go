@@ -101,6 +101,7 @@ type VAEConfig struct {
 	OutChannels          int      `json:"out_channels"`
 	LatentChannels       int      `json:"latent_channels"`
 	BlockOutChannels     []int    `json:"block_out_channels"`
+	DownBlockTypes       []string `json:"down_block_types"`
 	UpBlockTypes         []string `json:"up_block_types"`
 	LayersPerBlock       int      `json:"layers_per_block"`
 	NormNumGroups        int      `json:"norm_num_groups"`
@@ -109,6 +110,7 @@ type VAEConfig struct {
 	ForceUpcast          bool     `json:"force_upcast"`
 	MidBlockAddAttention *bool    `json:"mid_block_add_attention"`
 	UsePostQuantConv     *bool    `json:"use_post_quant_conv"`
+	UseQuantConv         *bool    `json:"use_quant_conv"`
 	SampleSize           int      `json:"sample_size"`
 }
 

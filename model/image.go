@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"image"
+	"image/color"
 	"math"
 
 	"github.com/zimage/zimage/engine"
@@ -104,4 +105,41 @@ func toByte(x float32) uint8 {
 	v = min(max(v, 0), 1)
 	v = float32(v * 255)
 	return uint8(math.RoundToEven(float64(v)))
+}
+
+// ImageToPixels converts an image to the VAE encoder's input, planar [3,
+// height, width] floats in [-1, 1], as diffusers' VaeImageProcessor
+// preprocesses a PIL RGB image: u8 / 255 * 2 - 1 in float32. Any
+// image.Image is read through its 8-bit RGB values (gray is replicated, a
+// palette looked up, 16-bit channels keep their high byte); alpha is
+// dropped as PIL's convert("RGB") drops it, so callers that want
+// transparent pixels composited or refused must do that first.
+func ImageToPixels(img image.Image) []float32 {
+	r := img.Bounds()
+	w, h := r.Dx(), r.Dy()
+	plane := w * h
+	out := make([]float32, 3*plane)
+	set := func(i int, c [3]uint8) {
+		for k, v := range c {
+			x := float32(v) / 255
+			out[k*plane+i] = float32(2*x) - 1
+		}
+	}
+	switch m := img.(type) {
+	case *image.NRGBA: // what image/png returns for 8-bit RGB(A)
+		for y := range h {
+			row := m.Pix[(y+r.Min.Y-m.Rect.Min.Y)*m.Stride+(r.Min.X-m.Rect.Min.X)*4:]
+			for x := range w {
+				set(y*w+x, [3]uint8{row[4*x], row[4*x+1], row[4*x+2]})
+			}
+		}
+	default:
+		for y := range h {
+			for x := range w {
+				c := color.NRGBA64Model.Convert(img.At(r.Min.X+x, r.Min.Y+y)).(color.NRGBA64)
+				set(y*w+x, [3]uint8{uint8(c.R >> 8), uint8(c.G >> 8), uint8(c.B >> 8)})
+			}
+		}
+	}
+	return out
 }

@@ -594,6 +594,7 @@ func (c *Checkpoint) inferVAE(base *VAEConfig, src *Source) (*VAEConfig, error) 
 	}
 	attn := hasPrefix(src, "decoder.mid_block.attentions.0.")
 	post := src.Entry("post_quant_conv.weight") != nil
-	cfg.MidBlockAddAttention, cfg.UsePostQuantConv = &attn, &post
+	quant := src.Entry("quant_conv.weight") != nil
+	cfg.MidBlockAddAttention, cfg.UsePostQuantConv, cfg.UseQuantConv = &attn, &post, &quant
 	return &cfg, nil
 }

@@ -66,6 +66,9 @@ func vaeDefaults(cfg *VAEConfig) VAEConfig {
 	if c.OutChannels == 0 {
 		c.OutChannels = 3
 	}
+	if c.InChannels == 0 {
+		c.InChannels = 3
+	}
 	if c.NormNumGroups == 0 {
 		c.NormNumGroups = 32
 	}
@@ -88,11 +91,8 @@ func LoadVAEDecoder(src *Source, cfg *VAEConfig) (*VAEDecoder, error) {
 		return nil, fmt.Errorf("model: %s: no VAE config", src.Name)
 	}
 	c := vaeDefaults(cfg)
-	g := c.NormNumGroups
-	for _, ch := range c.BlockOutChannels {
-		if ch <= 0 || ch%g != 0 {
-			return nil, fmt.Errorf("model: %s: config block_out_channels %v: each must be a positive multiple of norm_num_groups %d", src.Name, c.BlockOutChannels, g)
-		}
+	if err := checkVAEConfig(src, &c); err != nil {
+		return nil, err
 	}
 	for i, t := range c.UpBlockTypes {
 		if t != "UpDecoderBlock2D" {
@@ -102,9 +102,7 @@ func LoadVAEDecoder(src *Source, cfg *VAEConfig) (*VAEDecoder, error) {
 	if len(c.UpBlockTypes) != 0 && len(c.UpBlockTypes) != len(c.BlockOutChannels) {
 		return nil, fmt.Errorf("model: %s: config has %d up_block_types for %d block_out_channels", src.Name, len(c.UpBlockTypes), len(c.BlockOutChannels))
 	}
-	if c.ScalingFactor <= 0 || math.IsInf(c.ScalingFactor, 0) || math.IsNaN(c.ScalingFactor) {
-		return nil, fmt.Errorf("model: %s: config scaling_factor %v must be positive", src.Name, c.ScalingFactor)
-	}
+	g := c.NormNumGroups
 
 	w := NewWeights(src)
 	v := &VAEDecoder{Config: c}
@@ -119,25 +117,7 @@ func LoadVAEDecoder(src *Source, cfg *VAEConfig) (*VAEDecoder, error) {
 	v.ConvIn = loadConv2d(d.Sub("conv_in"), lc, top, 3, 1, 1)
 
 	v.blocks = append(v.blocks, w.BeginBlock("decoder.mid_block"))
-	mw := d.Sub("mid_block")
-	v.MidBlock = &VAEMidBlock{Resnets: []*VAEResnet{loadVAEResnet(mw.Sub("resnets.0"), top, top, g)}}
-	if c.MidBlockAddAttention == nil || *c.MidBlockAddAttention {
-		aw := mw.Sub("attentions.0")
-		q, k, val, out := "to_q", "to_k", "to_v", "to_out.0"
-		if !aw.Has("to_q.weight") && aw.Has("query.weight") {
-			// diffusers before 0.14 named them so, and files such as SD
-			// 1.5's VAE still do (diffusers renames them on load).
-			q, k, val, out = "query", "key", "value", "proj_attn"
-		}
-		v.MidBlock.Attentions = []*VAEAttention{{
-			GroupNorm: loadGroupNorm(aw.Sub("group_norm"), g, top, vaeEps),
-			ToQ:       loadLinear(aw.Sub(q), top, top, true),
-			ToK:       loadLinear(aw.Sub(k), top, top, true),
-			ToV:       loadLinear(aw.Sub(val), top, top, true),
-			ToOut:     loadLinear(aw.Sub(out), top, top, true),
-		}}
-	}
-	v.MidBlock.Resnets = append(v.MidBlock.Resnets, loadVAEResnet(mw.Sub("resnets.1"), top, top, g))
+	v.MidBlock = loadVAEMidBlock(d.Sub("mid_block"), &c, top)
 
 	prev := top
 	n := len(c.BlockOutChannels)
@@ -167,6 +147,54 @@ func LoadVAEDecoder(src *Source, cfg *VAEConfig) (*VAEDecoder, error) {
 		return nil, err
 	}
 	return v, nil
+}
+
+// checkVAEConfig checks what the encoder and decoder share.
+func checkVAEConfig(src *Source, c *VAEConfig) error {
+	g := c.NormNumGroups
+	for _, ch := range c.BlockOutChannels {
+		if ch <= 0 || ch%g != 0 {
+			return fmt.Errorf("model: %s: config block_out_channels %v: each must be a positive multiple of norm_num_groups %d", src.Name, c.BlockOutChannels, g)
+		}
+	}
+	if c.ScalingFactor <= 0 || math.IsInf(c.ScalingFactor, 0) || math.IsNaN(c.ScalingFactor) {
+		return fmt.Errorf("model: %s: config scaling_factor %v must be positive", src.Name, c.ScalingFactor)
+	}
+	return nil
+}
+
+// loadVAEMidBlock loads an encoder's or decoder's mid block from mw
+// (<part>.mid_block).
+func loadVAEMidBlock(mw *Weights, c *VAEConfig, top int) *VAEMidBlock {
+	g := c.NormNumGroups
+	mb := &VAEMidBlock{Resnets: []*VAEResnet{loadVAEResnet(mw.Sub("resnets.0"), top, top, g)}}
+	if c.MidBlockAddAttention == nil || *c.MidBlockAddAttention {
+		aw := mw.Sub("attentions.0")
+		q, k, val, out := "to_q", "to_k", "to_v", "to_out.0"
+		if !aw.Has("to_q.weight") && aw.Has("query.weight") {
+			// diffusers before 0.14 named them so, and files such as SD
+			// 1.5's VAE still do (diffusers renames them on load).
+			q, k, val, out = "query", "key", "value", "proj_attn"
+		}
+		mb.Attentions = []*VAEAttention{{
+			GroupNorm: loadGroupNorm(aw.Sub("group_norm"), g, top, vaeEps),
+			ToQ:       loadLinear(aw.Sub(q), top, top, true),
+			ToK:       loadLinear(aw.Sub(k), top, top, true),
+			ToV:       loadLinear(aw.Sub(val), top, top, true),
+			ToOut:     loadLinear(aw.Sub(out), top, top, true),
+		}}
+	}
+	mb.Resnets = append(mb.Resnets, loadVAEResnet(mw.Sub("resnets.1"), top, top, g))
+	return mb
+}
+
+// forward runs resnet, attention, resnet on x [B, C, h, w] (consumed).
+func (mb *VAEMidBlock) forward(rec *engine.Rec, h *engine.Tensor, tn *tileNorm) *engine.Tensor {
+	h = mb.Resnets[0].forward(rec, h, tn)
+	for _, a := range mb.Attentions {
+		h = a.forward(rec, h, tn)
+	}
+	return mb.Resnets[1].forward(rec, h, tn)
 }
 
 func loadVAEResnet(w *Weights, in, out, groups int) *VAEResnet {
@@ -258,12 +286,7 @@ func (v *VAEDecoder) decode(rec *engine.Rec, res Residency, z *engine.Tensor, sc
 		rec.Free(h)
 		return nil
 	}
-	mb := v.MidBlock
-	h = mb.Resnets[0].forward(rec, h, tn)
-	for _, a := range mb.Attentions {
-		h = a.forward(rec, h, tn)
-	}
-	h = mb.Resnets[1].forward(rec, h, tn)
+	h = v.MidBlock.forward(rec, h, tn)
 
 	for i, ub := range v.UpBlocks {
 		if !needBlock(rec, res, "VAE", v.blocks[2+i]) {

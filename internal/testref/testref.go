@@ -50,21 +50,25 @@ type Refs struct {
 }
 
 // Open opens a model's references; the file is closed when the test ends.
-func Open(t testing.TB, model string) *Refs {
+func Open(t testing.TB, model string) *Refs { return OpenSet(t, model, "refs") }
+
+// OpenSet opens one reference set of a model, <set>.safetensors and
+// <set>.json ("refs", "refs_img2img", "refs_lora").
+func OpenSet(t testing.TB, model, set string) *Refs {
 	t.Helper()
 	dir := Dir(t, model)
-	f, err := safetensors.Open(filepath.Join(dir, "refs.safetensors"))
+	f, err := safetensors.Open(filepath.Join(dir, set+".safetensors"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	raw, err := os.ReadFile(filepath.Join(dir, "refs.json"))
+	raw, err := os.ReadFile(filepath.Join(dir, set+".json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	r := &Refs{Dir: dir, File: f}
 	if err := json.Unmarshal(raw, &r.JSON); err != nil {
-		t.Fatalf("refs.json: %v", err)
+		t.Fatalf("%s.json: %v", set, err)
 	}
 	return r
 }
