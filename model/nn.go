@@ -49,6 +49,11 @@ func loadConv2d(w *Weights, in, out, kernel, stride, pad int) *Conv2d {
 	}
 }
 
+// loadConv2dNoBias is loadConv2d for a conv built with bias=False.
+func loadConv2dNoBias(w *Weights, in, out, kernel, stride, pad int) *Conv2d {
+	return &Conv2d{Weight: w.Param("weight", out, in, kernel, kernel), Stride: stride, Pad: pad}
+}
+
 // Forward: x [N, in, H, W] -> [N, out, H', W'].
 func (c *Conv2d) Forward(rec *engine.Rec, x *engine.Tensor) *engine.Tensor {
 	y := rec.Conv2d(c.Weight.Key, x, c.Weight.T, tensorOf(c.Bias), c.Stride, c.Pad)
