@@ -3,6 +3,7 @@ package model
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -540,4 +541,148 @@ func openTAESDFolder(dir string) (*TAESD, error) {
 	}
 	t.files = fs.Files
 	return t, nil
+}
+
+// DecodeLimited is Decode for devices that cannot hold or bind the
+// full-resolution maps: TAESD's full-size decoder holds 64-channel maps at
+// the output resolution, 256 MiB each at 1024x1024, more than many devices
+// bind at once (128 MiB on lavapipe and some GPUs). The decoder runs whole
+// up to the first layer whose output would exceed maxTensorBytes; the
+// remaining layers run on tiles of that map with margins as wide as their
+// receptive field, and each tile's core is cropped into the image on the
+// host. TAESD has no normalisation and no attention, so this equals the
+// whole decode (up to float summation order): no seams, no blending.
+// maxTensorBytes <= 0, or an image that fits, decodes whole.
+func (t *TAESD) DecodeLimited(rec *engine.Rec, res Residency, latents *engine.Tensor, maxTensorBytes int64) *engine.Tensor {
+	if rec.Err() != nil {
+		return nil
+	}
+	if t.Decoder == nil || latents == nil || len(latents.Shape) != 4 {
+		return t.Decode(rec, res, latents) // reports the error
+	}
+	b, h, w := latents.Shape[0], latents.Shape[2], latents.Shape[3]
+	split, _ := t.splitAt(b, h, w, maxTensorBytes)
+	if split == len(t.Decoder) {
+		return t.Decode(rec, res, latents)
+	}
+	x := t.decode(rec, res, latents, 0, split) // [B, C, scale*h, scale*w]
+	if x == nil {
+		return nil
+	}
+	head, err := rec.B.Read(x)
+	rec.Free(x)
+	if err != nil {
+		return rec.Fail(fmt.Errorf("model: TAESD decode: %w", err))
+	}
+	px, shape := t.decodeTail(rec, res, head, x.Shape, split, maxTensorBytes)
+	if px == nil {
+		return nil
+	}
+	if err := finiteFloats(px, shape, "TAESD decoder output"); err != nil {
+		return rec.Fail(err)
+	}
+	return rec.Write("taesd.image", px, shape...)
+}
+
+// splitAt returns the first decoder layer whose output for [b, C, h, w]
+// latents would exceed limit bytes (len(Decoder) when none does, or limit
+// is <= 0) and the resolution factor of its input.
+func (t *TAESD) splitAt(b, h, w int, limit int64) (split, scale int) {
+	scale = 1
+	ch := t.Config.LatentChannels
+	for i, l := range t.Decoder {
+		next, nch := scale, ch
+		switch {
+		case l.Upsample:
+			next = 2 * scale
+		case l.Conv != nil:
+			nch = l.Conv.Weight.Shape[0]
+		case l.Block != nil:
+			nch = l.Block.Conv[2].Weight.Shape[0]
+		}
+		if limit > 0 && 4*int64(b)*int64(max(ch, nch))*int64(h*next)*int64(w*next) > limit {
+			return i, scale
+		}
+		scale, ch = next, nch
+	}
+	return len(t.Decoder), scale
+}
+
+// decodeTail runs decoder layers [split, end) on the host map head [B, C,
+// H, W] in tiles with margins covering their receptive field, and returns
+// the image.
+func (t *TAESD) decodeTail(rec *engine.Rec, res Residency, head []float32, shape engine.Shape, split int, limit int64) ([]float32, engine.Shape) {
+	tail := t.Decoder[split:]
+	// Receptive radius of the tail in input pixels, and its upscale.
+	f, radius := 1, 0.0
+	width := shape[1]
+	for _, l := range tail {
+		switch {
+		case l.Upsample:
+			f *= 2
+		case l.Conv != nil:
+			radius += float64(l.Conv.Weight.Shape[2]/2) / float64(f)
+			width = max(width, l.Conv.Weight.Shape[0])
+		case l.Block != nil:
+			radius += 3 / float64(f)
+			width = max(width, l.Block.Conv[0].Weight.Shape[0])
+		}
+	}
+	m := int(math.Ceil(radius))
+	bsz, c, H, W := shape[0], shape[1], shape[2], shape[3]
+	// The largest tile (input pixels, margins included) whose widest map
+	// fits the limit.
+	side := int(math.Sqrt(float64(limit) / float64(4*bsz*width*f*f)))
+	core := side - 2*m
+	if core < 1 {
+		rec.Fail(fmt.Errorf("model: TAESD decode: no tile fits %d bytes per tensor", limit))
+		return nil, nil
+	}
+	oc := t.Config.OutChannels
+	out := make([]float32, bsz*oc*H*f*W*f)
+	for y0 := 0; y0 < H; y0 += core {
+		for x0 := 0; x0 < W; x0 += core {
+			y1, x1 := min(y0+core, H), min(x0+core, W)
+			ty0, tx0, ty1, tx1 := max(y0-m, 0), max(x0-m, 0), min(y1+m, H), min(x1+m, W)
+			th, tw := ty1-ty0, tx1-tx0
+			in := make([]float32, bsz*c*th*tw)
+			for bc := range bsz * c {
+				for y := range th {
+					copy(in[(bc*th+y)*tw:(bc*th+y+1)*tw], head[(bc*H+ty0+y)*W+tx0:])
+				}
+			}
+			x := rec.Write(fmt.Sprintf("taesd.tile[%d,%d]", y0, x0), in, bsz, c, th, tw)
+			img := t.decode(rec, res, x, split, len(t.Decoder)) // consumes x
+			if rec.Err() != nil {
+				return nil, nil
+			}
+			px, err := rec.B.Read(img)
+			rec.Free(img)
+			if err != nil {
+				rec.Fail(fmt.Errorf("model: TAESD decode: %w", err))
+				return nil, nil
+			}
+			// Crop the core [y0, y1) x [x0, x1) (times f) out of the tile.
+			TH, TW, OW := th*f, tw*f, W*f
+			for p := range bsz * oc {
+				for y := (y0 - ty0) * f; y < (y1-ty0)*f; y++ {
+					gy := ty0*f + y
+					copy(out[(p*H*f+gy)*OW+x0*f:(p*H*f+gy)*OW+x1*f], px[(p*TH+y)*TW+(x0-tx0)*f:])
+				}
+			}
+		}
+	}
+	return out, engine.Shape{bsz, oc, H * f, W * f}
+}
+
+// MaxTensorBytes is the largest single activation of Decode on [batch, C,
+// h, w] latents (a 64-channel map at the output resolution for the
+// published TAESDs).
+func (t *TAESD) MaxTensorBytes(batch, h, w int) int64 {
+	s := int64(t.Scale())
+	var ch int
+	for _, c := range t.Config.DecoderBlockOutChannels {
+		ch = max(ch, c)
+	}
+	return 4 * int64(batch) * int64(max(ch, t.Config.OutChannels)) * int64(h) * s * int64(w) * s
 }

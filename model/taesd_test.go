@@ -170,3 +170,39 @@ func TestTAESDSingleFiles(t *testing.T) {
 	_, err = OpenTAESD(filepath.Join(testref.Dir(t, model), "vae"))
 	require.ErrorContains(t, err, "AutoencoderTiny")
 }
+
+// TestTAESDDecodeLimited decodes with a tensor limit that forces the
+// split and tiny tiles, and checks the result equals the whole decode.
+func TestTAESDDecodeLimited(t *testing.T) {
+	m := openTestTAESD(t, "tiny-sd-turbo")
+	forEachBackend(t, func(t *testing.T, b engine.Backend, res Residency) {
+		rec := engine.NewRec(b)
+		const h, w = 12, 20
+		z := rec.Write("z", randLatents(9, 4*h*w), 1, 4, h, w)
+		img := m.Decode(rec, res, z)
+		require.NoError(t, rec.Err())
+		whole, err := b.Read(img)
+		require.NoError(t, err)
+		full := m.MaxTensorBytes(1, h, w)
+		require.Equal(t, int64(4*16*96*160), full)
+		// full - 1 and a quarter of it (exactly the 4x-resolution maps)
+		// split before the last upsample and tile the rest in 2 and 8
+		// tiles; 1/20 leaves no room for a tile with its margins.
+		for _, limit := range []int64{0, full, full - 1, full / 4} {
+			split, _ := m.splitAt(1, h, w, limit)
+			got := m.DecodeLimited(rec, res, z, limit)
+			require.NoError(t, rec.Err(), "limit %d", limit)
+			px, err := b.Read(got)
+			require.NoError(t, err)
+			require.Equal(t, img.Shape, got.Shape)
+			d := testref.Compare(px, whole)
+			t.Logf("limit %d bytes: split before layer %d of %d, max |diff| %.3g", limit, split, len(m.Decoder), d.MaxAbs)
+			require.LessOrEqual(t, d.MaxAbs, 1e-5*(d.MaxRef+1), "limit %d", limit)
+			rec.Free(got)
+		}
+		bad := engine.NewRec(b)
+		require.Nil(t, m.DecodeLimited(bad, res, z, full/20))
+		require.ErrorContains(t, bad.Err(), "no tile fits")
+		rec.Free(z, img)
+	})
+}
