@@ -144,6 +144,9 @@ func LoadTAESD(src *Source, cfg *TAESDConfig) (*TAESD, error) {
 		return nil, err
 	}
 	hasEnc, hasDec := hasPrefix(src, "encoder.layers."), hasPrefix(src, "decoder.layers.")
+	if src.synth != nil { // NewSyntheticSource invents both halves
+		hasEnc, hasDec = true, true
+	}
 	if !hasEnc && !hasDec {
 		return nil, fmt.Errorf("model: %s: no encoder.layers.* or decoder.layers.* tensors: not a TAESD (AutoencoderTiny) checkpoint", src.Name)
 	}

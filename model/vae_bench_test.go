@@ -54,9 +54,10 @@ func benchBackend(b *testing.B) (engine.Backend, func()) {
 
 // BenchmarkVAEDecode decodes with the full-size SD (2.x/turbo) VAE
 // architecture, seeded random weights and N(0,1) latents, at 512² (whole
-// and tiled) and at 1024² and 2048² (tiled; "local" without the GroupNorm
-// statistics pass), reporting seconds per decode, the device's peak memory
-// (weights included) and the activations' share of it.
+// and tiled) and at 1024² and 2048² (tiled: three passes for the GroupNorm
+// statistics, "local" one pass), reporting seconds per decode, the
+// device's peak memory (weights included) and the activations' share of
+// it.
 func BenchmarkVAEDecode(b *testing.B) {
 	cfg := benchVAEConfig(b, "reconstructed/stabilityai-sd-turbo")
 	// Tiled cases (tile -1) use the largest tile the device can bind (what
@@ -116,7 +117,7 @@ func BenchmarkVAEDecode(b *testing.B) {
 			for range b.N {
 				var img *engine.Tensor
 				if c.tile > 0 {
-					img = v.DecodeTiled(rec, res, z, TileOptions{Size: c.tile, Overlap: c.tile / 4, LocalNorm: c.local})
+					img = v.DecodeTiled(rec, res, z, TileOptions{Size: c.tile, Overlap: TileOverlap(c.tile), LocalNorm: c.local})
 				} else {
 					img = v.Decode(rec, res, z)
 				}
@@ -145,6 +146,59 @@ func BenchmarkVAEDecode(b *testing.B) {
 				side = min(h, c.tile)
 			}
 			b.ReportMetric(float64(VAEDecodeBytes(cfg, 1, side, side))/(1<<20), "est-act-MiB")
+		})
+	}
+}
+
+// BenchmarkTAESDDecode decodes with the full-size TAESD (AutoencoderTiny
+// defaults: 64 channels; seeded random weights) at 512² and 1024², through
+// DecodeLimited under the device's binding limit, for comparison with
+// BenchmarkVAEDecode (the full SD VAE).
+func BenchmarkTAESDDecode(b *testing.B) {
+	var limit int64
+	be, done := benchBackend(b)
+	if l, ok := be.(engine.TensorLimiter); ok {
+		limit = l.MaxTensorBytes()
+	}
+	done()
+	for _, px := range []int{256, 512, 1024} {
+		b.Run(fmt.Sprintf("%dpx", px), func(b *testing.B) {
+			be, done := benchBackend(b)
+			defer done()
+			m, err := LoadTAESD(NewSyntheticSource("taesd", 1), &TAESDConfig{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			res := AllResident{B: be}
+			for _, bl := range m.Blocks() {
+				if err := res.Need(bl); err != nil {
+					b.Fatal(err)
+				}
+				defer bl.Evict(be)
+			}
+			h := px / 8
+			rec := engine.NewRec(be)
+			z := rec.Write("z", randLatents(1, 4*h*h), 1, 4, h, h)
+			if err := rec.Err(); err != nil {
+				b.Fatal(err)
+			}
+			defer rec.Free(z)
+			be.ResetPeak()
+			base := be.MemStats().InUse
+			b.ResetTimer()
+			start := time.Now()
+			for range b.N {
+				img := m.DecodeLimited(rec, res, z, limit)
+				if err := rec.Err(); err != nil {
+					b.Fatal(err)
+				}
+				rec.Free(img)
+			}
+			b.StopTimer()
+			split, _ := m.splitAt(1, h, h, limit)
+			b.ReportMetric(time.Since(start).Seconds()/float64(b.N), "s/decode")
+			b.ReportMetric(float64(be.MemStats().Peak-base)/(1<<20), "act-MiB")
+			b.ReportMetric(float64(split), "split-layer")
 		})
 	}
 }
