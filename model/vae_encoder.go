@@ -1,6 +1,7 @@
 package model
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 
@@ -121,19 +122,24 @@ func loadDownsampler(w *Weights, ch int) *Conv2d {
 
 // padKernelTopLeft makes p, a [O, C, 3, 3] conv weight, a [O, C, 4, 4] one
 // with a zero first row and column; the checkpoint is read (and padded)
-// at upload. A weight that is missing or misshapen is left alone: loading
-// has recorded the error.
+// at upload. A block-quantized (GGUF) weight is decoded first. A weight
+// that is missing or misshapen is left alone: loading has recorded the
+// error.
 func padKernelTopLeft(p *Param) {
 	e := p.src
 	if e == nil || len(e.Shape) != 4 || e.Shape[2] != 3 || e.Shape[3] != 3 {
 		return
 	}
 	o, c := e.Shape[0], e.Shape[1]
-	es := e.DType.Size()
 	pe := &Entry{Key: e.Key, DType: e.DType, Shape: []int{o, c, 4, 4}, File: e.File}
-	pe.data = func() []byte {
-		src := e.Bytes()
-		out := make([]byte, o*c*16*es) // zero is all-zero bytes in F16, BF16 and F32
+	// pad copies the 3x3 taps of elements of es bytes into a zeroed 4x4
+	// layout (zero is all-zero bytes in F16, BF16 and F32); nil when the
+	// file is closed.
+	pad := func(src []byte, es int) []byte {
+		if len(src) < o*c*9*es {
+			return nil
+		}
+		out := make([]byte, o*c*16*es)
 		for k := range o * c {
 			for y := range 3 {
 				from := (k*9 + y*3) * es
@@ -142,6 +148,19 @@ func padKernelTopLeft(p *Param) {
 			}
 		}
 		return out
+	}
+	if e.Quantized() {
+		pe = e.decoded(pe, func(v []float32) []float32 {
+			b := pad(float32Bytes(v), 4)
+			out := make([]float32, len(b)/4)
+			for i := range out {
+				out[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:]))
+			}
+			return out
+		})
+	} else {
+		es := e.DType.Size()
+		pe.data = func() []byte { return pad(e.Bytes(), es) }
 	}
 	p.src = pe
 	p.Shape = engine.Shape{o, c, 4, 4}

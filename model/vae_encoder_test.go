@@ -14,6 +14,7 @@ import (
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/ref"
 	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model/gguf"
 	"github.com/zimage/zimage/sched/rng"
 )
 
@@ -261,4 +262,55 @@ func TestVAEEncoderLoadErrors(t *testing.T) {
 	e, err := LoadVAEEncoder(src.Source, &bad)
 	require.NoError(t, err)
 	require.Nil(t, e.QuantConv)
+}
+
+// TestPadKernelQuantized pads a block-quantized (GGUF Q8_0) 3x3 weight:
+// it is decoded and stored as F32 with the zero first row and column.
+func TestPadKernelQuantized(t *testing.T) {
+	const o, c = 4, 8
+	v := randLatents(11, o*c*9)
+	q := make([]byte, 9*34) // 288 values: 9 Q8_0 blocks of 32 (2-byte scale + 32 bytes)
+	require.NoError(t, gguf.Quantize(gguf.Q8_0, v, q))
+	e := &Entry{Key: "w", Quant: gguf.Q8_0, Shape: []int{o, c, 3, 3}, File: "f", data: func() []byte { return q }}
+	want, err := e.Float32s()
+	require.NoError(t, err)
+	p := &Param{Key: "w", Shape: engine.Shape{o, c, 3, 3}, src: e}
+	padKernelTopLeft(p)
+	require.Equal(t, engine.Shape{o, c, 4, 4}, p.Shape)
+	got, err := p.src.Float32s()
+	require.NoError(t, err)
+	for k := range o * c {
+		for y := range 4 {
+			for x := range 4 {
+				w := float32(0)
+				if y > 0 && x > 0 {
+					w = want[k*9+(y-1)*3+x-1]
+				}
+				require.Equal(t, w, got[k*16+y*4+x], "tap (%d, %d, %d)", k, y, x)
+			}
+		}
+	}
+}
+
+// TestVAEEncoderFLUX loads the encoder of the Z-Image test model's VAE (the
+// FLUX layout: 16 latent channels, no quant_conv, a shift_factor), encodes
+// an image and checks ToLatents against the decoder's inverse mapping.
+// There are no diffusers references for this encoder; the SD ones cover
+// the arithmetic.
+func TestVAEEncoderFLUX(t *testing.T) {
+	e := loadTestVAEEncoder(t, "tiny-z-image-turbo")
+	require.Nil(t, e.QuantConv)
+	require.Equal(t, 16, e.Config.LatentChannels)
+	b := ref.New()
+	defer b.Close()
+	rec := engine.NewRec(b)
+	x := rec.Write("x", testPixels(8, 12), 1, 3, 64, 96)
+	d := e.Encode(rec, AllResident{B: b}, x)
+	require.NoError(t, rec.Err())
+	require.Equal(t, engine.Shape{1, 16, 8, 12}, d.Shape)
+	lat := e.ToLatents(d.Mode())
+	sf, shift := float32(e.Config.ScalingFactor), float32(*e.Config.ShiftFactor)
+	for i, m := range d.Mean {
+		require.InDelta(t, m, lat[i]/sf+shift, 1e-5, "latent %d: Decode's z/scaling_factor + shift_factor must undo ToLatents", i)
+	}
 }
