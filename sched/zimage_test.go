@@ -126,6 +126,14 @@ func (s *refsFlowMatch) InitNoiseSigma() float64        { return 1 }
 func (s *refsFlowMatch) ScaleModelInput([]float32, int) {}
 func (s *refsFlowMatch) NeedsNoise(int) bool            { return false }
 func (s *refsFlowMatch) Name() string                   { return "flowmatch_euler (reference tables)" }
+func (s *refsFlowMatch) Begin(int) error                { return nil }
+func (s *refsFlowMatch) AddNoise(dst, x, noise []float32, step int) error {
+	sg := s.sigmas[step]
+	for i := range x {
+		dst[i] = sg*noise[i] + (1-sg)*x[i]
+	}
+	return nil
+}
 func (s *refsFlowMatch) Step(out, sample []float32, step int, _ []float32) error {
 	if step < 0 || step+1 >= len(s.sigmas) {
 		return fmt.Errorf("step %d out of range", step)

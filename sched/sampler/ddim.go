@@ -116,3 +116,10 @@ func (d *ddim) Step(modelOutput, sample []float32, step int, noise []float32) er
 	}
 	return nil
 }
+
+func (d *ddim) AddNoise(dst, x, noise []float32, step int) error {
+	return ddpmAddNoise("ddim", d.ac, d.timesteps, dst, x, noise, step)
+}
+
+// Begin: DDIM (eta 0) keeps no history.
+func (d *ddim) Begin(step int) error { return checkBegin("ddim", step, len(d.timesteps)) }

@@ -143,3 +143,26 @@ func (d *dpm) Step(modelOutput, sample []float32, step int, noise []float32) err
 	d.next++
 	return nil
 }
+
+// AddNoise is alpha_t * x + sigma_t * noise at the step's sigma.
+func (d *dpm) AddNoise(dst, x, noise []float32, step int) error {
+	if err := checkNoise("dpmpp_2m", dst, x, noise, step, len(d.timesteps)); err != nil {
+		return err
+	}
+	a, s, _ := alphaSigma(d.sigmas[step])
+	for i, v := range x {
+		dst[i] = float32(a*v) + float32(s*noise[i])
+	}
+	return nil
+}
+
+// Begin restarts the multistep history at step: its first update is first
+// order (lower_order_nums is 0), and the final-step rules still look at
+// the whole list, as step_index does after set_begin_index.
+func (d *dpm) Begin(step int) error {
+	if err := checkBegin("dpmpp_2m", step, len(d.timesteps)); err != nil {
+		return err
+	}
+	d.prevX0, d.lowerNums, d.next = nil, 0, step
+	return nil
+}

@@ -192,3 +192,19 @@ func (e *euler) Step(modelOutput, sample []float32, step int, noise []float32) e
 	}
 	return nil
 }
+
+// AddNoise is x + noise * sigma, sigma the step's (as add_noise reads
+// sigmas[begin_index] or the timestep's index).
+func (e *euler) AddNoise(dst, x, noise []float32, step int) error {
+	if err := checkNoise(e.Name(), dst, x, noise, step, len(e.timesteps)); err != nil {
+		return err
+	}
+	s := e.sigmas[step]
+	for i, v := range x {
+		dst[i] = v + float32(noise[i]*s)
+	}
+	return nil
+}
+
+// Begin: Euler keeps no history; the step index alone picks the sigma.
+func (e *euler) Begin(step int) error { return checkBegin(e.Name(), step, len(e.timesteps)) }

@@ -258,3 +258,19 @@ func ZImageOptions(imageSeqLen int) Options {
 func ZImageTime(timestep float64) float32 {
 	return float32(1000-float32(timestep)) / 1000
 }
+
+// AddNoise is scale_noise: sigma * noise + (1 - sigma) * x in float32.
+func (f *flowMatch) AddNoise(dst, x, noise []float32, step int) error {
+	if err := checkNoise(f.Name(), dst, x, noise, step, len(f.timesteps)); err != nil {
+		return err
+	}
+	s := f.sigmas[step]
+	keep := 1 - s
+	for i, v := range x {
+		dst[i] = float32(s*noise[i]) + float32(keep*v)
+	}
+	return nil
+}
+
+// Begin: the flow-match Euler step keeps no history.
+func (f *flowMatch) Begin(step int) error { return checkBegin(f.Name(), step, len(f.timesteps)) }

@@ -99,3 +99,11 @@ func (l *lcm) Step(modelOutput, sample []float32, step int, noise []float32) err
 	}
 	return nil
 }
+
+func (l *lcm) AddNoise(dst, x, noise []float32, step int) error {
+	return ddpmAddNoise("lcm", l.ac, l.timesteps, dst, x, noise, step)
+}
+
+// Begin: LCM keeps no history; each step re-noises to the next timestep of
+// the whole list, as its step_index does after set_begin_index.
+func (l *lcm) Begin(step int) error { return checkBegin("lcm", step, len(l.timesteps)) }

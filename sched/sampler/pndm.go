@@ -14,7 +14,8 @@ type pndm struct {
 	// run state
 	ets       [][]float32 // last model outputs (at most 4)
 	curSample []float32   // sample before step 0, reused by step 1
-	counter   int
+	counter   int         // steps taken since begin
+	begin     int         // index of the run's first timestep
 }
 
 func newPNDM(c *config) (*pndm, error) {
@@ -67,16 +68,31 @@ func (p *pndm) SetTimesteps(n int) error {
 	plms = append(plms, base[len(base)-1])
 	p.n = n
 	p.timesteps = reversed(plms)
-	p.ets, p.curSample, p.counter = nil, nil, 0
+	p.ets, p.curSample, p.counter, p.begin = nil, nil, 0, 0
 	return nil
+}
+
+// Begin starts the PLMS history afresh at step, as a fresh scheduler run
+// on timesteps[t_start:] (diffusers' img2img): the warm-up pair then
+// falls on steps begin and begin+1.
+func (p *pndm) Begin(step int) error {
+	if err := checkBegin("pndm", step, len(p.timesteps)); err != nil {
+		return err
+	}
+	p.ets, p.curSample, p.counter, p.begin = nil, nil, 0, step
+	return nil
+}
+
+func (p *pndm) AddNoise(dst, x, noise []float32, step int) error {
+	return ddpmAddNoise("pndm", p.ac, p.timesteps, dst, x, noise, step)
 }
 
 func (p *pndm) Step(modelOutput, sample []float32, step int, noise []float32) error {
 	if err := checkStep("pndm", modelOutput, sample, step, len(p.timesteps), noise, false); err != nil {
 		return err
 	}
-	if step != p.counter {
-		return fmt.Errorf("sampler: pndm: step %d after %d steps; PNDM steps must run in order (SetTimesteps restarts)", step, p.counter)
+	if step != p.begin+p.counter {
+		return fmt.Errorf("sampler: pndm: step %d after %d steps from step %d; PNDM steps must run in order (SetTimesteps or Begin restarts)", step, p.counter, p.begin)
 	}
 	ratio := p.c.numTrain / p.n
 	t := int(p.timesteps[step])

@@ -39,6 +39,15 @@ type Scheduler interface {
 	NeedsNoise(step int) bool
 	// Name is the short name ("euler", "dpmpp_2m", ...).
 	Name() string
+	// AddNoise writes into dst the clean sample x noised with noise to the
+	// level of step (diffusers' add_noise, or scale_noise for flow
+	// matching, at Timesteps()[step]): how img2img starts and how
+	// inpainting re-noises the kept area. dst may be x.
+	AddNoise(dst, x, noise []float32, step int) error
+	// Begin makes step the first step of the run (img2img skips the steps
+	// before it, as diffusers' set_begin_index does), resetting the
+	// per-run state; SetTimesteps begins at 0.
+	Begin(step int) error
 }
 
 // Options override the scheduler config.
