@@ -341,3 +341,54 @@ func (d *LatentDist) SampleWith(noise []float32) ([]float32, error) {
 // Mode is latent_dist.mode(): the mean (what retrieve_latents(...,
 // sample_mode="argmax") returns).
 func (d *LatentDist) Mode() []float32 { return append([]float32(nil), d.Mean...) }
+
+// VAEEncodeMaxTensorBytes is the largest single activation Encode
+// allocates for [batch, 3, H, W] pixels: the first block's maps at full
+// resolution (block_out_channels[0] channels: 128 MiB at 512x512 for SD's
+// 128, the binding limit of many Vulkan devices), or a deeper block's.
+func VAEEncodeMaxTensorBytes(cfg *VAEConfig, batch, height, width int) int64 {
+	c := vaeDefaults(cfg)
+	pixels := int64(batch) * int64(height) * int64(width)
+	var big int64
+	prev := c.BlockOutChannels[0]
+	for i, ch := range c.BlockOutChannels {
+		big = max(big, int64(max(prev, ch))*pixels)
+		if i < len(c.BlockOutChannels)-1 {
+			pixels = int64(batch) * int64((height+1)>>(i+1)) * int64((width+1)>>(i+1))
+		}
+		prev = ch
+	}
+	return 4 * big
+}
+
+// VAEEncodeBytes estimates the peak device bytes of activations when Encode
+// runs on [batch, 3, H, W] pixels, as VAEDecodeBytes does for the decoder:
+// a resnet holding its input, a normalised copy and a convolution output at
+// each level, the downsampler's input and output, and the mid block's
+// attention with a materialised [B, hw, hw] score matrix.
+func VAEEncodeBytes(cfg *VAEConfig, batch, height, width int) int64 {
+	c := vaeDefaults(cfg)
+	n := len(c.BlockOutChannels)
+	px := func(level int) int64 {
+		return int64(batch) * int64((height+(1<<level)-1)>>level) * int64((width+(1<<level)-1)>>level)
+	}
+	resnet := func(in, out int, pixels int64) int64 {
+		return max(int64(2*in+out), int64(in+2*out)) * pixels
+	}
+	peak := int64(c.InChannels+c.BlockOutChannels[0]) * px(0)
+	prev := c.BlockOutChannels[0]
+	for i, ch := range c.BlockOutChannels {
+		peak = max(peak, resnet(prev, ch, px(i)))
+		if i < n-1 {
+			peak = max(peak, int64(ch)*(px(i)+px(i+1)))
+		}
+		prev = ch
+	}
+	top := c.BlockOutChannels[n-1]
+	low := px(n - 1)
+	if c.MidBlockAddAttention == nil || *c.MidBlockAddAttention {
+		hw := low / int64(batch)
+		peak = max(peak, int64(top)*low*4+int64(batch)*hw*hw)
+	}
+	return 4 * peak
+}

@@ -14,6 +14,7 @@ import (
 	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/model/tokenizer"
 	"github.com/zimage/zimage/sched/rng"
+	"github.com/zimage/zimage/sched/sampler"
 )
 
 // TextEncoder pairs a CLIP text encoder with its tokenizer.
@@ -29,6 +30,12 @@ type Models struct {
 	Encoders []TextEncoder
 	UNet     *model.UNet
 	VAE      *model.VAEDecoder
+	// Encoder is the VAE encoder, which img2img, inpainting and 9-channel
+	// inpainting UNets need; nil refuses them.
+	Encoder *model.VAEEncoder
+	// TAESD, when set, is the tiny decoder Params.TAESD and Params.Preview
+	// use.
+	TAESD *model.TAESD
 	// Scheduler is the model's scheduler_config.json.
 	Scheduler *model.SchedulerConfig
 	// ForceZerosForEmptyPrompt: SDXL uses zero embeddings, not the encoded
@@ -88,9 +95,19 @@ type Params struct {
 	// OnStage, when set, is called as each stage ("text", "denoise",
 	// "decode") starts, so that a caller can show where a run is.
 	OnStage func(name string)
-	// OnStep, when set, sees the latents after each step (0-based); it
-	// must not keep the slice.
+	// OnStep, when set, sees the latents after each step (0-based, counted
+	// from the first step run); it must not keep the slice.
 	OnStep func(step int, latents []float32)
+
+	// Init, when set, starts from a picture: img2img, or inpainting with a
+	// mask (see Init).
+	Init *Init
+	// TAESD decodes the final images with Models.TAESD instead of the VAE.
+	TAESD bool
+	// Preview, when set, receives the latents after every step but the
+	// last, decoded by Models.TAESD (one image per batch image), after
+	// Progress for that step.
+	Preview func(step int, images []*image.RGBA)
 }
 
 // Stage is one stage's time and device-memory peak.
@@ -126,7 +143,17 @@ func Run(ctx context.Context, b engine.Backend, m *Models, p Params) (*Output, e
 	steps := []struct {
 		name string
 		fn   func() error
-	}{{"text", r.encode}, {"denoise", r.denoise}, {"decode", r.decode}}
+	}{{"text", r.encode}}
+	if p.Init != nil || r.unetCond() {
+		steps = append(steps, struct {
+			name string
+			fn   func() error
+		}{"encode", r.encodeInit})
+	}
+	steps = append(steps, []struct {
+		name string
+		fn   func() error
+	}{{"denoise", r.denoise}, {"decode", r.decode}}...)
 	for _, s := range steps {
 		t0 := time.Now()
 		b.ResetPeak()
@@ -161,6 +188,33 @@ func validate(m *Models, p Params) error {
 	case m.SDXL && len(m.Encoders) != 2:
 		return fmt.Errorf("sched: SDXL needs two text encoders, have %d", len(m.Encoders))
 	}
+	c := m.VAE.Config.LatentChannels
+	if u := m.UNet.Config; u.OutChannels != c || (u.InChannels != c && u.InChannels != 2*c+1) {
+		return fmt.Errorf("sched: the UNet takes %d channels and gives %d; with the VAE's %d latent channels it should take %d (or %d for inpainting) and give %d",
+			u.InChannels, u.OutChannels, c, c, 2*c+1, c)
+	}
+	if m.UNet.Config.InChannels == 2*c+1 && m.Encoder == nil {
+		return fmt.Errorf("sched: this inpainting UNet (%d input channels) needs the VAE encoder, and the pipeline has none", m.UNet.Config.InChannels)
+	}
+	if err := validateTAESD(m.TAESD, &p, c); err != nil {
+		return err
+	}
+	return validateInit(&p, m.Encoder)
+}
+
+// validateTAESD checks that the tiny decoder a run asks for exists and
+// fits the model's latents.
+func validateTAESD(t *model.TAESD, p *Params, c int) error {
+	if !p.TAESD && p.Preview == nil {
+		return nil
+	}
+	if t == nil {
+		return fmt.Errorf("sched: TAESD decoding or previews asked for, but the pipeline has no TAESD")
+	}
+	if t.Config.LatentChannels != c || t.Decoder == nil {
+		return fmt.Errorf("sched: the TAESD decodes %d latent channels (decoder present: %v), this model has %d: use the TAESD made for this model family (taesd for SD 1.x/2.x, taesdxl for SDXL)",
+			t.Config.LatentChannels, t.Decoder != nil, c)
+	}
 	return nil
 }
 
@@ -182,9 +236,16 @@ type runner struct {
 
 	latents []float32 // [Batch, C, h, w]
 	gen     *rng.Generator
+	s       sampler.Scheduler
+	start   *startState // from encodeInit; nil: txt2img
 
 	// Residency per stage.
-	textRes, unetRes, vaeRes *Streamer
+	textRes, unetRes, vaeRes, encRes, tinyRes *Streamer
+}
+
+// unetCond reports a 9-channel inpainting UNet.
+func (r *runner) unetCond() bool {
+	return r.m.UNet.Config.InChannels != r.m.VAE.Config.LatentChannels
 }
 
 // plan chooses, per network, how much of its weights may stay resident.
@@ -211,9 +272,11 @@ func (r *runner) plan() error {
 	if err != nil {
 		return err
 	}
-	vl, err := limit(r.m.VAE.Blocks(), r.vaeActivationBytes())
-	if err != nil {
-		return err
+	var vl int64
+	if !r.p.TAESD {
+		if vl, err = limit(r.m.VAE.Blocks(), r.vaeActivationBytes()); err != nil {
+			return err
+		}
 	}
 	r.textRes = NewStreamer(r.ctx, r.b, tl)
 	r.unetRes = NewStreamer(r.ctx, r.b, ul)
@@ -222,7 +285,41 @@ func (r *runner) plan() error {
 	// encoders may skip their last layer, which a prefetch would upload.
 	r.unetRes.SetOrder(r.m.UNet.Blocks())
 	r.vaeRes.SetOrder(r.m.VAE.Blocks())
-	return nil
+	if r.encRes, err = planEncoder(r.ctx, r.b, r.m.Encoder, &r.p, r.p.Init != nil || r.unetCond()); err != nil {
+		return err
+	}
+	// TAESD is a few MiB: resident while the run needs it.
+	r.tinyRes = NewStreamer(r.ctx, r.b, 0)
+	r.s, err = newRunScheduler(r.p.Sampler, r.m.Scheduler, sampler.Options{Karras: r.p.Karras}, r.p.Steps)
+	return err
+}
+
+// planEncoder sizes the VAE encoder's residency when a run needs it (nil
+// otherwise).
+func planEncoder(ctx context.Context, b engine.Backend, enc *model.VAEEncoder, p *Params, need bool) (*Streamer, error) {
+	if !need {
+		return nil, nil
+	}
+	l, err := residentLimit(p.Offload, p.Budget, enc.Blocks(), encodeActivationBytes(b, enc, p))
+	if err != nil {
+		return nil, fmt.Errorf("%w (VAE encoder)", err)
+	}
+	s := NewStreamer(ctx, b, l)
+	s.SetOrder(enc.Blocks())
+	return s, nil
+}
+
+// newRunScheduler builds the scheduler and its timesteps before anything
+// runs, so that a bad sampler or step count fails first.
+func newRunScheduler(name string, cfg *model.SchedulerConfig, opt sampler.Options, steps int) (sampler.Scheduler, error) {
+	s, err := sampler.New(name, cfg, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.SetTimesteps(steps); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // residentLimit is how many bytes of a network's weights may be resident at
@@ -255,7 +352,7 @@ func residentLimit(mode Offload, budget int64, blocks []*model.Block, reserve in
 // frees them).
 func (r *runner) releaseAll() {
 	keep := r.keepResident()
-	for _, s := range []*Streamer{r.textRes, r.unetRes, r.vaeRes} {
+	for _, s := range []*Streamer{r.textRes, r.unetRes, r.vaeRes, r.encRes, r.tinyRes} {
 		if s != nil {
 			r.out.Uploaded += s.Uploaded
 			if !keep {

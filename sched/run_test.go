@@ -41,6 +41,9 @@ func loadModels(t testing.TB, dir string) *Models {
 	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
 		t.Fatal(err)
 	}
+	if m.Encoder, err = model.LoadVAEEncoder(ck.VAE.Source, ck.VAE.Config); err != nil {
+		t.Fatal(err)
+	}
 	return m
 }
 
@@ -226,7 +229,14 @@ func allBlocks(m *Models) []*model.Block {
 	for _, e := range m.Encoders {
 		all = append(all, e.Net.Blocks()...)
 	}
-	return append(append(all, m.UNet.Blocks()...), m.VAE.Blocks()...)
+	all = append(append(all, m.UNet.Blocks()...), m.VAE.Blocks()...)
+	if m.Encoder != nil {
+		all = append(all, m.Encoder.Blocks()...)
+	}
+	if m.TAESD != nil {
+		all = append(all, m.TAESD.Blocks()...)
+	}
+	return all
 }
 
 // TestWeightsStayResidentAcrossRuns: without a budget the second run

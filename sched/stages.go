@@ -10,7 +10,6 @@ import (
 	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/model/tokenizer"
 	"github.com/zimage/zimage/sched/rng"
-	"github.com/zimage/zimage/sched/sampler"
 )
 
 // encode runs the text encoders and keeps the conditioning on the host.
@@ -135,53 +134,75 @@ func (r *runner) tokenize(tok *tokenizer.Tokenizer, prompts []string) ([][]int32
 	return rows, windows, last[len(last)-1].Truncated
 }
 
-// denoise runs the sampler loop on the host latents, one UNet call per step.
-func (r *runner) denoise() error {
-	s, err := sampler.New(r.p.Sampler, r.m.Scheduler, sampler.Options{Karras: r.p.Karras})
+// encodeInit is the "encode" stage: the VAE encoder on the init picture
+// (and the masked picture), the generator's first draws, and the latents
+// the loop starts from.
+func (r *runner) encodeInit() error {
+	h, w := r.p.Height/8, r.p.Width/8
+	r.gen = rng.NewTorchCPU(r.p.Seed)
+	j := &initJob{ctx: r.ctx, b: r.b, enc: r.m.Encoder, res: r.encRes, p: &r.p, s: r.s, gen: r.gen,
+		c: r.m.VAE.Config.LatentChannels, h: h, w: w, unetCond: r.unetCond()}
+	st, err := j.run()
 	if err != nil {
 		return err
 	}
-	if err := s.SetTimesteps(r.p.Steps); err != nil {
-		return err
+	r.start = st
+	if !r.keepResident() {
+		r.encRes.Release()
 	}
-	r.out.Timesteps = s.Timesteps()
-	r.out.SamplerName = s.Name()
+	return nil
+}
+
+// denoise runs the sampler loop on the host latents, one UNet call per step.
+func (r *runner) denoise() error {
+	s := r.s
 	h, w := r.p.Height/8, r.p.Width/8
-	c := r.m.UNet.Config.InChannels
+	c := r.m.VAE.Config.LatentChannels
 	n := r.p.Batch * c * h * w
-	if r.p.Noise != nil {
-		if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
-			return err
+	st := r.start
+	if st == nil {
+		// txt2img: the initial latents are the generator's first draw.
+		st = &startState{}
+		if r.p.Noise != nil {
+			if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
+				return err
+			}
+			st.latents = append([]float32(nil), r.p.Noise.Latents...)
+		} else {
+			r.gen = rng.NewTorchCPU(r.p.Seed)
+			st.latents = r.gen.Randn(r.p.Batch, c, h, w)
 		}
-		r.latents = append([]float32(nil), r.p.Noise.Latents...)
-	} else {
-		r.gen = rng.NewTorchCPU(r.p.Seed)
-		r.latents = r.gen.Randn(r.p.Batch, c, h, w)
+		sigma := float32(s.InitNoiseSigma())
+		for i := range st.latents {
+			st.latents[i] *= sigma
+		}
 	}
-	sigma := float32(s.InitNoiseSigma())
-	for i := range r.latents {
-		r.latents[i] *= sigma
-	}
+	r.latents = st.latents
+	ts := s.Timesteps()
+	r.out.Timesteps = ts[st.begin:]
+	r.out.SamplerName = s.Name()
 	rows := r.p.Batch
 	if r.cfg {
 		rows *= 2
 	}
-	for step, t := range s.Timesteps() {
+	for step := st.begin; step < len(ts); step++ {
+		t := ts[step]
 		if err := r.ctx.Err(); err != nil {
 			return err
 		}
-		in := make([]float32, 0, rows*c*h*w)
-		in = append(in, r.latents...)
+		x := make([]float32, 0, rows*c*h*w)
+		x = append(x, r.latents...)
 		if r.cfg {
-			in = append(in, r.latents...)
+			x = append(x, r.latents...)
 		}
-		s.ScaleModelInput(in, step)
-		out, err := r.unet(in, rows, c, h, w, t)
+		s.ScaleModelInput(x, step)
+		in, cin := st.unetInput(x, rows, r.p.Batch, c, h*w)
+		out, err := r.unet(in, rows, cin, h, w, t)
 		if err != nil {
-			return fmt.Errorf("sched: step %d (t=%g): %w", step+1, t, err)
+			return fmt.Errorf("sched: step %d (t=%g): %w", step-st.begin+1, t, err)
 		}
 		if err := finite("UNet output", out); err != nil {
-			return fmt.Errorf("sched: step %d (t=%g): %w", step+1, t, err)
+			return fmt.Errorf("sched: step %d (t=%g): %w", step-st.begin+1, t, err)
 		}
 		guided := out[:n]
 		if r.cfg {
@@ -193,20 +214,25 @@ func (r *runner) denoise() error {
 		}
 		var noise []float32
 		if s.NeedsNoise(step) {
-			if noise, err = r.stepNoise(step, n); err != nil {
+			if noise, err = r.stepNoise(step-st.begin, n); err != nil {
 				return err
 			}
 		}
 		if err := s.Step(guided, r.latents, step, noise); err != nil {
 			return err
 		}
-		if r.p.OnStep != nil {
-			r.p.OnStep(step, r.latents)
+		if st.image != nil {
+			if err := st.blend(s, r.latents, step, len(ts)-1); err != nil {
+				return err
+			}
 		}
-		if r.p.Progress != nil {
-			// PNDM (skip_prk_steps) calls the UNet once more than the
-			// steps asked for: count calls, so progress never passes 100%.
-			r.p.Progress(step+1, len(s.Timesteps()))
+		if r.p.OnStep != nil {
+			r.p.OnStep(step-st.begin, r.latents)
+		}
+		// PNDM (skip_prk_steps) calls the UNet once more than the steps
+		// asked for: count calls, so progress never passes 100%.
+		if err := progress(r.ctx, r.b, r.m.TAESD, r.tinyRes, &r.p, step-st.begin+1, len(ts)-st.begin, r.latents, c); err != nil {
+			return err
 		}
 	}
 	if !r.keepResident() {
@@ -215,12 +241,29 @@ func (r *runner) denoise() error {
 	return finite("latents", r.latents)
 }
 
+// progress reports a finished step, then (before the last) decodes the
+// latents with TAESD for p.Preview.
+func progress(ctx context.Context, b engine.Backend, t *model.TAESD, res *Streamer, p *Params, done, due int, latents []float32, c int) error {
+	if p.Progress != nil {
+		p.Progress(done, due)
+	}
+	if p.Preview == nil || done >= due {
+		return nil
+	}
+	imgs, err := taesdImages(ctx, b, t, res, p, latents, c)
+	if err != nil {
+		return fmt.Errorf("sched: preview after step %d: %w", done, err)
+	}
+	p.Preview(done, imgs)
+	return nil
+}
+
 func (r *runner) stepNoise(step, n int) ([]float32, error) {
 	if r.p.Noise != nil {
 		return r.p.Noise.step(step, n)
 	}
 	h, w := r.p.Height/8, r.p.Width/8
-	return r.gen.Randn(r.p.Batch, r.m.UNet.Config.InChannels, h, w), nil
+	return r.gen.Randn(r.p.Batch, r.m.VAE.Config.LatentChannels, h, w), nil
 }
 
 // unet runs one batched UNet call and returns its output on the host.
@@ -260,7 +303,13 @@ func (r *runner) unet(in []float32, rows, c, h, w int, t float64) ([]float32, er
 
 // decode turns the final latents into 8-bit images.
 func (r *runner) decode() error {
-	imgs, err := decodeImages(r.ctx, r.b, r.m.VAE, r.vaeRes, &r.p, r.latents, r.m.UNet.Config.InChannels)
+	decode := decodeImages
+	if r.p.TAESD {
+		decode = func(ctx context.Context, b engine.Backend, _ *model.VAEDecoder, _ *Streamer, p *Params, latents []float32, c int) ([]*image.RGBA, error) {
+			return taesdImages(ctx, b, r.m.TAESD, r.tinyRes, p, latents, c)
+		}
+	}
+	imgs, err := decode(r.ctx, r.b, r.m.VAE, r.vaeRes, &r.p, r.latents, r.m.VAE.Config.LatentChannels)
 	r.out.Images = append(r.out.Images, imgs...)
 	if err != nil {
 		return err
@@ -358,4 +407,47 @@ func finite(what string, v []float32) error {
 		}
 	}
 	return nil
+}
+
+// taesdImages decodes latents [p.Batch, c, H/8, W/8] with TAESD, one
+// image at a time; maps too large for the device's binding limit (or a
+// quarter of the budget's room) are split where the decoder allows it
+// without changing a value (TAESD.DecodeLimited).
+func taesdImages(ctx context.Context, b engine.Backend, t *model.TAESD, res *Streamer, p *Params, latents []float32, c int) ([]*image.RGBA, error) {
+	h, w := p.Height/8, p.Width/8
+	per := c * h * w
+	var limit int64
+	if l, ok := b.(engine.TensorLimiter); ok {
+		limit = l.MaxTensorBytes()
+	}
+	if p.Budget > 0 {
+		room := max((p.Budget-b.MemStats().InUse-BlocksBytes(t.Blocks()))/4, 1)
+		if limit <= 0 || room < limit {
+			limit = room
+		}
+	}
+	var out []*image.RGBA
+	for i := 0; i < p.Batch; i++ {
+		if err := ctx.Err(); err != nil {
+			return out, err
+		}
+		rec := engine.NewRec(b)
+		z := rec.Write("taesd_input", latents[i*per:(i+1)*per], 1, c, h, w)
+		img := t.DecodeLimited(rec, res, z, limit)
+		var px []float32
+		if err := rec.Err(); err == nil {
+			px, err = b.Read(img)
+			rec.Fail(err)
+		}
+		rec.Free(z, img)
+		if err := rec.Err(); err != nil {
+			return out, fmt.Errorf("sched: TAESD decode of image %d: %w", i+1, err)
+		}
+		rgba, err := model.ImageToRGBA(px, p.Height, p.Width)
+		if err != nil {
+			return out, fmt.Errorf("sched: image %d: %w", i+1, err)
+		}
+		out = append(out, rgba)
+	}
+	return out, nil
 }

@@ -3,6 +3,7 @@ package sched
 import (
 	"context"
 	"fmt"
+	"image"
 	"math"
 	"time"
 
@@ -51,6 +52,11 @@ type ZImageModels struct {
 	Transformer *model.ZImageTransformer
 	VAE         *model.VAEDecoder
 	Scheduler   *model.SchedulerConfig // scheduler_config.json
+	// Encoder is the FLUX VAE's encoder, for img2img and inpainting (nil
+	// refuses them); TAESD an optional tiny decoder (a TAEF1) for
+	// Params.TAESD and Params.Preview.
+	Encoder *model.VAEEncoder
+	TAESD   *model.TAESD
 }
 
 // ZImageParams are the settings of one Z-Image generation: Params (of
@@ -100,7 +106,17 @@ func RunZImage(ctx context.Context, b engine.Backend, m *ZImageModels, p ZImageP
 	stages := []struct {
 		name string
 		fn   func() error
-	}{{"text", r.encode}, {"denoise", r.denoise}, {"decode", r.decode}}
+	}{{"text", r.encode}}
+	if p.Init != nil {
+		stages = append(stages, struct {
+			name string
+			fn   func() error
+		}{"encode", r.encodeInit})
+	}
+	stages = append(stages, []struct {
+		name string
+		fn   func() error
+	}{{"denoise", r.denoise}, {"decode", r.decode}}...)
 	for _, s := range stages {
 		t0 := time.Now()
 		b.ResetPeak()
@@ -150,7 +166,10 @@ func validateZImage(m *ZImageModels, p *ZImageParams) error {
 	case p.MaxSequenceLength < 1:
 		return fmt.Errorf("sched: max sequence length %d: want at least 1", p.MaxSequenceLength)
 	}
-	return nil
+	if err := validateTAESD(m.TAESD, &p.Params, m.VAE.Config.LatentChannels); err != nil {
+		return err
+	}
+	return validateInit(&p.Params, m.Encoder)
 }
 
 type zrunner struct {
@@ -168,8 +187,10 @@ type zrunner struct {
 	posLen, negLen int
 	latents        []float32 // [Batch, C, h, w]
 	gen            *rng.Generator
+	s              sampler.Scheduler
+	start          *startState // from encodeInit; nil: text-to-image
 
-	textRes, ditRes, vaeRes *Streamer
+	textRes, ditRes, vaeRes, encRes, tinyRes *Streamer
 }
 
 // tokenize gets the templated ids of the prompt and, with CFG, of the
@@ -221,9 +242,11 @@ func (r *zrunner) plan() error {
 	if err != nil {
 		return fmt.Errorf("%w (transformer)", err)
 	}
-	vl, err := residentLimit(r.p.Offload, r.p.Budget, r.m.VAE.Blocks(), vaeActivationBytes(r.m.VAE, &r.p.Params))
-	if err != nil {
-		return fmt.Errorf("%w (VAE)", err)
+	var vl int64
+	if !r.p.TAESD {
+		if vl, err = residentLimit(r.p.Offload, r.p.Budget, r.m.VAE.Blocks(), vaeActivationBytes(r.m.VAE, &r.p.Params)); err != nil {
+			return fmt.Errorf("%w (VAE)", err)
+		}
 	}
 	r.textRes = NewStreamer(r.ctx, r.b, tl)
 	r.ditRes = NewStreamer(r.ctx, r.b, dl)
@@ -231,6 +254,35 @@ func (r *zrunner) plan() error {
 	r.textRes.SetOrder(te.EncodeBlocks())
 	r.ditRes.SetOrder(dit.Blocks())
 	r.vaeRes.SetOrder(r.m.VAE.Blocks())
+	if r.encRes, err = planEncoder(r.ctx, r.b, r.m.Encoder, &r.p.Params, r.p.Init != nil); err != nil {
+		return err
+	}
+	r.tinyRes = NewStreamer(r.ctx, r.b, 0)
+	if r.s = r.p.Scheduler; r.s == nil {
+		// ZImagePipeline sets sigma_min = 0 and passes the image token
+		// count for dynamic shifting.
+		opt := sampler.ZImageOptions((r.p.Height / 16) * (r.p.Width / 16))
+		opt.Karras = r.p.Karras
+		r.s, err = newRunScheduler(r.p.Sampler, r.m.Scheduler, opt, r.p.Steps)
+		return err
+	}
+	return r.s.SetTimesteps(r.p.Steps)
+}
+
+// encodeInit is the "encode" stage: the FLUX VAE encodes the init picture
+// (and the masked one), and the start latents are noised by scale_noise.
+func (r *zrunner) encodeInit() error {
+	r.gen = rng.NewTorchCPU(r.p.Seed)
+	j := &initJob{ctx: r.ctx, b: r.b, enc: r.m.Encoder, res: r.encRes, p: &r.p.Params, s: r.s, gen: r.gen,
+		c: r.m.Transformer.Config.InChannels, h: r.p.Height / 8, w: r.p.Width / 8, flow: true}
+	st, err := j.run()
+	if err != nil {
+		return err
+	}
+	r.start = st
+	if !r.keepResident() {
+		r.encRes.Release()
+	}
 	return nil
 }
 
@@ -240,7 +292,7 @@ func (r *zrunner) keepResident() bool {
 
 func (r *zrunner) releaseAll() {
 	keep := r.keepResident()
-	for _, s := range []*Streamer{r.textRes, r.ditRes, r.vaeRes} {
+	for _, s := range []*Streamer{r.textRes, r.ditRes, r.vaeRes, r.encRes, r.tinyRes} {
 		if s != nil {
 			r.out.Uploaded += s.Uploaded
 			if !keep {
@@ -288,37 +340,30 @@ func (r *zrunner) encodeOne(ids []int32, what string) (feat []float32, n int, er
 // denoise runs the flow-match loop on the host latents, one transformer
 // call per step.
 func (r *zrunner) denoise() error {
-	s := r.p.Scheduler
-	if s == nil {
-		var err error
-		// ZImagePipeline sets sigma_min = 0 and passes the image token
-		// count for dynamic shifting.
-		opt := sampler.ZImageOptions((r.p.Height / 16) * (r.p.Width / 16))
-		opt.Karras = r.p.Karras
-		if s, err = sampler.New(r.p.Sampler, r.m.Scheduler, opt); err != nil {
-			return err
-		}
-	}
-	if err := s.SetTimesteps(r.p.Steps); err != nil {
-		return err
-	}
-	r.out.Timesteps = s.Timesteps()
-	r.out.SamplerName = s.Name()
+	s := r.s
 	h, w := r.p.Height/8, r.p.Width/8
 	c := r.m.Transformer.Config.InChannels
 	per := c * h * w
 	n := r.p.Batch * per
-	if r.p.Noise != nil {
-		if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
-			return err
+	st := r.start
+	if st == nil {
+		st = &startState{}
+		if r.p.Noise != nil {
+			if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
+				return err
+			}
+			st.latents = append([]float32(nil), r.p.Noise.Latents...)
+		} else {
+			// prepare_latents: randn on a torch CPU generator, float32, no
+			// init_noise_sigma (1 for flow matching anyway).
+			r.gen = rng.NewTorchCPU(r.p.Seed)
+			st.latents = r.gen.Randn(r.p.Batch, c, h, w)
 		}
-		r.latents = append([]float32(nil), r.p.Noise.Latents...)
-	} else {
-		// prepare_latents: randn on a torch CPU generator, float32, no
-		// init_noise_sigma (1 for flow matching anyway).
-		r.gen = rng.NewTorchCPU(r.p.Seed)
-		r.latents = r.gen.Randn(r.p.Batch, c, h, w)
 	}
+	r.latents = st.latents
+	all := s.Timesteps()
+	r.out.Timesteps = all[st.begin:]
+	r.out.SamplerName = s.Name()
 
 	hidden := r.m.TextEncoder.Config.HiddenSize
 	rec := engine.NewRec(r.b)
@@ -333,7 +378,8 @@ func (r *zrunner) denoise() error {
 	}
 
 	g := float32(r.p.Guidance)
-	for step, ts := range s.Timesteps() {
+	for step := st.begin; step < len(all); step++ {
+		ts, k := all[step], step-st.begin // k counts the steps run
 		if err := r.ctx.Err(); err != nil {
 			return err
 		}
@@ -352,7 +398,7 @@ func (r *zrunner) denoise() error {
 		}
 		outs := r.m.Transformer.Forward(rec, r.ditRes, items)
 		if err := rec.Err(); err != nil {
-			return fmt.Errorf("sched: step %d (t=%g): %w", step+1, ts, err)
+			return fmt.Errorf("sched: step %d (t=%g): %w", k+1, ts, err)
 		}
 		pred := make([]float32, 0, n)
 		for i := range r.p.Batch {
@@ -368,21 +414,28 @@ func (r *zrunner) denoise() error {
 		var noise []float32
 		if s.NeedsNoise(step) {
 			var err error
-			if noise, err = r.stepNoise(step, n, c, h, w); err != nil {
+			if noise, err = r.stepNoise(k, n, c, h, w); err != nil {
 				return err
 			}
 		}
 		if err := s.Step(pred, r.latents, step, noise); err != nil {
 			return err
 		}
+		if st.image != nil {
+			// ZImageInpaintPipeline (diffusers 0.37): the kept area is the
+			// picture scale_noise'd to the next timestep.
+			if err := st.blend(s, r.latents, step, len(all)-1); err != nil {
+				return err
+			}
+		}
 		if err := finite("latents", r.latents); err != nil {
-			return fmt.Errorf("sched: step %d (t=%g): %w", step+1, ts, err)
+			return fmt.Errorf("sched: step %d (t=%g): %w", k+1, ts, err)
 		}
 		if r.p.OnStep != nil {
-			r.p.OnStep(step, r.latents)
+			r.p.OnStep(k, r.latents)
 		}
-		if r.p.Progress != nil {
-			r.p.Progress(step+1, r.p.Steps)
+		if err := progress(r.ctx, r.b, r.m.TAESD, r.tinyRes, &r.p.Params, k+1, len(all)-st.begin, r.latents, c); err != nil {
+			return err
 		}
 	}
 	if !r.keepResident() {
@@ -430,7 +483,14 @@ func (r *zrunner) stepNoise(step, n, c, h, w int) ([]float32, error) {
 // decode turns the final latents into 8-bit images through the shared
 // decode path (tiling, budget); the VAE applies latents / scaling + shift.
 func (r *zrunner) decode() error {
-	imgs, err := decodeImages(r.ctx, r.b, r.m.VAE, r.vaeRes, &r.p.Params, r.latents, r.m.Transformer.Config.InChannels)
+	c := r.m.Transformer.Config.InChannels
+	var imgs []*image.RGBA
+	var err error
+	if r.p.TAESD {
+		imgs, err = taesdImages(r.ctx, r.b, r.m.TAESD, r.tinyRes, &r.p.Params, r.latents, c)
+	} else {
+		imgs, err = decodeImages(r.ctx, r.b, r.m.VAE, r.vaeRes, &r.p.Params, r.latents, c)
+	}
 	r.out.Images = append(r.out.Images, imgs...)
 	if err != nil {
 		return err
