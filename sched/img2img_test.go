@@ -206,3 +206,109 @@ func refTimesteps(t *testing.T, r *testref.Refs, name string) []float64 {
 	}
 	return out
 }
+
+// TestImg2ImgCancelAndPreview: cancelling while the picture is encoded
+// stops the run with context.Canceled and leaves only resident weights
+// allocated; a preview arrives after every step but the last, one TAESD
+// image per batch image at the run's size.
+func TestImg2ImgCancelAndPreview(t *testing.T) {
+	r := testref.OpenSet(t, "tiny-sd-turbo", "refs_img2img")
+	m := loadModels(t, r.Dir)
+	tiny, err := model.OpenTAESD(filepath.Join(r.Dir, "taesd"))
+	require.NoError(t, err)
+	t.Cleanup(func() { tiny.Close() })
+	m.TAESD = tiny
+	var rn i2iRun
+	for _, x := range i2iRuns(t, r, "inpaint") {
+		if x.Steps == 4 {
+			rn = x
+		}
+	}
+	b := ref.New()
+	ctx, cancel := context.WithCancel(context.Background())
+	p := i2iParams(t, r.Dir, rn)
+	p.OnStage = func(s string) {
+		if s == "encode" {
+			cancel()
+		}
+	}
+	_, err = Run(ctx, b, m, p)
+	require.ErrorIs(t, err, context.Canceled)
+	var weights int64
+	for _, bl := range allBlocks(m) {
+		if bl.Resident() {
+			weights += bl.Bytes()
+		}
+	}
+	assert.Equal(t, weights, b.MemStats().InUse, "only resident weights stay allocated")
+
+	p = i2iParams(t, r.Dir, rn)
+	p.Batch = 2
+	var previews []int
+	p.Preview = func(step int, imgs []*image.RGBA) {
+		previews = append(previews, step)
+		require.Len(t, imgs, 2)
+		assert.Equal(t, image.Rect(0, 0, rn.Width, rn.Height), imgs[0].Rect)
+	}
+	out, err := Run(context.Background(), b, m, p)
+	require.NoError(t, err)
+	assert.Equal(t, []int{1, 2}, previews, "previews after steps 1 and 2 of 3")
+	require.Len(t, out.Images, 2)
+	// The batch shares the encoded picture but not the noise.
+	assert.False(t, string(out.Images[0].Pix) == string(out.Images[1].Pix), "the two images of the batch are identical")
+}
+
+// TestImg2ImgStreamed: streaming every network (the VAE encoder too) under
+// a budget below the weights changes no byte of an inpainting run and stays
+// under the budget.
+func TestImg2ImgStreamed(t *testing.T) {
+	r := testref.OpenSet(t, "tiny-sdxl-turbo", "refs_img2img")
+	m := loadModels(t, r.Dir)
+	rn := i2iRuns(t, r, "inpaint")[0]
+	p := i2iParams(t, r.Dir, rn)
+	full, err := Run(context.Background(), ref.New(), m, p)
+	require.NoError(t, err)
+	unet := BlocksBytes(m.UNet.Blocks())
+	budget := unet/2 + unetActivationBytes(m.UNet, 2, 8, 8) + LargestBlock(allBlocks(m))
+	b := ref.New(ref.WithBudget(budget))
+	p.Offload, p.Budget = OffloadLayer, budget
+	streamed, err := Run(context.Background(), b, m, p)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, streamed.PeakDev, budget)
+	assert.Greater(t, streamed.Uploaded, unet, "blocks re-uploaded every step")
+	assert.True(t, string(full.Images[0].Pix) == string(streamed.Images[0].Pix), "streamed run differs from the resident one")
+	assert.Zero(t, b.MemStats().InUse, "bytes left allocated")
+	var names []string
+	for _, s := range streamed.Stages {
+		names = append(names, s.Name)
+	}
+	assert.Equal(t, []string{"text", "encode", "denoise", "decode"}, names)
+}
+
+// limited is a backend that binds at most max bytes per tensor.
+type limited struct {
+	engine.Backend
+	max int64
+}
+
+func (l limited) MaxTensorBytes() int64 { return l.max }
+
+// TestEncodeTileSize: the encoder encodes whole when it fits; under a
+// binding limit or a budget it tiles, never below model.MinEncodeTile;
+// tiling off never tiles.
+func TestEncodeTileSize(t *testing.T) {
+	r := testref.Open(t, "tiny-sd-turbo")
+	m := loadModels(t, r.Dir)
+	p := &Params{Width: 1024, Height: 768}
+	assert.Zero(t, encodeTileSize(ref.New(), m.Encoder, p))
+	// The tiny encoder's first block has 32 channels: 96 MiB at 1024x768.
+	lim := limited{ref.New(), 32 << 20}
+	tile := encodeTileSize(lim, m.Encoder, p)
+	assert.GreaterOrEqual(t, tile, model.MinEncodeTile)
+	assert.Less(t, tile, 128)
+	assert.LessOrEqual(t, model.VAEEncodeMaxTensorBytes(&m.Encoder.Config, 1, 8*tile, 8*tile), int64(32<<20))
+	p.Tiling = TilingOff
+	assert.Zero(t, encodeTileSize(lim, m.Encoder, p))
+	p.Tiling, p.Tile = TilingOn, 4
+	assert.Equal(t, model.MinEncodeTile, encodeTileSize(ref.New(), m.Encoder, p), "tiles below the quality floor are raised to it")
+}
