@@ -153,4 +153,3 @@ func inpaintFormula(t *testing.T, b engine.Backend, m *Models, p Params, cond []
 	}
 	return out
 }
-
