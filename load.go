@@ -41,7 +41,76 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 		p.Close()
 		return nil, err
 	}
+	if err := p.loadTAESD(path); err != nil {
+		p.Close()
+		return nil, err
+	}
 	return p, nil
+}
+
+// loadTAESD opens the tiny decoder: the one Options.TAESD names (an error
+// when it cannot be read or does not fit the model), else a taesd folder
+// inside a diffusers model folder, which only previews use (skipped with a
+// warning when it does not fit).
+func (p *Pipeline) loadTAESD(modelPath string) error {
+	c := p.latentChannels()
+	if path := p.opts.TAESD; path != "" {
+		t, err := model.OpenTAESD(path)
+		if err != nil {
+			return err
+		}
+		p.closers = append(p.closers, t.Close)
+		if t.Config.LatentChannels != c || t.Decoder == nil {
+			return fmt.Errorf("zimage: TAESD %s decodes %d latent channels (decoder present: %v); %s has %d: use the TAESD of this model family (taesd for SD 1.x/2.x, taesdxl for SDXL, taef1 for FLUX-VAE models such as Z-Image)",
+				path, t.Config.LatentChannels, t.Decoder != nil, p.info.Arch, c)
+		}
+		p.setTAESD(t)
+		return nil
+	}
+	names := []string{"taesd"}
+	switch p.info.Arch {
+	case "sdxl":
+		names = []string{"taesdxl", "taesd"}
+	case "z-image":
+		names = []string{"taef1", "taesd"}
+	}
+	for _, n := range names {
+		dir := filepath.Join(modelPath, n)
+		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+			continue
+		}
+		t, err := model.OpenTAESD(dir)
+		if err != nil {
+			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: not used for previews: %v", dir, err))
+			continue
+		}
+		if t.Config.LatentChannels != c || t.Decoder == nil {
+			t.Close()
+			p.Warnings = append(p.Warnings, fmt.Sprintf("%s: not used for previews: it decodes %d latent channels, the model has %d", dir, t.Config.LatentChannels, c))
+			continue
+		}
+		p.closers = append(p.closers, t.Close)
+		p.setTAESD(t)
+		return nil
+	}
+	return nil
+}
+
+func (p *Pipeline) setTAESD(t *model.TAESD) {
+	p.tiny = t
+	if p.models != nil {
+		p.models.TAESD = t
+	} else {
+		p.zimage.TAESD = t
+	}
+}
+
+// latentChannels is the denoiser's latent channel count (the VAE's).
+func (p *Pipeline) latentChannels() int {
+	if p.zimage != nil {
+		return p.zimage.VAE.Config.LatentChannels
+	}
+	return p.models.VAE.Config.LatentChannels
 }
 
 func (p *Pipeline) load(ck *model.Checkpoint) error {
@@ -124,8 +193,21 @@ func (p *Pipeline) loadZImage(ck *model.Checkpoint) error {
 	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
 		return fmt.Errorf("zimage: vae: %w", err)
 	}
+	m.Encoder = p.loadEncoder(ck)
 	p.zimage = m
 	return nil
+}
+
+// loadEncoder builds the VAE encoder img2img and inpainting need; a
+// checkpoint without a usable one (a decoder-only VAE file) still loads,
+// and the reason is kept for the img2img request that would need it.
+func (p *Pipeline) loadEncoder(ck *model.Checkpoint) *model.VAEEncoder {
+	enc, err := model.LoadVAEEncoder(ck.VAE.Source, ck.VAE.Config)
+	if err != nil {
+		p.encErr = err
+		return nil
+	}
+	return enc
 }
 
 // loadSD builds the Stable Diffusion networks: CLIP tokenizers and text
@@ -153,6 +235,10 @@ func (p *Pipeline) loadSD(ck *model.Checkpoint) error {
 	}
 	if m.VAE, err = model.LoadVAEDecoder(ck.VAE.Source, ck.VAE.Config); err != nil {
 		return fmt.Errorf("zimage: vae: %w", err)
+	}
+	m.Encoder = p.loadEncoder(ck)
+	if m.Encoder == nil && m.UNet.Config.InChannels != m.VAE.Config.LatentChannels {
+		return fmt.Errorf("zimage: this inpainting UNet (%d input channels) needs the VAE encoder: %w", m.UNet.Config.InChannels, p.encErr)
 	}
 	p.models = m
 	return nil
@@ -183,16 +269,27 @@ func (p *Pipeline) Close() error {
 
 func (p *Pipeline) allBlocks() []*model.Block {
 	var out []*model.Block
+	var enc *model.VAEEncoder
 	if z := p.zimage; z != nil {
 		out = append(out, z.TextEncoder.Blocks()...)
 		out = append(out, z.Transformer.Blocks()...)
-		return append(out, z.VAE.Blocks()...)
+		out = append(out, z.VAE.Blocks()...)
+		enc = z.Encoder
+	} else {
+		for _, e := range p.models.Encoders {
+			out = append(out, e.Net.Blocks()...)
+		}
+		out = append(out, p.models.UNet.Blocks()...)
+		out = append(out, p.models.VAE.Blocks()...)
+		enc = p.models.Encoder
 	}
-	for _, e := range p.models.Encoders {
-		out = append(out, e.Net.Blocks()...)
+	if enc != nil {
+		out = append(out, enc.Blocks()...)
 	}
-	out = append(out, p.models.UNet.Blocks()...)
-	return append(out, p.models.VAE.Blocks()...)
+	if p.tiny != nil {
+		out = append(out, p.tiny.Blocks()...)
+	}
+	return out
 }
 
 // describeModel derives the defaults and metadata of a checkpoint.

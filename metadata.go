@@ -28,6 +28,11 @@ type Parameters struct {
 	Width, Height  int
 	ModelHash      string
 	Model          string
+	// DenoisingStrength is an img2img run's strength (0: text-to-image);
+	// MaskBlur an inpainting run's mask blur in pixels (A1111 writes it
+	// for every inpainting run, 0 included; nil: not inpainting).
+	DenoisingStrength float64
+	MaskBlur          *int
 	// LoRAHashes is A1111's "Lora hashes": "name: shorthash, ..." for the
 	// LoRAs applied (their <lora:...> tags stay in Prompt).
 	LoRAHashes string
@@ -50,6 +55,13 @@ func (p Parameters) String() string {
 	}
 	if p.Model != "" {
 		fmt.Fprintf(&b, ", Model: %s", strings.ReplaceAll(p.Model, ",", " "))
+	}
+	if p.DenoisingStrength > 0 {
+		fmt.Fprintf(&b, ", Denoising strength: %s", strconv.FormatFloat(p.DenoisingStrength, 'f', -1, 64))
+	}
+	// A1111's extra_generation_params follow, in the order it adds them.
+	if p.MaskBlur != nil {
+		fmt.Fprintf(&b, ", Mask blur: %d", *p.MaskBlur)
 	}
 	if p.LoRAHashes != "" {
 		fmt.Fprintf(&b, ", Lora hashes: %s", quote(p.LoRAHashes))
@@ -123,6 +135,12 @@ func ParseParameters(text string) (Parameters, error) {
 			p.ModelHash = v
 		case "Model":
 			p.Model = v
+		case "Denoising strength":
+			p.DenoisingStrength, err = strconv.ParseFloat(v, 64)
+		case "Mask blur":
+			var n int
+			n, err = strconv.Atoi(v)
+			p.MaskBlur = &n
 		case "Lora hashes":
 			p.LoRAHashes = v
 		case "Version":

@@ -105,7 +105,7 @@ func soakCases() []soakCase {
 		{name: "64x64", req: zimage.Request{Prompt: "a red cube", Width: 64, Height: 64, Seed: 1}},
 		{name: "64x96 cfg", req: zimage.Request{Prompt: "a red cube", NegativePrompt: "blurry", Width: 64, Height: 96, Steps: 2, Guidance: &cfg, Seed: 2}},
 		{name: "batch 2", req: zimage.Request{Prompt: "a blue sphere", Width: 64, Height: 64, Batch: 2, Seed: 3}},
-		{name: "tiled", req: zimage.Request{Prompt: "a green cone", Width: 96, Height: 64, VAETiling: sched.TilingOn, Tile: 48, Seed: 4}},
+		{name: "tiled", req: zimage.Request{Prompt: "a green cone", Width: 160, Height: 64, VAETiling: sched.TilingOn, Tile: 96, Seed: 4}},
 		{name: "untiled euler_a", req: zimage.Request{Prompt: "a green cone", Width: 64, Height: 64, Steps: 3, Sampler: "euler_a", VAETiling: sched.TilingOff, Seed: 5}},
 		{name: "cancelled", req: zimage.Request{Prompt: "a cat", Width: 64, Height: 64, Steps: 3, Seed: 6}, cancelAt: 9, wantError: true},
 		{name: "streamed", req: zimage.Request{Prompt: "a dog", Width: 64, Height: 64, Steps: 2, Sampler: "dpmpp_2m", Karras: true, Seed: 7}, streamed: true},

@@ -67,6 +67,11 @@ type Options struct {
 	LoRAIgnoreUnknown bool
 	// LoRAMode overrides how LoRAs are applied (default LoRAAuto).
 	LoRAMode LoRAMode
+	// TAESD is a tiny decoder (a diffusers taesd/taesdxl/taef1 folder or
+	// madebyollin's taesd*_decoder.safetensors) for Request.TAESD and
+	// Request.Preview. Without it a taesd folder inside the model folder
+	// serves previews; nothing changes the default decoder.
+	TAESD string
 }
 
 // Option sets an Option field.
@@ -115,19 +120,27 @@ func WithLoRAIgnoreUnknown(ignore bool) Option {
 	return func(o *Options) { o.LoRAIgnoreUnknown = ignore }
 }
 
+// WithTAESD loads a tiny decoder for Request.TAESD and previews.
+func WithTAESD(path string) Option { return func(o *Options) { o.TAESD = path } }
+
 // WithLoRAMode sets how LoRAs are applied: merged into the weights, in the
 // forward pass, or chosen per network and device (LoRAAuto, the default).
 func WithLoRAMode(m LoRAMode) Option { return func(o *Options) { o.LoRAMode = m } }
 
 // Progress is one progress event: one as each stage starts, one after
 // every denoising step, and "done" at the end. Step counts the denoising
-// steps finished so far (Steps at "decode").
+// steps finished so far (Steps at "decode"). With Request.Preview a second
+// "denoise" event follows each step's but the last, with the same Step and
+// Previews set.
 type Progress struct {
-	Stage   string // "text", "denoise", "decode", "done"
+	Stage   string // "text", "encode" (img2img), "denoise", "decode", "done"
 	Image   int    // 1-based image of the batch being worked on
 	Step    int    // denoising steps done
 	Steps   int
 	Elapsed time.Duration
+	// Previews are TAESD decodes of the latents after Step, one per image
+	// of the batch (Request.Preview); the receiver may keep them.
+	Previews []*image.RGBA
 }
 
 // Request describes one generation. Zero fields take the model's defaults.
@@ -171,6 +184,37 @@ type Request struct {
 	// well as the pipeline-wide WithProgress callback), on the goroutine
 	// that called Generate; it must return quickly.
 	Progress func(Progress)
+
+	// InitImage, when set, makes the run img2img: the picture is encoded,
+	// noised to Strength and denoised (see imageprep.go for how any
+	// picture is converted). Its size is the default Width and Height,
+	// rounded down to SizeMultiple; a picture of another size than the
+	// request's is resampled (Lanczos) as ResizeMode says.
+	InitImage image.Image
+	// Strength in (0, 1] is how much of the schedule runs (A1111's
+	// denoising strength): 1 keeps only the picture's composition in
+	// noise, small values change little. 0 means 0.75, A1111's default.
+	// Steps x Strength must reach one step.
+	Strength   float64
+	ResizeMode ResizeMode
+	// Mask, with InitImage, makes the run inpainting: white (or, in a mask
+	// with transparency, opaque) repaints, black keeps. Any size: it is
+	// resampled like the picture. InvertMask swaps the two.
+	Mask       image.Image
+	InvertMask bool
+	// MaskBlur > 0 blurs the mask (a Gaussian of that many pixels, as
+	// A1111) and pastes the result over the original picture through it;
+	// 0 gives diffusers' output.
+	MaskBlur int
+	// Fill is what the masked area starts from (A1111's inpainting_fill).
+	Fill InpaintFill
+	// TAESD decodes the final images with the pipeline's tiny decoder
+	// (WithTAESD) instead of the VAE: a fraction of the time, softer.
+	TAESD bool
+	// Preview adds TAESD decodes of the latents to the progress events
+	// after every step but the last (WithTAESD, or a taesd folder in the
+	// model folder).
+	Preview bool
 }
 
 // Result is what Generate returns.
@@ -214,6 +258,11 @@ type Pipeline struct {
 	// lost is set once the device is lost: every later Generate fails
 	// with it at once.
 	lost error
+	// tiny is the TAESD for Request.TAESD and previews (nil: none);
+	// encErr is why the VAE encoder could not be loaded (img2img is
+	// refused then).
+	tiny   *model.TAESD
+	encErr error
 	// Warnings are problems found while loading that did not stop it
 	// (unused tensors, guessed configs).
 	Warnings []string
@@ -281,6 +330,9 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	}
 	start := time.Now()
 	w, h, steps, g := p.Defaults()
+	if req.InitImage != nil {
+		w, h = p.initSize(req.InitImage)
+	}
 	if req.Width != 0 {
 		w = req.Width
 	}
@@ -289,6 +341,8 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	}
 	if req.Steps != 0 {
 		steps = req.Steps
+	} else if req.InitImage != nil {
+		steps = img2imgSteps(steps, req.Strength)
 	}
 	if req.Guidance != nil {
 		g = *req.Guidance
@@ -302,8 +356,15 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		}
 		seed = binary.LittleEndian.Uint64(b[:]) >> 1 // keep it positive as an int64 for other tools
 	}
-	if req.Tile%8 != 0 {
-		return nil, fmt.Errorf("zimage: tile size %d: want a multiple of 8 pixels", req.Tile)
+	if req.Tile%8 != 0 || (req.Tile != 0 && req.Tile < MinTileSize) {
+		return nil, fmt.Errorf("zimage: tile size %d: want a multiple of 8 pixels, at least %d (smaller tiles fall below 40 dB from the untiled decode)", req.Tile, MinTileSize)
+	}
+	in, err := p.prepareInit(&req, w, h)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.checkTAESD(req); err != nil {
+		return nil, err
 	}
 	prompt, uses, err := p.requestLoRAs(req)
 	if err != nil {
@@ -314,6 +375,10 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		Width: w, Height: h, Steps: steps, Guidance: g, Seed: seed, Batch: batch,
 		Sampler: req.Sampler, Karras: req.Karras, LongPrompts: req.LongPrompts,
 		Offload: p.opts.Offload, Budget: p.opts.Budget, Tiling: req.VAETiling, Tile: req.Tile / 8,
+		TAESD: req.TAESD,
+	}
+	if in != nil {
+		params.Init = in.init
 	}
 	if req.NoiseFile != "" {
 		n, err := sched.LoadNoise(req.NoiseFile)
@@ -342,6 +407,11 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		emit(Progress{Stage: "denoise", Step: step, Steps: calls})
 	}
 	params.OnStage = func(name string) { emit(Progress{Stage: name, Step: done, Steps: due}) }
+	if req.Preview {
+		params.Preview = func(step int, imgs []*image.RGBA) {
+			emit(Progress{Stage: "denoise", Step: step, Steps: due, Previews: imgs})
+		}
+	}
 	lst, err := p.runLoRAs(uses, &params, params.OnStage)
 	if err != nil {
 		return nil, err
@@ -364,6 +434,14 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 		Prompt: req.Prompt, NegativePrompt: req.NegativePrompt, Steps: steps, Sampler: sampler,
 		CFGScale: g, Seed: seed, Width: w, Height: h, ModelHash: p.info.Hash, Model: p.info.Name,
 		LoRAHashes: loraHashes(lst.applied), Version: "zimage " + Version,
+	}
+	if in != nil {
+		pm.DenoisingStrength = in.init.Strength
+		if req.Mask != nil {
+			blur := req.MaskBlur
+			pm.MaskBlur = &blur
+		}
+		in.finish(out.Images)
 	}
 	res := &Result{
 		Images: out.Images, Parameters: pm, Metadata: pm.String(), Stages: append(lst.stages, out.Stages...),
