@@ -23,7 +23,7 @@ func TestUsageErrorsExitTwoWithOneLine(t *testing.T) {
 	model := t.TempDir()
 	cases := map[string][]string{
 		"--width":             {"generate", "-m", model, "-p", "x", "-W", "100"},
-		"--height":            {"generate", "-m", model, "-p", "x", "-H", "32"},
+		"--height":            {"generate", "-m", model, "-p", "x", "-H", "36"},
 		"--steps":             {"generate", "-m", model, "-p", "x", "--steps", "0"},
 		"--cfg":               {"generate", "-m", model, "-p", "x", "--cfg", "99"},
 		"--sampler":           {"generate", "-m", model, "-p", "x", "--sampler", "heun++"},
