@@ -19,11 +19,11 @@ const MinTileSize = 8 * model.MinTile
 // (A1111's default denoising strength).
 const DefaultStrength = 0.75
 
-// img2imgSteps is the default step count of an img2img request: the
+// Img2ImgSteps is the default step count of an img2img request: the
 // model's, raised until the strength keeps one step (SD-Turbo's model card:
 // 2 steps at strength 0.5, one UNet call; a 1-step turbo default at the
 // default strength 0.75 would run nothing).
-func img2imgSteps(steps int, strength float64) int {
+func Img2ImgSteps(steps int, strength float64) int {
 	if strength <= 0 || strength > 1 || math.IsNaN(strength) {
 		strength = DefaultStrength
 	}
@@ -133,6 +133,10 @@ func (p *Pipeline) encoder() *model.VAEEncoder {
 	}
 	return p.models.Encoder
 }
+
+// HasTAESD reports whether the pipeline has a tiny decoder for
+// Request.TAESD and Request.Preview.
+func (p *Pipeline) HasTAESD() bool { return p.tiny != nil }
 
 // checkTAESD refuses TAESD decoding or previews without a tiny decoder.
 func (p *Pipeline) checkTAESD(req Request) error {

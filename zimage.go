@@ -342,7 +342,7 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 	if req.Steps != 0 {
 		steps = req.Steps
 	} else if req.InitImage != nil {
-		steps = img2imgSteps(steps, req.Strength)
+		steps = Img2ImgSteps(steps, req.Strength)
 	}
 	if req.Guidance != nil {
 		g = *req.Guidance

@@ -40,6 +40,8 @@ func serveCommand() *ucli.Command {
 			&ucli.IntFlag{Name: "queue", Value: 16, Usage: "jobs that may wait; more are refused with 503 and Retry-After"},
 			&ucli.StringFlag{Name: "cors-allow-origins", Usage: "comma-separated origins (https://app.example) allowed to call the API from a browser, or *"},
 			&ucli.IntFlag{Name: "max-side", Value: 2048, Usage: "largest width or height a request may ask for"},
+			&ucli.BoolFlag{Name: "preview", Usage: "live previews: a TAESD picture after every step in the UI and /sdapi/v1/progress's current_image (A1111's live_previews_enable; needs --taesd or a taesd folder in the model folder)"},
+			&ucli.StringFlag{Name: "taesd", Usage: "tiny decoder for live previews (a taesd, taesdxl or taef1 folder, or taesd*_decoder.safetensors); it must fit every model served"},
 		}, append(deviceFlags(), loraFlags()...)...),
 		Action: runServe,
 	}
@@ -172,6 +174,13 @@ func serveConfig(c *ucli.Context) (server.Config, string, error) {
 	}
 	cfg.LoRADir = ls.dir
 	loadOpts := slices.Concat(dev.opts, ls.opts)
+	if t := c.String("taesd"); t != "" {
+		if _, err := os.Stat(t); err != nil {
+			return cfg, "", usagef("--taesd: %v", err)
+		}
+		loadOpts = append(loadOpts, zimage.WithTAESD(t))
+	}
+	cfg.Previews = c.Bool("preview")
 	cfg.Load = func(path string) (server.Model, error) {
 		p, err := zimage.Load(path, loadOpts...)
 		if err != nil {
@@ -191,7 +200,7 @@ func serveConfig(c *ucli.Context) (server.Config, string, error) {
 		"queue": cfg.Queue, "cors_allow_origins": c.String("cors-allow-origins"), "vram": c.String("vram"),
 		"offload": c.String("offload"), "device": c.String("device"), "vae_tiling": c.String("vae-tiling"),
 		"max_side": cfg.MaxSide, "lora_dir": cfg.LoRADir, "lora_ignore_unknown": c.Bool("lora-ignore-unknown"),
-		"lora_mode": c.String("lora-mode"),
+		"lora_mode": c.String("lora-mode"), "live_previews": cfg.Previews, "taesd": c.String("taesd"),
 	}
 	if len(cfg.Auth) > 0 {
 		cfg.Flags["api_auth"] = "(set)" // never the secret itself

@@ -20,13 +20,15 @@ import (
 
 	"github.com/zimage/zimage"
 	"github.com/zimage/zimage/model"
+	"github.com/zimage/zimage/sched/sampler"
 )
 
-// routes maps every path. Future routes (img2img) go next to txt2img:
+// routes maps every path:
 // parse into a spec, submit a job, answer from its outcome.
 func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /sdapi/v1/txt2img", s.txt2img)
+	mux.HandleFunc("POST /sdapi/v1/img2img", s.img2img)
 	mux.HandleFunc("GET /sdapi/v1/progress", s.progress)
 	mux.HandleFunc("POST /sdapi/v1/interrupt", s.interrupt)
 	mux.HandleFunc("POST /sdapi/v1/skip", s.skip)
@@ -160,14 +162,8 @@ func (s *Server) txt2img(w http.ResponseWriter, r *http.Request) {
 		writeInvalid(w, err)
 		return
 	}
-	if sp.checkpoint != "" {
-		if _, ok := s.models.find(sp.checkpoint); !ok {
-			s.models.scan() // A1111 refreshes once before giving up
-			if _, ok := s.models.find(sp.checkpoint); !ok {
-				writeJSON(w, http.StatusNotFound, apiError{Error: "HTTPException", Detail: "Model not found"})
-				return
-			}
-		}
+	if !s.checkpointKnown(w, sp.checkpoint) {
+		return
 	}
 	j, ok := s.submit(w, r, sp)
 	if !ok {
@@ -181,14 +177,40 @@ func (s *Server) txt2img(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.txt2imgAnswer(j, o))
 }
 
+// checkpointKnown reports whether a requested checkpoint ("" = the current
+// one) exists, answering 404 when it does not.
+func (s *Server) checkpointKnown(w http.ResponseWriter, name string) bool {
+	if name == "" {
+		return true
+	}
+	if _, ok := s.models.find(name); !ok {
+		s.models.scan() // A1111 refreshes once before giving up
+		if _, ok := s.models.find(name); !ok {
+			writeJSON(w, http.StatusNotFound, apiError{Error: "HTTPException", Detail: "Model not found"})
+			return false
+		}
+	}
+	return true
+}
+
 // writeJobError answers a job that failed, A1111-shaped.
 func (s *Server) writeJobError(w http.ResponseWriter, err error) {
 	var fe *fieldError
 	var nf *notFoundError
 	var nan *model.NonFiniteOutputError
+	var se *sampler.StrengthError
+	var ie *zimage.InputError
 	switch {
 	case errors.As(err, &fe):
 		writeInvalid(w, err)
+	case errors.As(err, &se):
+		writeInvalid(w, fieldf("denoising_strength", "%v with %d steps runs no step: steps x denoising_strength must reach 1", se.Strength, se.Steps))
+	case errors.As(err, &ie):
+		field := "init_images"
+		if ie.What == "mask" {
+			field = "mask"
+		}
+		writeInvalid(w, fieldf(field, "%v", ie.Err))
 	case loraRequestError(err):
 		writeInvalid(w, fieldf("prompt", "%v", err))
 	case errors.As(err, &nf):
@@ -278,6 +300,14 @@ func (s *Server) txt2imgAnswer(j *job, o *outcome) txt2imgResponse {
 	if o.result != nil && o.result.Parameters.LoRAHashes != "" {
 		info.ExtraGenParams["Lora hashes"] = o.result.Parameters.LoRAHashes
 	}
+	if i := sp.i2i; i != nil {
+		d := i.strength
+		info.DenoisingStrength = &d
+		p.DenoisingStrength = &d
+		if i.mask != nil {
+			info.ExtraGenParams["Mask blur"] = i.maskBlur
+		}
+	}
 	images := []string{}
 	for _, g := range o.images {
 		info.Infotexts = append(info.Infotexts, g.info)
@@ -306,13 +336,17 @@ func (s *Server) progress(w http.ResponseWriter, r *http.Request) {
 		frac, eta := progressOf(j, time.Now())
 		resp.Progress, resp.EtaRelative = frac, eta
 		resp.State = progressState{
-			Skipped: j.skipped, Interrupted: errors.Is(context.Cause(j.ctx), errInterrupted), Job: "txt2img",
+			Skipped: j.skipped, Interrupted: errors.Is(context.Cause(j.ctx), errInterrupted), Job: j.kind(),
 			JobCount: j.images, JobTimestamp: j.started.Format("20060102150405"), JobNo: j.image,
 			SamplingStep: j.step, SamplingSteps: j.steps,
 		}
 		if j.stage != "" {
 			t := fmt.Sprintf("%s: step %d/%d, image %d/%d", j.stage, j.step, j.steps, j.image+1, j.images)
 			resp.Textinfo = &t
+		}
+		if j.preview != "" {
+			img := j.preview
+			resp.CurrentImage = &img
 		}
 	}
 	writeJSON(w, http.StatusOK, resp)
@@ -324,7 +358,8 @@ func (s *Server) taskProgress(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req struct {
-		IDTask string `json:"id_task"`
+		IDTask        string `json:"id_task"`
+		IDLivePreview *int   `json:"id_live_preview"`
 	}
 	if err := decodeBody(body, &req); err != nil {
 		writeInvalid(w, err)
@@ -347,6 +382,14 @@ func (s *Server) taskProgress(w http.ResponseWriter, r *http.Request) {
 		frac, eta := progressOf(j, time.Now())
 		resp.Progress, resp.Eta = &frac, &eta
 		resp.Stage, resp.Step, resp.Steps, resp.Image, resp.Images = j.stage, j.step, j.steps, j.image, j.images
+		// A1111 sends a preview only when it is newer than the client's.
+		if j.preview != "" && (req.IDLivePreview == nil || *req.IDLivePreview < j.previewID) {
+			lp := "data:image/png;base64," + j.preview
+			resp.LivePreview = &lp
+		}
+		if j.preview != "" {
+			resp.IDLivePreview = j.previewID
+		}
 	default:
 		resp.Queued = true
 		resp.QueuePosition = s.q.position(j)
@@ -422,7 +465,7 @@ func (s *Server) getOptions(w http.ResponseWriter, r *http.Request) {
 		"enable_pnginfo":              true,
 		"CLIP_stop_at_last_layers":    1,
 		"sd_vae":                      "Automatic",
-		"live_previews_enable":        false,
+		"live_previews_enable":        s.previews.Load(),
 		"show_progress_every_n_steps": -1,
 	})
 }
@@ -438,6 +481,14 @@ func (s *Server) setOptions(w http.ResponseWriter, r *http.Request) {
 	if err := decodeBody(body, &req); err != nil {
 		writeInvalid(w, err)
 		return
+	}
+	if v, ok := req["live_previews_enable"]; ok {
+		on, isBool := v.(bool)
+		if !isBool {
+			writeInvalid(w, fieldf("live_previews_enable", "want true or false, got %T", v))
+			return
+		}
+		s.previews.Store(on)
 	}
 	v, ok := req["sd_model_checkpoint"]
 	if !ok {

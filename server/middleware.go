@@ -8,7 +8,7 @@ import (
 	"strings"
 )
 
-// MaxBody caps a request body: room for img2img's base64 uploads later.
+// MaxBody caps a request body: room for img2img's base64 pictures.
 const MaxBody = 64 << 20
 
 // ParseAuth reads --api-auth "user:pass[,user2:pass2]".

@@ -15,8 +15,12 @@ import (
 	"time"
 )
 
-// txt2imgDir is A1111's folder for txt2img samples under the outputs.
-const txt2imgDir = "txt2img-images"
+// txt2imgDir and img2imgDir are A1111's folders for txt2img and img2img
+// samples under the outputs.
+const (
+	txt2imgDir = "txt2img-images"
+	img2imgDir = "img2img-images"
+)
 
 // outputs saves images in A1111's layout, DIR/txt2img-images/YYYY-MM-DD/
 // NNNNN-SEED.png, lists them newest first, and serves them. File names
@@ -36,7 +40,7 @@ type galleryItem struct {
 }
 
 // servedPath is the only shape of path /outputs/ serves.
-var servedPath = regexp.MustCompile(`^` + txt2imgDir + `/\d{4}-\d{2}-\d{2}/\d{5}-\d+\.png$`)
+var servedPath = regexp.MustCompile(`^(` + txt2imgDir + `|` + img2imgDir + `)/\d{4}-\d{2}-\d{2}/\d{5}-\d+\.png$`)
 
 func openOutputs(dir string) (*outputs, error) {
 	if err := os.MkdirAll(filepath.Join(dir, txt2imgDir), 0o755); err != nil {
@@ -56,19 +60,26 @@ func (o *outputs) Close() error { return o.root.Close() }
 // scan indexes the images already there (earlier runs, other servers).
 func (o *outputs) scan() {
 	var items []galleryItem
-	fs.WalkDir(o.root.FS(), txt2imgDir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.IsDir() || !servedPath.MatchString(p) {
+	for _, top := range []string{txt2imgDir, img2imgDir} {
+		fs.WalkDir(o.root.FS(), top, func(p string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !servedPath.MatchString(p) {
+				return nil
+			}
+			var t int64
+			if info, err := d.Info(); err == nil {
+				t = info.ModTime().Unix()
+			}
+			items = append(items, galleryItem{URL: "/outputs/" + p, Name: path.Base(p), Time: t})
 			return nil
+		})
+	}
+	// Oldest first: by time, then by day folder and counter.
+	slices.SortStableFunc(items, func(a, b galleryItem) int {
+		if a.Time != b.Time {
+			return int(a.Time - b.Time)
 		}
-		var t int64
-		if info, err := d.Info(); err == nil {
-			t = info.ModTime().Unix()
-		}
-		items = append(items, galleryItem{URL: "/outputs/" + p, Name: path.Base(p), Time: t})
-		return nil
+		return strings.Compare(path.Base(path.Dir(a.URL))+a.Name, path.Base(path.Dir(b.URL))+b.Name)
 	})
-	// Oldest first: by day folder, then by counter.
-	slices.SortFunc(items, func(a, b galleryItem) int { return strings.Compare(a.URL, b.URL) })
 	o.mu.Lock()
 	o.items = items
 	o.mu.Unlock()
@@ -77,9 +88,9 @@ func (o *outputs) scan() {
 // save writes one PNG under today's folder, through a temporary file and a
 // rename so that no reader (nor a crash) ever sees half a file. Only the
 // worker saves, so the counter needs no lock across the scan and write.
-func (o *outputs) save(data []byte, seed int64, now time.Time) (string, error) {
+func (o *outputs) save(kind string, data []byte, seed int64, now time.Time) (string, error) {
 	day := now.Format("2006-01-02")
-	rel := path.Join(txt2imgDir, day)
+	rel := path.Join(kind, day)
 	dir := filepath.Join(o.dir, filepath.FromSlash(rel))
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("server: outputs: %w", err)

@@ -39,6 +39,16 @@ type job struct {
 	skipImage  context.CancelFunc // cancels only the current image
 	estimate   *estimate
 	finishedAt time.Time
+	preview    string // base64 PNG of the latest live preview, "" = none
+	previewID  int    // counts previews, for /internal/progress
+}
+
+// kind is A1111's job name: "img2img" or "txt2img".
+func (j *job) kind() string {
+	if j.spec.i2i != nil {
+		return "img2img"
+	}
+	return "txt2img"
 }
 
 // outcome is what the worker hands back to the waiting handler.

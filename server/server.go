@@ -10,17 +10,22 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
+	"image/png"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/zimage/zimage"
 	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/sched"
+	"github.com/zimage/zimage/sched/sampler"
 )
 
 // Config configures a Server.
@@ -58,6 +63,11 @@ type Config struct {
 	// prompts name; /sdapi/v1/loras lists it. Load must open models with
 	// the same folder (zimage.WithLoRADir), which finds the files.
 	LoRADir string
+	// Previews turns live previews on (A1111's live_previews_enable, which
+	// POST /sdapi/v1/options also sets): models with a TAESD (Load's
+	// zimage.WithTAESD, or a taesd folder in the model folder) show a
+	// TAESD picture after every step in /sdapi/v1/progress and the UI.
+	Previews bool
 }
 
 // Server is the HTTP side and the job queue. Create it with New, serve
@@ -73,6 +83,8 @@ type Server struct {
 	handler http.Handler
 	started time.Time
 	closing chan struct{} // closed when Run begins shutting down
+	// previews is Config.Previews, switchable through the options.
+	previews atomic.Bool
 }
 
 // New checks the configuration, lists the models and opens the outputs
@@ -99,6 +111,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger, q: newQueue(cfg.Queue), met: newMetrics(cfg.Queue),
 		started: time.Now(), closing: make(chan struct{})}
+	s.previews.Store(cfg.Previews)
 	s.models = &registry{dir: cfg.ModelsDir, initial: cfg.Model, load: cfg.Load, hash: cfg.Hash}
 	if err := s.models.scan(); err != nil {
 		return nil, err
@@ -192,6 +205,13 @@ func (s *Server) runJob(j *job) *outcome {
 		return o // a model switch, not a generation: not counted
 	}
 	w, h, steps, cfg := m.Defaults()
+	if i := sp.i2i; i != nil {
+		// The picture's size, rounded down to the model's multiple, and
+		// enough steps for the strength to keep one.
+		mult, b := m.SizeMultiple(), i.init.Bounds()
+		w, h = max(b.Dx()/mult*mult, mult), max(b.Dy()/mult*mult, mult)
+		steps = zimage.Img2ImgSteps(steps, i.strength)
+	}
 	if sp.width != 0 {
 		w = sp.width
 	}
@@ -238,7 +258,18 @@ func (s *Server) runJob(j *job) *outcome {
 			Prompt: sp.prompt, NegativePrompt: sp.negative, Width: w, Height: h, Steps: steps, Guidance: &g,
 			Seed: uint64(seed + int64(i)), Batch: 1, Sampler: sp.sampler, Karras: sp.karras,
 			VAETiling: s.cfg.VAETiling, Tile: s.cfg.Tile,
+			Preview: s.previews.Load() && hasTAESD(m),
 			Progress: func(e zimage.Progress) {
+				if len(e.Previews) > 0 {
+					var buf bytes.Buffer
+					if png.Encode(&buf, e.Previews[0]) == nil {
+						b64 := base64.StdEncoding.EncodeToString(buf.Bytes())
+						s.q.mu.Lock()
+						j.preview, j.previewID = b64, j.previewID+1
+						s.q.mu.Unlock()
+					}
+					return
+				}
 				s.q.mu.Lock()
 				if e.Stage != j.stage {
 					j.stageStart = time.Now()
@@ -246,6 +277,9 @@ func (s *Server) runJob(j *job) *outcome {
 				j.stage, j.step, j.steps = e.Stage, e.Step, e.Steps
 				s.q.mu.Unlock()
 			},
+		}
+		if sp.i2i != nil {
+			sp.i2i.apply(&req)
 		}
 		res, err := m.Generate(imgCtx, req)
 		cancel()
@@ -259,7 +293,7 @@ func (s *Server) runJob(j *job) *outcome {
 		if err != nil {
 			if cause := context.Cause(j.ctx); cause != nil {
 				o.err, o.interrupted = cause, errors.Is(cause, errInterrupted)
-			} else if loraRequestError(err) {
+			} else if loraRequestError(err) || requestError(err) {
 				o.err = err // the request's LoRAs: answered 422
 				s.log.Warn("request refused", "id", j.id, "err", err)
 			} else {
@@ -306,7 +340,7 @@ func (s *Server) finishImage(j *job, res *zimage.Result, seed int64, save bool) 
 	}
 	g.png = data
 	if save {
-		p, err := s.out.save(data, seed, time.Now())
+		p, err := s.out.save(dirFor(j), data, seed, time.Now())
 		if err != nil {
 			return g, err
 		}
@@ -322,6 +356,29 @@ func (s *Server) finishImage(j *job, res *zimage.Result, seed int64, save bool) 
 	return g, nil
 }
 
+// requestError reports a job refused for its request: a strength that
+// keeps no step, a picture or mask the library cannot use.
+func requestError(err error) bool {
+	var se *sampler.StrengthError
+	var ie *zimage.InputError
+	return errors.As(err, &se) || errors.As(err, &ie)
+}
+
+// hasTAESD reports a model that can draw previews (zimage.Pipeline with a
+// TAESD; test models may not say).
+func hasTAESD(m Model) bool {
+	t, ok := m.(interface{ HasTAESD() bool })
+	return ok && t.HasTAESD()
+}
+
+// dirFor is the outputs folder of a job's images.
+func dirFor(j *job) string {
+	if j.spec.i2i != nil {
+		return img2imgDir
+	}
+	return txt2imgDir
+}
+
 func (s *Server) countOutcome(o *outcome) {
 	var fe *fieldError
 	switch {
@@ -333,7 +390,7 @@ func (s *Server) countOutcome(o *outcome) {
 		s.met.jobs.WithLabelValues("cancelled").Inc()
 	case errors.Is(o.err, errShuttingDown):
 		s.met.jobs.WithLabelValues("rejected").Inc()
-	case errors.As(o.err, &fe) || loraRequestError(o.err):
+	case errors.As(o.err, &fe) || loraRequestError(o.err) || requestError(o.err):
 		s.met.jobs.WithLabelValues("invalid").Inc()
 	default:
 		s.met.jobs.WithLabelValues("failed").Inc()

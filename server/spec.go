@@ -16,7 +16,7 @@ const (
 	MaxImages = 16 // batch_size × n_iter
 	MaxSteps  = 150
 	MaxCFG    = 30
-	MinSide   = 64
+	MinSide   = 8
 )
 
 // spec is a validated txt2img request. Zero sizes and steps and a nil cfg
@@ -35,6 +35,7 @@ type spec struct {
 	req                  txt2imgRequest // for the parameters echo
 	ignored              []string       // fields given that zimage cannot honour
 	loadOnly             bool           // only switch the model (POST /sdapi/v1/options)
+	i2i                  *img2imgSpec   // nil for txt2img
 }
 
 // parseTxt2img decodes and validates a txt2img body. mult is the size
@@ -45,6 +46,11 @@ func parseTxt2img(body []byte, mult, maxSide int) (spec, error) {
 	if err := decodeBody(body, &r); err != nil {
 		return spec{}, err
 	}
+	return parseCommon(r, mult, maxSide)
+}
+
+// parseCommon validates the fields txt2img and img2img share.
+func parseCommon(r txt2imgRequest, mult, maxSide int) (spec, error) {
 	sp := spec{prompt: r.Prompt, negative: r.NegativePrompt, seed: -1, batch: 1, iter: 1, send: true, save: r.SaveImages, req: r}
 	for _, f := range []struct {
 		name string

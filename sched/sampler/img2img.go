@@ -49,8 +49,18 @@ func checkStrength(s float64) error {
 	return nil
 }
 
+// StrengthError is a strength that keeps no step of an img2img schedule.
+type StrengthError struct {
+	Steps    int
+	Strength float64
+}
+
+func (e *StrengthError) Error() string {
+	return fmt.Sprintf("sampler: strength %v with %d steps runs no step (steps x strength must be at least 1): raise the steps or the strength", e.Strength, e.Steps)
+}
+
 func noStepError(steps int, strength float64) error {
-	return fmt.Errorf("sampler: strength %v with %d steps runs no step (steps x strength must be at least 1): raise the steps or the strength", strength, steps)
+	return &StrengthError{Steps: steps, Strength: strength}
 }
 
 // checkNoise validates the buffers of one AddNoise call.
