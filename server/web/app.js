@@ -13,7 +13,8 @@ const EN = {
   "k.offload": "Offload", "k.binding": "Binding limit", "k.driver": "Driver", "k.total": "Total", "k.peakdev": "Peak device memory",
   "k.peakrss": "Peak host memory", "k.size": "Settings", "k.outputs": "Outputs folder", "k.queue": "Queue", "k.version": "Version",
   "k.loading": "Loading", "k.error": "Error", "none": "none", "unlimited": "no limit", "no.run": "Nothing generated since the server started",
-  "steps.short": "steps", "st.lora": "LoRA", "k.loras": "LoRAs",
+  "steps.short": "steps", "st.lora": "LoRA", "k.loras": "LoRAs", "st.encode": "VAE encode",
+  "err.picture": "Not a picture this browser can read: {0}",
 };
 
 const I18N = {
@@ -44,6 +45,13 @@ const I18N = {
     "keys.generate": "生成", "keys.interrupt": "中断",
     "lora.add": "在提示词中添加 LoRA…", "lora.weight": "权重", "st.lora": "应用 LoRA", "k.loras": "LoRA",
     "help.lora": "风格、角色或概念的附加模型，来自服务器的 LoRA 文件夹（--lora-dir）。选择后会在提示词中加入 <lora:名称:权重>（与 AUTOMATIC1111 相同，再次选择则移除）；权重 1 按训练效果应用，0.5 为一半强度。",
+    "i2i": "从图片开始（图生图、局部重绘）", "i2i.pick": "添加图片", "i2i.hint": "把图片拖到这里或点击选择。在图上涂抹，只重绘涂过的地方。",
+    "i2i.remove": "移除图片", "i2i.short": "图片", "mask.brush": "笔刷", "mask.erase": "橡皮擦", "mask.clear": "清除蒙版",
+    "strength": "重绘幅度", "mask.blur": "蒙版模糊", "mask.fill": "蒙版区域内容",
+    "fill.original": "原图", "fill.fill": "填充", "fill.noise": "潜空间噪声", "fill.nothing": "潜空间数值零",
+    "mask.help": "涂抹需要改变的地方；不涂抹则按重绘幅度改变整张图。", "to.init": "用作起始图片",
+    "help.i2i": "从一张图片而不是噪声开始（图生图）。重绘幅度决定能改变多少：0.3 接近原图，1 只保留构图；Turbo 模型需要 步数 × 幅度 ≥ 1（例如 2 步、0.5）。在图上涂抹则只改变涂抹部分（局部重绘）；蒙版模糊让边缘更柔和。",
+    "st.encode": "VAE 编码", "err.picture": "浏览器无法读取此图片：{0}",
     "st.queued": "排队中：第 {0} 位", "st.text": "文本编码", "st.denoise": "去噪", "st.decode": "VAE 解码", "st.done": "完成",
     "st.starting": "开始…", "st.step": "步 {0}/{1}", "st.image": "图 {0}/{1}", "st.eta": "剩余 {0}",
     "st.interrupted": "已中断", "err.network": "网络错误：{0}", "copied": "已复制",
@@ -57,8 +65,13 @@ const I18N = {
 
 const state = {
   lang: "en", info: null, task: null, polling: null, results: [], current: 0, lastSeed: null,
-  galleryOffset: 0, base: 512, mult: 8, touched: false, busy: false,
+  galleryOffset: 0, base: 512, mult: 8, touched: false, busy: false, previewId: -1,
 };
+
+// The img2img picture and the painted mask: the visible canvas shows the
+// strokes over the picture; an offscreen canvas of the picture's size holds
+// the mask itself (white repaints, black keeps), as A1111 expects it.
+const i2i = { src: null, w: 0, h: 0, mask: null, painted: false, drawing: false, last: null };
 
 function t(key, ...args) {
   const dict = I18N[state.lang] || {};
@@ -293,6 +306,128 @@ function renderSystem() {
     [t("k.loras"), i.lora_dir ? `${(i.loras || []).length} · ${i.lora_dir}` : t("none")], [t("k.version"), i.version]]);
 }
 
+// ---- img2img picture and mask painter ----
+function setInit(src) {
+  const img = new Image();
+  img.onload = () => {
+    i2i.src = src;
+    i2i.w = img.naturalWidth;
+    i2i.h = img.naturalHeight;
+    $("init-image").src = src;
+    const c = $("mask-canvas");
+    c.width = i2i.w;
+    c.height = i2i.h;
+    i2i.mask = document.createElement("canvas");
+    i2i.mask.width = i2i.w;
+    i2i.mask.height = i2i.h;
+    clearMask();
+    $("init-box").hidden = false;
+    $("init-drop").hidden = true;
+    fitSizeToPicture();
+  };
+  img.onerror = () => showError(t("err.picture", ""));
+  img.src = src;
+}
+
+// fitSizeToPicture sets the size to the picture's, within the server's
+// limit, rounded down to the model's multiple (as the server's default).
+function fitSizeToPicture() {
+  const max = (state.info && state.info.limits.max_side) || 2048;
+  const k = Math.min(1, max / Math.max(i2i.w, i2i.h));
+  const round = (v) => Math.max(state.mult, Math.floor((v * k) / state.mult) * state.mult);
+  setSize(round(i2i.w), round(i2i.h));
+  state.touched = true;
+  markPreset();
+}
+
+function removeInit() {
+  i2i.src = null;
+  i2i.mask = null;
+  i2i.painted = false;
+  $("init-box").hidden = true;
+  $("init-drop").hidden = false;
+}
+
+function clearMask() {
+  const c = $("mask-canvas");
+  c.getContext("2d").clearRect(0, 0, c.width, c.height);
+  const m = i2i.mask.getContext("2d");
+  m.fillStyle = "#000";
+  m.fillRect(0, 0, i2i.w, i2i.h);
+  i2i.painted = false;
+  $("mask-opts").hidden = true;
+}
+
+function canvasPoint(e) {
+  const c = $("mask-canvas");
+  const r = c.getBoundingClientRect();
+  return { x: ((e.clientX - r.left) * c.width) / r.width, y: ((e.clientY - r.top) * c.height) / r.height, scale: c.width / r.width };
+}
+
+// stroke paints (or erases) a round line on the visible canvas and the mask.
+function stroke(a, b) {
+  const erase = $("mask-erase").checked;
+  const width = +$("brush").value * a.scale;
+  const draw = (ctx, color) => {
+    ctx.lineCap = ctx.lineJoin = "round";
+    ctx.lineWidth = width;
+    ctx.strokeStyle = color;
+    ctx.beginPath();
+    ctx.moveTo(a.x, a.y);
+    ctx.lineTo(b.x + 0.01, b.y);
+    ctx.stroke();
+  };
+  const v = $("mask-canvas").getContext("2d");
+  v.globalCompositeOperation = erase ? "destination-out" : "source-over";
+  draw(v, "#ff7a2f");
+  draw(i2i.mask.getContext("2d"), erase ? "#000" : "#fff");
+  if (!erase) {
+    i2i.painted = true;
+    $("mask-opts").hidden = false;
+  }
+}
+
+function bindPainter() {
+  const c = $("mask-canvas");
+  c.addEventListener("pointerdown", (e) => {
+    e.preventDefault();
+    c.setPointerCapture(e.pointerId);
+    i2i.drawing = true;
+    i2i.last = canvasPoint(e);
+    stroke(i2i.last, i2i.last);
+  });
+  c.addEventListener("pointermove", (e) => {
+    if (!i2i.drawing) return;
+    e.preventDefault();
+    const p = canvasPoint(e);
+    stroke(i2i.last, p);
+    i2i.last = p;
+  });
+  const end = () => { i2i.drawing = false; };
+  c.addEventListener("pointerup", end);
+  c.addEventListener("pointercancel", end);
+  $("mask-clear").addEventListener("click", clearMask);
+  $("init-remove").addEventListener("click", removeInit);
+  const dz = $("init-drop");
+  const pick = async (f) => {
+    if (!f) return;
+    showError("");
+    try { setInit(await readAsBase64(f)); } catch (e) { showError(t("err.picture", e.message)); }
+  };
+  dz.addEventListener("click", () => $("init-file").click());
+  dz.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("init-file").click(); } });
+  $("init-file").addEventListener("change", () => { pick($("init-file").files[0]); $("init-file").value = ""; });
+  dz.addEventListener("dragover", (e) => { e.preventDefault(); dz.classList.add("over"); });
+  dz.addEventListener("dragleave", () => dz.classList.remove("over"));
+  dz.addEventListener("drop", (e) => { e.preventDefault(); dz.classList.remove("over"); pick(e.dataTransfer.files[0]); });
+  $("strength-range").addEventListener("input", () => { $("strength").value = $("strength-range").value; });
+  $("strength").addEventListener("input", () => { $("strength-range").value = $("strength").value; });
+  $("to-init").addEventListener("click", () => {
+    const im = state.results[state.current];
+    if (im) setInit(im.src);
+  });
+}
+
 // ---- generation ----
 function formBody() {
   const sampler = $("sampler").value;
@@ -317,13 +452,33 @@ async function generate() {
   state.task = task;
   const body = formBody();
   body.force_task_id = task;
+  let route = "/sdapi/v1/txt2img";
+  if (i2i.src) {
+    route = "/sdapi/v1/img2img";
+    const s = Math.min(Math.max(+$("strength").value || 0.75, 0.01), 1);
+    body.init_images = [i2i.src];
+    body.denoising_strength = s;
+    // steps x strength must keep one step (turbo models default to 1).
+    if (Math.floor(body.steps * s) < 1) {
+      body.steps = Math.ceil(1 / s);
+      if (Math.floor(body.steps * s) < 1) body.steps++;
+      setSteps(body.steps);
+    }
+    if (i2i.painted) {
+      body.mask = i2i.mask.toDataURL("image/png");
+      body.mask_blur = +$("mask-blur").value;
+      body.inpainting_fill = +$("inpaint-fill").value;
+      body.inpaint_full_res = false;
+    }
+  }
+  state.previewId = -1;
   $("generate").disabled = true;
   $("interrupt").hidden = false;
   $("progress").hidden = false;
   setProgress(0, t("st.starting"));
   state.polling = setInterval(poll, 500);
   try {
-    const res = await api("/sdapi/v1/txt2img", body);
+    const res = await api(route, body);
     const info = JSON.parse(res.info);
     state.lastSeed = info.seed;
     const imgs = res.images.map((b64, k) => ({ src: `data:image/png;base64,${b64}`, info: info.infotexts[k], seed: info.all_seeds[k] }));
@@ -352,7 +507,23 @@ function setProgress(frac, text) {
 async function poll() {
   if (!state.task) return;
   let p;
-  try { p = await api("/internal/progress", { id_task: state.task, id_live_preview: -1 }); } catch (e) { return; }
+  try { p = await api("/internal/progress", { id_task: state.task, id_live_preview: state.previewId }); } catch (e) { return; }
+  if (p.live_preview && state.busy) {
+    // The server's TAESD picture of the latents (zimage serve --preview).
+    state.previewId = p.id_live_preview;
+    const box = $("results");
+    box.classList.remove("empty");
+    let el = $("live-preview");
+    if (!el) {
+      box.textContent = "";
+      el = document.createElement("img");
+      el.id = "live-preview";
+      el.className = "live";
+      el.alt = "preview";
+      box.appendChild(el);
+    }
+    el.src = p.live_preview;
+  }
   if (p.queued) {
     setProgress(0, t("st.queued", p.queue_position));
   } else if (p.active) {
@@ -506,6 +677,7 @@ async function loadGallery(reset) {
 
 // ---- wiring ----
 function bind() {
+  bindPainter();
   for (const b of document.querySelectorAll(".tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
   $("lang-switch").addEventListener("click", () => {
     const next = state.lang === "zh-CN" ? "en" : "zh-CN";
