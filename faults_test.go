@@ -5,6 +5,10 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,9 +23,13 @@ import (
 var (
 	faultsEvery = flag.Bool("faults.every", false,
 		"TestFaults and TestCancelEveryBoundary try every N along a generation (long run) instead of the first, middle and last")
-	faultsModels = flag.String("faults.models", "tiny-sd-turbo",
-		"the tiny models TestFaults injects faults into, comma-separated (all: tiny-sd-turbo,tiny-sdxl-turbo,tiny-z-image-turbo)")
+	faultsModels = flag.String("faults.models", "tiny-sd-turbo,tiny-sd-turbo+lora",
+		"the cases TestFaults injects faults into, comma-separated: tiny model folders, gguf/<file> of testmodels/gguf, "+
+			"a +lora suffix for rounds with a LoRA (all: "+allFaultModels+")")
 )
+
+// allFaultModels is every case -faults.models knows.
+const allFaultModels = "tiny-sd-turbo,tiny-sd-turbo+lora,tiny-sdxl-turbo,tiny-z-image-turbo,tiny-z-image-turbo+lora,gguf/tiny-sd-turbo.q8_0"
 
 // injector is a vk.Options.Fault hook that fails the at-th operation of
 // one kind and counts them all. The device calls it on the test's
@@ -50,53 +58,168 @@ func (in *injector) arm(p vk.FaultPoint, n int, err error) {
 
 func (in *injector) disarm() { in.at = 0 }
 
-// faultPipeline injects the faults of TestFaults into a pipeline of the
-// model in dir and returns the image it makes without them.
-func faultPipeline(t *testing.T, dir string, streamed bool, req zimage.Request) *zimage.Result {
+// faultCase is a pipeline TestFaults injects faults into, and the requests
+// of one round on it. A round is what the faults walk along: every
+// operation of a kind in a round is failed in turn. A LoRA case's round is
+// the LoRA'd request and the base request after it, so that every round
+// applies the LoRA and removes it again.
+type faultCase struct {
+	name     string
+	path     string
+	opts     []zimage.Option
+	streamed bool
+	round    []zimage.Request
+}
+
+// faultTally counts, per fault kind, the faults injected and how they
+// ended, over all of TestFaults (its subtests run one after another).
+type faultTally struct {
+	injected, failed, absorbed [vk.NumFaultPoints]int
+}
+
+func (ft *faultTally) String() string {
+	var parts []string
+	for p := vk.FaultPoint(0); p < vk.NumFaultPoints; p++ {
+		if ft.injected[p] > 0 {
+			parts = append(parts, fmt.Sprintf("%v: %d injected, %d failed with a typed error, %d absorbed, all survived", p,
+				ft.injected[p], ft.failed[p], ft.absorbed[p]))
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+// faultCases lists the cases of -faults.models: a tiny model folder name,
+// "gguf/<file>" for a GGUF file of testmodels/gguf (tokenizer and configs
+// from the tiny model it was made from), and a "+lora" suffix for rounds
+// with a LoRA (merged into resident weights, in the forward pass when
+// streamed). Each runs with resident weights and streamed under a budget.
+func faultCases(t *testing.T) []faultCase {
+	root, ok := testref.Root()
+	if !ok {
+		t.Skipf("reference models not found at %s", root)
+	}
+	var out []faultCase
+	for _, m := range strings.Split(*faultsModels, ",") {
+		m = strings.TrimSpace(m)
+		base, withLoRA := strings.CutSuffix(m, "+lora")
+		c := faultCase{path: filepath.Join(root, base)}
+		if file, ok := strings.CutPrefix(base, "gguf/"); ok {
+			from, _, _ := strings.Cut(file, ".")
+			dir := filepath.Join(root, from)
+			c.path = filepath.Join(root, "gguf", file+".gguf")
+			c.opts = append(c.opts, zimage.WithTokenizer(dir), zimage.WithConfigDir(dir))
+		}
+		if _, err := os.Stat(c.path); err != nil {
+			t.Fatalf("-faults.models %s: %v", m, err)
+		}
+		req := faultRequest()
+		c.round = []zimage.Request{req}
+		if withLoRA {
+			loras := filepath.Join(c.path, "loras")
+			tag := " <lora:style_a:0.8>"
+			if strings.Contains(base, "z-image") {
+				loras = t.TempDir()
+				writeZImageLoRA(t, c.path, filepath.Join(loras, "zi_style.safetensors"))
+				tag = " <lora:zi_style:0.8>"
+			}
+			c.opts = append(c.opts, zimage.WithLoRADir(loras), zimage.WithLoRAMode(zimage.LoRAMerge))
+			lreq := req
+			lreq.Prompt += tag
+			c.round = []zimage.Request{lreq, req}
+		}
+		for _, streamed := range []bool{false, true} {
+			c := c
+			c.name, c.streamed = m+"/resident", streamed
+			c.opts = slices.Clone(c.opts)
+			if streamed {
+				c.name = m + "/streamed"
+				c.opts = append(c.opts, zimage.WithBudget(24<<20), zimage.WithOffload(sched.OffloadLayer))
+			}
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// faultPipeline injects the faults of TestFaults into a pipeline of case
+// c and returns the images a round makes without them.
+func faultPipeline(t *testing.T, c faultCase, tally *faultTally) []*zimage.Result {
 	inj := &injector{}
 	d := openVK(t, inj.hook)
 	defer func() { require.NoError(t, d.Close()) }()
-	opts := []zimage.Option{zimage.WithBackend(d)}
-	if streamed {
-		opts = append(opts, zimage.WithBudget(24<<20), zimage.WithOffload(sched.OffloadLayer))
-	}
-	p, err := zimage.Load(dir, opts...)
+	p, err := zimage.Load(c.path, append(c.opts, zimage.WithBackend(d))...)
 	require.NoError(t, err)
 	defer func() { require.NoError(t, p.Close()) }()
-	want, err := p.Generate(context.Background(), req)
-	require.NoError(t, err)
+	round := func(what string) []*zimage.Result {
+		var out []*zimage.Result
+		for i, req := range c.round {
+			res, err := p.Generate(context.Background(), req)
+			require.NoError(t, err, "%s: request %d of the round", what, i+1)
+			out = append(out, res)
+		}
+		return out
+	}
+	want := round("the first round")
 	base := measure(t, d)
 	for _, point := range []vk.FaultPoint{vk.FaultAlloc, vk.FaultUpload, vk.FaultSubmit} {
 		before := inj.seen[point]
-		res, err := p.Generate(context.Background(), req)
-		require.NoError(t, err)
-		sameImages(t, want, res, "second run")
+		for i, res := range round("the second round") {
+			sameImages(t, want[i], res, "second round")
+		}
 		per := inj.seen[point] - before
 		failed, absorbed := 0, 0
 		for _, n := range picks(per) {
 			inj.arm(point, n, vk.ErrOutOfDeviceMemory)
-			res, err = p.Generate(context.Background(), req)
-			inj.disarm()
-			require.Equal(t, 1, inj.fired, "%v %d of %d: the fault did not fire", point, n, per)
-			if err == nil {
-				require.True(t, streamed && point != vk.FaultSubmit, "%v %d of %d: Generate succeeded", point, n, per)
-				sameImages(t, want, res, "after an absorbed fault")
-				absorbed++
-			} else {
-				var re *vk.ResultError
-				require.ErrorIs(t, err, vk.ErrOutOfDeviceMemory, "%v %d of %d", point, n, per)
-				require.True(t, errors.As(err, &re) && re.Injected, "%v %d of %d: %v is not the injected *vk.ResultError", point, n, per, err)
-				failed++
+			hit := -1
+			for i, req := range c.round {
+				res, err := p.Generate(context.Background(), req)
+				fired := inj.fired == 1 && hit < 0
+				if fired {
+					hit = i
+				}
+				switch {
+				case err == nil:
+					require.True(t, !fired || (c.streamed && point != vk.FaultSubmit), "%v %d of %d (request %d): Generate succeeded", point, n, per, i+1)
+					sameImages(t, want[i], res, "after an absorbed fault")
+					if fired {
+						absorbed++
+					}
+				case fired:
+					var re *vk.ResultError
+					require.ErrorIs(t, err, vk.ErrOutOfDeviceMemory, "%v %d of %d", point, n, per)
+					require.True(t, errors.As(err, &re) && re.Injected, "%v %d of %d: %v is not the injected *vk.ResultError", point, n, per, err)
+					failed++
+					// The same request again: nothing the failed one left
+					// half done (a LoRA merge, say) may be taken as done.
+					res, err = p.Generate(context.Background(), req)
+					require.NoError(t, err, "request %d again after %v fault %d of %d", i+1, point, n, per)
+					sameImages(t, want[i], res, "the request again after a fault")
+				default:
+					require.NoError(t, err, "request %d of a round after %v fault %d of %d", i+1, point, n, per)
+				}
 			}
-			res, err = p.Generate(context.Background(), req)
-			require.NoError(t, err, "the Generate after %v fault %d of %d", point, n, per)
-			sameImages(t, want, res, "after a fault")
+			reached := inj.seen[point] >= inj.at
+			inj.disarm()
+			if !reached {
+				// Submits depend on timing (an upload into bytes that
+				// running work still reads goes through a staged copy,
+				// submitted on its own): this round made fewer, and all
+				// its requests succeeded.
+				continue
+			}
+			require.Equal(t, 1, inj.fired, "%v %d of %d: the fault did not fire", point, n, per)
+			for i, res := range round(fmt.Sprintf("the round after %v fault %d of %d", point, n, per)) {
+				sameImages(t, want[i], res, "after a fault")
+			}
 			s := measure(t, d)
 			require.Equal(t, base.DevInUse, s.DevInUse, "device bytes after %v fault %d of %d", point, n, per)
 			require.Equal(t, base.Objects, s.Objects, "Vulkan objects after %v fault %d of %d", point, n, per)
 			require.Equal(t, base.Goroutines, s.Goroutines, "goroutines after %v fault %d of %d", point, n, per)
 		}
-		t.Logf("%v: %d per generation; injected %d: %d failed Generate with a typed error, %d absorbed by a retry; all recovered", point, per, failed+absorbed, failed, absorbed)
+		tally.injected[point] += failed + absorbed
+		tally.failed[point] += failed
+		tally.absorbed[point] += absorbed
+		t.Logf("%v: %d per round; injected %d: %d failed Generate with a typed error, %d absorbed by a retry; all recovered", point, per, failed+absorbed, failed, absorbed)
 	}
 	return want
 }
@@ -135,34 +258,32 @@ func sameImages(t *testing.T, want, res *zimage.Result, what string) {
 }
 
 // TestFaults makes the N-th device allocation, upload and submit of a
-// generation fail, for the first, middle and last N (every N with
+// round of requests fail, for the first, middle and last N (every N with
 // -faults.every), on a pipeline with resident weights and on one
-// streaming them under a budget (of tiny SD-Turbo; -faults.models adds
-// the other tiny models); and the N-th pipeline creation of a
+// streaming them under a budget: tiny SD-Turbo, and a round that applies a
+// LoRA and removes it again (merged when resident); -faults.models adds the
+// other tiny models and a GGUF file. And the N-th pipeline creation of a
 // fresh device. Each failure must come out of Generate as a typed error
 // (errors.Is the injected vk error, a *vk.ResultError), nothing may panic
-// or leak (device bytes and Vulkan objects back to their baseline), and
-// the next Generate on the same Pipeline must make the very image made
-// without faults. A prefetch of the streaming pipeline may fail (its
-// allocation or upload) without failing the run: the block is uploaded
-// again when it is needed.
+// or leak (device bytes and Vulkan objects back to their baseline), the
+// other requests of the round and the next round on the same Pipeline
+// must make the very images made without faults (the failed request is
+// made again at once, then the rest of the round). A prefetch of the
+// streaming pipeline may fail (its allocation or upload) without failing
+// the run: the block is uploaded again when it is needed.
 func TestFaults(t *testing.T) {
 	dir := testref.Dir(t, "tiny-sd-turbo")
 	req := faultRequest()
 	var want *zimage.Result
-	for _, m := range strings.Split(*faultsModels, ",") {
-		for _, streamed := range []bool{false, true} {
-			name := m + "/resident"
-			if streamed {
-				name = m + "/streamed"
+	tally := &faultTally{}
+	defer func() { t.Logf("faults over all cases: %v", tally) }()
+	for _, c := range faultCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			res := faultPipeline(t, c, tally)
+			if c.path == dir && len(c.round) == 1 && want == nil {
+				want = res[0]
 			}
-			t.Run(name, func(t *testing.T) {
-				res := faultPipeline(t, testref.Dir(t, m), streamed, req)
-				if m == "tiny-sd-turbo" && want == nil {
-					want = res
-				}
-			})
-		}
+		})
 	}
 
 	t.Run("pipeline", func(t *testing.T) {
@@ -198,6 +319,8 @@ func TestFaults(t *testing.T) {
 			require.ErrorIs(t, err, vk.ErrOutOfHostMemory, "pipeline %d of %d", n, total)
 			require.True(t, errors.As(err, &re) && re.Injected && strings.Contains(re.Call, "vkCreateComputePipelines"), "pipeline %d of %d: %v", n, total, err)
 			tried++
+			tally.injected[vk.FaultPipeline]++
+			tally.failed[vk.FaultPipeline]++
 		}
 		t.Logf("pipeline: %d created per fresh device; injected %d, each failed Generate with a typed error and recovered", total, tried)
 	})

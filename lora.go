@@ -263,6 +263,13 @@ func (s *loraState) closeStale() {
 	s.stale = nil
 }
 
+// reset removes every LoRA after recorded work was dropped: nothing
+// applied may be taken as done. Call it after the weights were evicted.
+func (s *loraState) reset() error {
+	s.applied = false
+	return s.applier.Clear()
+}
+
 // close removes every LoRA term and closes the files. Call it after the
 // weights were evicted: merged weights then need no restoring upload.
 func (s *loraState) close() error {

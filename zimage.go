@@ -412,11 +412,14 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 			emit(Progress{Stage: "denoise", Step: step, Steps: due, Previews: imgs})
 		}
 	}
-	lst, err := p.runLoRAs(uses, &params, params.OnStage)
-	if err != nil {
-		return nil, err
-	}
+	// The LoRAs are applied inside run: work a failed submit drops there
+	// (a merge) must be undone like the run's own.
+	var lst loraRun
 	out, err := p.run(func() (*sched.Output, error) {
+		var err error
+		if lst, err = p.runLoRAs(uses, &params, params.OnStage); err != nil {
+			return nil, err
+		}
 		if p.zimage != nil {
 			return sched.RunZImage(ctx, p.backend, p.zimage, sched.ZImageParams{
 				Params: params, CFGTruncation: req.CFGTruncation, CFGNormalization: req.CFGNormalization})
@@ -461,7 +464,9 @@ func (p *Pipeline) Generate(ctx context.Context, req Request) (*Result, error) {
 // run runs the request (run) and leaves the Pipeline ready for the
 // next one whatever happened: after a lost device it fails fast from then
 // on, and when the device dropped recorded work (a failed submit), weights
-// kept resident are evicted, since uploads among that work never landed.
+// kept resident are evicted, since uploads among that work never landed,
+// and the LoRAs are removed, since merges and uploads of forward-pass
+// terms may have been among it (the next request applies its set anew).
 func (p *Pipeline) run(run func() (*sched.Output, error)) (*sched.Output, error) {
 	dev, _ := p.backend.(*vk.Device)
 	var abandoned int64
@@ -481,6 +486,12 @@ func (p *Pipeline) run(run func() (*sched.Output, error)) (*sched.Output, error)
 		dev.Flush()
 		for _, bl := range p.allBlocks() {
 			bl.Evict(p.backend)
+		}
+		if p.lora != nil {
+			// With the weights evicted, removing merges uploads nothing.
+			if cerr := p.lora.reset(); cerr != nil {
+				err = errors.Join(err, cerr)
+			}
 		}
 	}
 	return nil, err
