@@ -88,29 +88,64 @@ func measure(t testing.TB, d *vk.Device) snapshot {
 	return s
 }
 
-// soakRequests is the mix TestSoak cycles through: sizes, batch, guidance
-// with a negative prompt, samplers, VAE tiling on and off, and
-// cancellations in the middle of the denoising loop.
+// soakCase is one request of a soak's mix, on the pipeline named pipe
+// (a key of the soak's pipelines), cancelled at its cancelAt-th context
+// check (0: never).
 type soakCase struct {
 	name      string
+	pipe      string
 	req       zimage.Request
-	streamed  bool // on the pipeline that streams weights under a budget
-	cancelAt  int  // cancel at this context check (0: never)
+	cancelAt  int
 	wantError bool
 }
 
+// soakPipe is a pipeline a soak loads: a model and its options (the
+// device is added).
+type soakPipe struct {
+	name string
+	dir  string
+	opts []zimage.Option
+}
+
+// soakPipes are TestSoak's pipelines, all on one device: tiny SD-Turbo
+// with resident weights (LoRAs merged into them), the same streaming its
+// weights under a 24 MiB budget (LoRAs in the forward pass), and tiny
+// Z-Image-Turbo (a LoRA written for it in the forward pass).
+func soakPipes(t *testing.T) []soakPipe {
+	sd := testref.Dir(t, "tiny-sd-turbo")
+	zi := testref.Dir(t, "tiny-z-image-turbo")
+	loras := filepath.Join(sd, "loras")
+	ziLoRAs := t.TempDir()
+	writeZImageLoRA(t, zi, filepath.Join(ziLoRAs, "zi_style.safetensors"))
+	return []soakPipe{
+		{name: "sd", dir: sd, opts: []zimage.Option{zimage.WithLoRADir(loras), zimage.WithLoRAMode(zimage.LoRAMerge)}},
+		{name: "streamed", dir: sd, opts: []zimage.Option{zimage.WithLoRADir(loras), zimage.WithBudget(24 << 20), zimage.WithOffload(sched.OffloadLayer)}},
+		{name: "zi", dir: zi, opts: []zimage.Option{zimage.WithLoRADir(ziLoRAs)}},
+	}
+}
+
+// soakCases is the mix TestSoak cycles through: sizes, batch, guidance
+// with a negative prompt, samplers, VAE tiling on and off, cancellations
+// in the middle of the denoising loop, LoRA sets switched from request to
+// request (merged, in the forward pass, stacked, removed), and Z-Image.
 func soakCases() []soakCase {
 	cfg := 7.5
 	return []soakCase{
-		{name: "64x64", req: zimage.Request{Prompt: "a red cube", Width: 64, Height: 64, Seed: 1}},
-		{name: "64x96 cfg", req: zimage.Request{Prompt: "a red cube", NegativePrompt: "blurry", Width: 64, Height: 96, Steps: 2, Guidance: &cfg, Seed: 2}},
-		{name: "batch 2", req: zimage.Request{Prompt: "a blue sphere", Width: 64, Height: 64, Batch: 2, Seed: 3}},
-		{name: "tiled", req: zimage.Request{Prompt: "a green cone", Width: 160, Height: 64, VAETiling: sched.TilingOn, Tile: 96, Seed: 4}},
-		{name: "untiled euler_a", req: zimage.Request{Prompt: "a green cone", Width: 64, Height: 64, Steps: 3, Sampler: "euler_a", VAETiling: sched.TilingOff, Seed: 5}},
-		{name: "cancelled", req: zimage.Request{Prompt: "a cat", Width: 64, Height: 64, Steps: 3, Seed: 6}, cancelAt: 9, wantError: true},
-		{name: "streamed", req: zimage.Request{Prompt: "a dog", Width: 64, Height: 64, Steps: 2, Sampler: "dpmpp_2m", Karras: true, Seed: 7}, streamed: true},
-		{name: "streamed cfg", req: zimage.Request{Prompt: "a dog", NegativePrompt: "cat", Width: 64, Height: 64, Guidance: &cfg, Seed: 8}, streamed: true},
-		{name: "streamed cancelled", req: zimage.Request{Prompt: "a bird", Width: 64, Height: 64, Steps: 2, Seed: 9}, streamed: true, cancelAt: 30, wantError: true},
+		{name: "64x64", pipe: "sd", req: zimage.Request{Prompt: "a red cube", Width: 64, Height: 64, Seed: 1}},
+		{name: "64x96 cfg", pipe: "sd", req: zimage.Request{Prompt: "a red cube", NegativePrompt: "blurry", Width: 64, Height: 96, Steps: 2, Guidance: &cfg, Seed: 2}},
+		{name: "lora a", pipe: "sd", req: zimage.Request{Prompt: "a red cube <lora:style_a:1>", Width: 64, Height: 64, Seed: 1}},
+		{name: "batch 2", pipe: "sd", req: zimage.Request{Prompt: "a blue sphere", Width: 64, Height: 64, Batch: 2, Seed: 3}},
+		{name: "lora a+b", pipe: "sd", req: zimage.Request{Prompt: "a blue sphere <lora:style_a:0.7> <lora:style_b:0.4>", Width: 64, Height: 64, Seed: 3}},
+		{name: "locon cancelled", pipe: "sd", req: zimage.Request{Prompt: "a cat <lora:locon_c:1>", Width: 64, Height: 64, Steps: 3, Seed: 6}, cancelAt: 9, wantError: true},
+		{name: "tiled", pipe: "sd", req: zimage.Request{Prompt: "a green cone", Width: 160, Height: 64, VAETiling: sched.TilingOn, Tile: 96, Seed: 4}},
+		{name: "untiled euler_a", pipe: "sd", req: zimage.Request{Prompt: "a green cone", Width: 64, Height: 64, Steps: 3, Sampler: "euler_a", VAETiling: sched.TilingOff, Seed: 5}},
+		{name: "cancelled", pipe: "sd", req: zimage.Request{Prompt: "a cat", Width: 64, Height: 64, Steps: 3, Seed: 6}, cancelAt: 9, wantError: true},
+		{name: "streamed", pipe: "streamed", req: zimage.Request{Prompt: "a dog", Width: 64, Height: 64, Steps: 2, Sampler: "dpmpp_2m", Karras: true, Seed: 7}},
+		{name: "streamed cfg lora", pipe: "streamed", req: zimage.Request{Prompt: "a dog <lora:style_b:1>", NegativePrompt: "cat", Width: 64, Height: 64, Guidance: &cfg, Seed: 8}},
+		{name: "streamed cancelled", pipe: "streamed", req: zimage.Request{Prompt: "a bird", Width: 64, Height: 64, Steps: 2, Seed: 9}, cancelAt: 30, wantError: true},
+		{name: "z-image", pipe: "zi", req: zimage.Request{Prompt: "a red fox", Width: 64, Height: 64, Steps: 2, Seed: 10}},
+		{name: "z-image cfg lora", pipe: "zi", req: zimage.Request{Prompt: "a red fox <lora:zi_style:0.8>", NegativePrompt: "blurry", Width: 48, Height: 64, Steps: 2, Guidance: &cfg, Seed: 11}},
+		{name: "z-image cancelled", pipe: "zi", req: zimage.Request{Prompt: "a fox", Width: 64, Height: 64, Steps: 2, Seed: 12}, cancelAt: 6, wantError: true},
 	}
 }
 
@@ -131,15 +166,15 @@ func (c *cancelAt) Err() error {
 }
 
 // TestSoak makes many Generate calls in one process (the mix of
-// soakCases on a resident pipeline and on one streaming its weights under
-// a budget, on one device) and checks that host memory, device memory,
-// Vulkan object counts, goroutines and open files return to their
-// baseline: after every pass over the mix, device bytes, objects,
-// goroutines and files equal those after the first pass, and anonymous RSS
-// grows by less than 16 MiB over the whole run. -soak.calls sets the
+// soakCases on soakPipes' three pipelines, on one device) and checks that
+// host memory, device memory, Vulkan object counts, goroutines and open
+// files return to their baseline: after every pass over the mix, device
+// bytes, objects, goroutines and files equal those after the first pass,
+// and anonymous RSS grows by less than 16 MiB over the whole run. Each
+// request's images equal those of its first pass. -soak.calls sets the
 // number of calls (the long run: 500).
 func TestSoak(t *testing.T) {
-	soak(t, testref.Dir(t, "tiny-sd-turbo"), 24<<20, soakCases(), *soakCalls)
+	soak(t, soakPipes(t), soakCases(), *soakCalls)
 }
 
 // TestSoakFullSize is TestSoak's mix at 128x128 on the full-size SD-Turbo
@@ -163,35 +198,37 @@ func TestSoakFullSize(t *testing.T) {
 	}
 	cfgScale := 7.5
 	cases := []soakCase{
-		{name: "128x128", req: zimage.Request{Prompt: "a red cube", Width: 128, Height: 128, Seed: 1}},
-		{name: "128x192 cfg tiled", req: zimage.Request{Prompt: "a red cube", NegativePrompt: "blurry", Width: 192, Height: 128,
+		{name: "128x128", pipe: "sd", req: zimage.Request{Prompt: "a red cube", Width: 128, Height: 128, Seed: 1}},
+		{name: "128x192 cfg tiled", pipe: "sd", req: zimage.Request{Prompt: "a red cube", NegativePrompt: "blurry", Width: 192, Height: 128,
 			Guidance: &cfgScale, VAETiling: sched.TilingOn, Tile: 96, Seed: 2}},
-		{name: "cancelled", req: zimage.Request{Prompt: "a cat", Width: 128, Height: 128, Steps: 2, Seed: 3}, cancelAt: 20, wantError: true},
-		{name: "streamed", req: zimage.Request{Prompt: "a dog", Width: 128, Height: 128, Seed: 4}, streamed: true},
+		{name: "cancelled", pipe: "sd", req: zimage.Request{Prompt: "a cat", Width: 128, Height: 128, Steps: 2, Seed: 3}, cancelAt: 20, wantError: true},
+		{name: "streamed", pipe: "streamed", req: zimage.Request{Prompt: "a dog", Width: 128, Height: 128, Seed: 4}},
 	}
-	soak(t, dir, 1<<30, cases, *soakFull)
+	pipes := []soakPipe{{name: "sd", dir: dir}, {name: "streamed", dir: dir, opts: []zimage.Option{zimage.WithBudget(1 << 30), zimage.WithOffload(sched.OffloadLayer)}}}
+	soak(t, pipes, cases, *soakFull)
 }
 
 // soak runs whole passes over cases (at least two, so that every pass ends
-// in the same state) until calls calls are made; streamed cases run on a
-// pipeline streaming its weights under budget.
-func soak(t *testing.T, dir string, budget int64, cases []soakCase, calls int) {
+// in the same state) until calls calls are made, each on its pipeline of
+// pipes.
+func soak(t *testing.T, pipes []soakPipe, cases []soakCase, calls int) {
 	start := measure(t, nil)
 	d := openVK(t, nil)
-	resident, err := zimage.Load(dir, zimage.WithBackend(d))
-	require.NoError(t, err)
-	streamed, err := zimage.Load(dir, zimage.WithBackend(d), zimage.WithBudget(budget), zimage.WithOffload(sched.OffloadLayer))
-	require.NoError(t, err)
+	loaded := map[string]*zimage.Pipeline{}
+	for _, sp := range pipes {
+		p, err := zimage.Load(sp.dir, append(sp.opts, zimage.WithBackend(d))...)
+		require.NoError(t, err, sp.name)
+		loaded[sp.name] = p
+	}
+	first := make([][]byte, len(cases)) // each case's first image
 	var base, last snapshot
 	made, cancelled, images := 0, 0, 0
 	t0 := time.Now()
 	passes := max(2, (calls+len(cases)-1)/len(cases))
 	for pass := 0; pass < passes; pass++ {
-		for _, c := range cases {
-			p := resident
-			if c.streamed {
-				p = streamed
-			}
+		for i, c := range cases {
+			p := loaded[c.pipe]
+			require.NotNil(t, p, "%s: no pipeline %q", c.name, c.pipe)
 			ctx := &cancelAt{Context: context.Background(), at: c.cancelAt}
 			res, err := p.Generate(ctx, c.req)
 			made++
@@ -202,6 +239,11 @@ func soak(t *testing.T, dir string, budget int64, cases []soakCase, calls int) {
 			}
 			require.NoError(t, err, "%s", c.name)
 			images += len(res.Images)
+			if first[i] == nil {
+				first[i] = res.Images[0].Pix
+			} else {
+				require.True(t, bytes.Equal(first[i], res.Images[0].Pix), "%s: pass %d made another image than pass 1", c.name, pass+1)
+			}
 		}
 		s := measure(t, d)
 		if pass == 0 {
@@ -223,8 +265,10 @@ func soak(t *testing.T, dir string, budget int64, cases []soakCase, calls int) {
 	// Anonymous memory: RSS also counts the model's mapped file pages,
 	// which come and go with the page cache.
 	require.Less(t, last.Anon-base.Anon, int64(16<<20), "anonymous RSS grew from %.1f to %.1f MiB", float64(base.Anon)/(1<<20), float64(last.Anon)/(1<<20))
-	require.NoError(t, resident.Close())
-	require.NoError(t, streamed.Close())
+	for _, sp := range pipes {
+		require.NoError(t, loaded[sp.name].Close(), sp.name)
+	}
+	require.Zero(t, d.MemStats().InUse, "device bytes in use once every pipeline closed")
 	require.NoError(t, d.Close(), "closing the device checks every Vulkan object was destroyed")
 	end := measure(t, nil)
 	t.Logf("process before the device opened: %v; after it closed: %v", start, end)
@@ -232,80 +276,105 @@ func soak(t *testing.T, dir string, budget int64, cases []soakCase, calls int) {
 	require.Equal(t, start.FDs, end.FDs, "open files")
 }
 
-// TestLoadCloseCycles loads the model on its own device, generates once and
-// closes it, again and again: Close must report no leaked Vulkan object,
-// each cycle must make the same image, goroutines and files must return to
-// their level after the first cycle, and RSS must stay within 24 MiB of it
-// (of the middle cycle's in runs of 8 or more). -soak.cycles sets the
-// count (long run: 40).
+// TestLoadCloseCycles loads a model on its own device, generates and
+// closes it, again and again, alternating tiny SD-Turbo (a base image,
+// then one with a LoRA merged into the weights) and tiny Z-Image-Turbo:
+// Close must report no leaked Vulkan object, each cycle must make the same
+// images, goroutines and files must return to their level after the first
+// cycle, and RSS must stay within 24 MiB of it (of the middle cycle's in
+// runs of 8 or more). -soak.cycles sets the count (long run: 40).
 func TestLoadCloseCycles(t *testing.T) {
-	dir := testref.Dir(t, "tiny-sd-turbo")
+	sd := testref.Dir(t, "tiny-sd-turbo")
+	zi := testref.Dir(t, "tiny-z-image-turbo")
 	if _, err := vk.ListDevices(); err != nil {
 		t.Skipf("no Vulkan device: %v", err)
 	}
-	req := zimage.Request{Prompt: "a red cube", Width: 64, Height: 64, Seed: 1}
-	var base, mid, last snapshot
-	var first []byte
+	type step struct {
+		dir  string
+		opts []zimage.Option
+		reqs []zimage.Request
+	}
+	base := zimage.Request{Prompt: "a red cube", Width: 64, Height: 64, Seed: 1}
+	withLoRA := base
+	withLoRA.Prompt += " <lora:style_a:1>"
+	steps := []step{
+		{dir: sd, opts: []zimage.Option{zimage.WithLoRADir(filepath.Join(sd, "loras")), zimage.WithLoRAMode(zimage.LoRAMerge)},
+			reqs: []zimage.Request{base, withLoRA}},
+		{dir: zi, reqs: []zimage.Request{{Prompt: "a red fox", Width: 64, Height: 48, Steps: 2, Seed: 2}}},
+	}
+	var first [][]byte
+	var baseSnap, mid, last snapshot
 	for i := 0; i < *soakCycles; i++ {
-		p, err := zimage.Load(dir)
-		require.NoError(t, err)
-		res, err := p.Generate(context.Background(), req)
-		require.NoError(t, err)
-		require.NoError(t, p.Close(), "cycle %d: Close", i+1)
+		var got [][]byte
+		for _, st := range steps {
+			p, err := zimage.Load(st.dir, st.opts...)
+			require.NoError(t, err)
+			for _, req := range st.reqs {
+				res, err := p.Generate(context.Background(), req)
+				require.NoError(t, err, "cycle %d: %s", i+1, req.Prompt)
+				got = append(got, res.Images[0].Pix)
+			}
+			require.NoError(t, p.Close(), "cycle %d: Close", i+1)
+		}
 		if i == 0 {
-			first = res.Images[0].Pix
+			first = got
 		} else {
-			require.True(t, bytes.Equal(first, res.Images[0].Pix), "cycle %d: a different image", i+1)
+			for j := range got {
+				require.True(t, bytes.Equal(first[j], got[j]), "cycle %d: image %d differs from the first cycle's", i+1, j+1)
+			}
 		}
 		s := measure(t, nil)
 		t.Logf("cycle %d: RSS %.1f MiB", i+1, float64(s.RSS)/(1<<20))
 		if i == 0 {
-			base = s
+			baseSnap = s
 			continue
 		}
 		last = s
 		if i == *soakCycles/2 {
 			mid = s
 		}
-		require.Equal(t, base.Goroutines, s.Goroutines, "goroutines after cycle %d", i+1)
-		require.Equal(t, base.FDs, s.FDs, "open files after cycle %d", i+1)
+		require.Equal(t, baseSnap.Goroutines, s.Goroutines, "goroutines after cycle %d", i+1)
+		require.Equal(t, baseSnap.FDs, s.FDs, "open files after cycle %d", i+1)
 	}
 	if *soakCycles < 2 {
 		return
 	}
 	t.Logf("%d Load/Generate/Close cycles: after the first %v; after the last %v (RSS %+.1f MiB)",
-		*soakCycles, base, last, float64(last.RSS-base.RSS)/(1<<20))
+		*soakCycles, baseSnap, last, float64(last.RSS-baseSnap.RSS)/(1<<20))
 	// The driver's freed memory goes back to the OS at Close (malloc_trim),
 	// but fragmentation moves RSS by several MiB from cycle to cycle and
 	// settles over the first cycles: 40 cycles on lavapipe measured
 	// 68 -> 94 -> 88 MiB while malloc's bytes in use grew 17 KiB a cycle.
 	// A leak of the model or of compiled pipelines costs 10-40 MiB a cycle.
-	ref, bound := base, int64(24<<20)
+	ref, bound := baseSnap, int64(24<<20)
 	if *soakCycles >= 8 {
 		ref = mid // past the settling
 	}
 	require.Less(t, last.RSS-ref.RSS, bound, "host RSS grew from %.1f to %.1f MiB", float64(ref.RSS)/(1<<20), float64(last.RSS)/(1<<20))
 }
 
-// TestGenerateUnderGC loads the tiny SD-Turbo on a fresh device (every
-// pipeline created during the run) and generates while the collector runs
-// constantly, as an embedding program may force it (runtime.GC from
-// another goroutine, GOMEMLIMIT): the image must equal the one made
-// without that pressure. With vulkan-go's finalizer-freed structs this
-// crashed in vkCreateComputePipelines 3 runs of 3.
-func TestGenerateUnderGC(t *testing.T) {
-	dir := testref.Dir(t, "tiny-sd-turbo")
-	req := zimage.Request{Prompt: "a red cube", NegativePrompt: "blue", Width: 64, Height: 64, Steps: 2, Seed: 11}
-	cfg := 7.5
-	req.Guidance = &cfg
-	p, err := zimage.Load(dir, zimage.WithBackend(vulkan(t)))
-	require.NoError(t, err)
-	want, err := p.Generate(context.Background(), req)
-	require.NoError(t, err)
-	require.NoError(t, p.Close())
-
+// gcPressure makes the collector run constantly until the returned stop
+// is called, as an embedding program may: "loop" is GOGC=1 and a goroutine
+// calling runtime.GC (and now and then debug.FreeOSMemory) in a loop;
+// "memlimit" turns GOGC off and sets a memory limit far below the heap
+// (GOMEMLIMIT in a container), so that collections are driven by the limit
+// alone. stop returns the forced collections (the collector's cycles for
+// memlimit).
+func gcPressure(mode string) (stop func() int) {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	gc0 := ms.NumGC
+	if mode == "memlimit" {
+		oldPct := debug.SetGCPercent(-1)
+		oldLimit := debug.SetMemoryLimit(4 << 20)
+		return func() int {
+			debug.SetMemoryLimit(oldLimit)
+			debug.SetGCPercent(oldPct)
+			runtime.ReadMemStats(&ms)
+			return int(ms.NumGC - gc0)
+		}
+	}
 	old := debug.SetGCPercent(1)
-	defer debug.SetGCPercent(old)
 	done := make(chan struct{})
 	stopped := make(chan int)
 	go func() {
@@ -316,23 +385,84 @@ func TestGenerateUnderGC(t *testing.T) {
 				stopped <- n
 				return
 			default:
-				runtime.GC()
-				n++
 			}
+			runtime.GC()
+			if n%256 == 0 {
+				debug.FreeOSMemory()
+			}
+			n++
 		}
 	}()
-	d := openVK(t, nil)
-	p, err = zimage.Load(dir, zimage.WithBackend(d))
-	require.NoError(t, err)
-	got, err := p.Generate(context.Background(), req)
-	close(done)
-	cycles := <-stopped
-	require.NoError(t, err)
-	require.NoError(t, p.Close())
-	c := d.Counters()
-	require.NoError(t, d.Close())
-	t.Logf("%d dispatches, %d pipelines created under %d forced GC cycles", c.Dispatches, c.PipelinesCreated, cycles)
-	require.True(t, bytes.Equal(want.Images[0].Pix, got.Images[0].Pix), "the image made under GC pressure differs")
+	return func() int {
+		close(done)
+		n := <-stopped
+		debug.SetGCPercent(old)
+		return n
+	}
+}
+
+// TestGenerateUnderGC loads a tiny model on a fresh device (every
+// pipeline created during the run) and generates while the collector runs
+// constantly (gcPressure's two modes), as an embedding program may force
+// it: the image must equal the one made without that pressure. The cases:
+// SD-Turbo with guidance, the same with a LoRA merged into its weights,
+// Z-Image-Turbo with guidance, and the same with a LoRA in the forward
+// pass. With vulkan-go's finalizer-freed structs this crashed in
+// vkCreateComputePipelines 3 runs of 3.
+func TestGenerateUnderGC(t *testing.T) {
+	cfg := 7.5
+	sd := zimage.Request{Prompt: "a red cube", NegativePrompt: "blue", Width: 64, Height: 64, Steps: 2, Seed: 11, Guidance: &cfg}
+	sdLoRA := sd
+	sdLoRA.Prompt += " <lora:style_a:0.8> <lora:style_b:0.5>"
+	zi := sd
+	ziLoRA := sd
+	ziLoRA.Prompt += " <lora:zi_style:0.8>"
+	cases := []struct {
+		name, model string
+		req         zimage.Request
+		opts        func(t *testing.T, dir string) []zimage.Option
+	}{
+		{name: "sd-turbo", model: "tiny-sd-turbo", req: sd},
+		{name: "sd-turbo-lora-merged", model: "tiny-sd-turbo", req: sdLoRA, opts: func(t *testing.T, dir string) []zimage.Option {
+			return []zimage.Option{zimage.WithLoRADir(filepath.Join(dir, "loras")), zimage.WithLoRAMode(zimage.LoRAMerge)}
+		}},
+		{name: "z-image-turbo", model: "tiny-z-image-turbo", req: zi},
+		{name: "z-image-turbo-lora", model: "tiny-z-image-turbo", req: ziLoRA, opts: func(t *testing.T, dir string) []zimage.Option {
+			loras := t.TempDir()
+			writeZImageLoRA(t, dir, filepath.Join(loras, "zi_style.safetensors"))
+			return []zimage.Option{zimage.WithLoRADir(loras)}
+		}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			dir := testref.Dir(t, c.model)
+			var opts []zimage.Option
+			if c.opts != nil {
+				opts = c.opts(t, dir)
+			}
+			p, err := zimage.Load(dir, append(opts, zimage.WithBackend(vulkan(t)))...)
+			require.NoError(t, err)
+			want, err := p.Generate(context.Background(), c.req)
+			require.NoError(t, err)
+			require.NoError(t, p.Close())
+			for _, mode := range []string{"loop", "memlimit"} {
+				stop := gcPressure(mode)
+				d := openVK(t, nil)
+				p, err := zimage.Load(dir, append(opts, zimage.WithBackend(d))...)
+				var got *zimage.Result
+				if err == nil {
+					got, err = p.Generate(context.Background(), c.req)
+				}
+				cycles := stop()
+				require.NoError(t, err)
+				require.NoError(t, p.Close())
+				n := d.Counters()
+				require.NoError(t, d.Close())
+				t.Logf("%s: %d dispatches, %d pipelines created under %d GC cycles", mode, n.Dispatches, n.PipelinesCreated, cycles)
+				sameImages(t, want, got, mode+": the image made under GC pressure")
+			}
+		})
+	}
 }
 
 // TestConcurrentPipeline is the concurrency test make test runs under
