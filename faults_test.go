@@ -208,14 +208,20 @@ func faultPipeline(t *testing.T, c faultCase, tally *faultTally) []*zimage.Resul
 				continue
 			}
 			require.Equal(t, 1, inj.fired, "%v %d of %d: the fault did not fire", point, n, per)
-			for i, res := range round(fmt.Sprintf("the round after %v fault %d of %d", point, n, per)) {
-				sameImages(t, want[i], res, "after a fault")
-			}
 			s := measure(t, d)
 			require.Equal(t, base.DevInUse, s.DevInUse, "device bytes after %v fault %d of %d", point, n, per)
 			require.Equal(t, base.Objects, s.Objects, "Vulkan objects after %v fault %d of %d", point, n, per)
 			require.Equal(t, base.Goroutines, s.Goroutines, "goroutines after %v fault %d of %d", point, n, per)
 		}
+		// Every request of a faulted round is checked (the failed one made
+		// again), so the next N's round checks what this one left; after
+		// the last, a clean round does.
+		for i, res := range round(fmt.Sprintf("the round after the last %v fault", point)) {
+			sameImages(t, want[i], res, "after the faults")
+		}
+		s := measure(t, d)
+		require.Equal(t, base.DevInUse, s.DevInUse, "device bytes after the %v faults", point)
+		require.Equal(t, base.Objects, s.Objects, "Vulkan objects after the %v faults", point)
 		tally.injected[point] += failed + absorbed
 		tally.failed[point] += failed
 		tally.absorbed[point] += absorbed
@@ -359,38 +365,41 @@ func TestFaults(t *testing.T) {
 // TestCancelEveryBoundary cancels a generation at its N-th context check
 // (every step, block and tile boundary checks it), for the first, middle
 // and last N (all with -faults.every), on a resident and a streaming
-// pipeline: Generate returns context.Canceled, nothing leaks, and the next
-// Generate makes the same image as without cancellation.
+// pipeline of tiny SD-Turbo and of tiny Z-Image-Turbo: Generate returns
+// context.Canceled, nothing leaks, and the next Generate makes the same
+// image as without cancellation.
 func TestCancelEveryBoundary(t *testing.T) {
-	dir := testref.Dir(t, "tiny-sd-turbo")
 	req := faultRequest()
 	req.VAETiling, req.Tile = sched.TilingOn, 32
 	d := openVK(t, nil)
 	defer func() { require.NoError(t, d.Close()) }()
-	for _, streamed := range []bool{false, true} {
-		opts := []zimage.Option{zimage.WithBackend(d)}
-		name := "resident"
-		if streamed {
-			opts, name = append(opts, zimage.WithBudget(24<<20), zimage.WithOffload(sched.OffloadLayer)), "streamed"
-		}
-		p, err := zimage.Load(dir, opts...)
-		require.NoError(t, err)
-		ctx := &cancelAt{Context: context.Background()}
-		want, err := p.Generate(ctx, req)
-		require.NoError(t, err)
-		checks := ctx.calls
-		base := measure(t, d)
-		for _, n := range picks(checks) {
-			_, err := p.Generate(&cancelAt{Context: context.Background(), at: n}, req)
-			require.ErrorIs(t, err, context.Canceled, "%s: cancelled at check %d of %d", name, n, checks)
-			res, err := p.Generate(context.Background(), req)
+	for _, m := range []string{"tiny-sd-turbo", "tiny-z-image-turbo"} {
+		dir := testref.Dir(t, m)
+		for _, streamed := range []bool{false, true} {
+			opts := []zimage.Option{zimage.WithBackend(d)}
+			name := m + "/resident"
+			if streamed {
+				opts, name = append(opts, zimage.WithBudget(24<<20), zimage.WithOffload(sched.OffloadLayer)), m+"/streamed"
+			}
+			p, err := zimage.Load(dir, opts...)
 			require.NoError(t, err)
-			sameImages(t, want, res, "after a cancellation")
-			s := measure(t, d)
-			require.Equal(t, base.DevInUse, s.DevInUse, "%s: device bytes after cancelling at check %d", name, n)
-			require.Equal(t, base.Objects, s.Objects, "%s: Vulkan objects after cancelling at check %d", name, n)
+			ctx := &cancelAt{Context: context.Background()}
+			want, err := p.Generate(ctx, req)
+			require.NoError(t, err)
+			checks := ctx.calls
+			base := measure(t, d)
+			for _, n := range picks(checks) {
+				_, err := p.Generate(&cancelAt{Context: context.Background(), at: n}, req)
+				require.ErrorIs(t, err, context.Canceled, "%s: cancelled at check %d of %d", name, n, checks)
+				res, err := p.Generate(context.Background(), req)
+				require.NoError(t, err)
+				sameImages(t, want, res, "after a cancellation")
+				s := measure(t, d)
+				require.Equal(t, base.DevInUse, s.DevInUse, "%s: device bytes after cancelling at check %d", name, n)
+				require.Equal(t, base.Objects, s.Objects, "%s: Vulkan objects after cancelling at check %d", name, n)
+			}
+			t.Logf("%s: %d context checks per generation; cancelled at %d of them, all recovered", name, checks, len(picks(checks)))
+			require.NoError(t, p.Close())
 		}
-		t.Logf("%s: %d context checks per generation; cancelled at %d of them, all recovered", name, checks, len(picks(checks)))
-		require.NoError(t, p.Close())
 	}
 }
