@@ -370,7 +370,8 @@ func TestFaults(t *testing.T) {
 // image as without cancellation.
 func TestCancelEveryBoundary(t *testing.T) {
 	req := faultRequest()
-	req.VAETiling, req.Tile = sched.TilingOn, 32
+	// Two tiles across (96 px is the smallest tile accepted).
+	req.Width, req.VAETiling, req.Tile = 128, sched.TilingOn, 96
 	d := openVK(t, nil)
 	defer func() { require.NoError(t, d.Close()) }()
 	for _, m := range []string{"tiny-sd-turbo", "tiny-z-image-turbo"} {
