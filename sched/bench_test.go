@@ -85,6 +85,56 @@ func BenchmarkPipeline(b *testing.B) {
 	}
 }
 
+// BenchmarkImg2Img runs full-size SD-Turbo at 512² (ZIMAGE_BENCH_SIZE):
+// text-to-image in one step, img2img at strength 0.5 of two steps (one
+// UNet call, as SD-Turbo's model card runs it) decoded by the VAE, and the
+// same with a full-size TAESD (AutoencoderTiny's default channels, seeded
+// random weights) as the decoder; weights resident, VAE tiled as the
+// binding limit asks. Run with -benchtime 1x.
+func BenchmarkImg2Img(b *testing.B) {
+	size := 512
+	if s := os.Getenv("ZIMAGE_BENCH_SIZE"); s != "" {
+		fmt.Sscan(s, &size)
+	}
+	pixels := make([]float32, 3*size*size)
+	for i := range pixels { // a smooth picture in [-1, 1]
+		x, y := i%size, i/size%size
+		pixels[i] = float32(x+y)/float32(size) - 1
+	}
+	cases := []struct {
+		name  string
+		init  bool
+		taesd bool
+	}{{"txt2img-1step-vae", false, false}, {"img2img-0.5-vae", true, false}, {"img2img-0.5-taesd", true, true}}
+	for _, c := range cases {
+		b.Run(fmt.Sprintf("%dpx/%s", size, c.name), func(b *testing.B) {
+			m := syntheticModels(b, "stabilityai-sd-turbo")
+			dev, err := vk.Open(vk.DefaultOptions())
+			if err != nil {
+				b.Skipf("no Vulkan device: %v", err)
+			}
+			defer dev.Close()
+			if c.taesd {
+				if m.TAESD, err = model.LoadTAESD(model.NewSyntheticSource("taesd", 1), &model.TAESDConfig{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			p := Params{Prompt: "a lighthouse at dusk", Width: size, Height: size, Steps: 1, Batch: 1, Seed: 1, TAESD: c.taesd}
+			if c.init {
+				p.Steps, p.Init = 2, &Init{Pixels: pixels, Strength: 0.5}
+			}
+			var out *Output
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if out, err = Run(context.Background(), dev, m, p); err != nil {
+					b.Fatal(err)
+				}
+			}
+			reportStages(b, out)
+		})
+	}
+}
+
 func reportStages(b *testing.B, out *Output) {
 	for _, s := range out.Stages {
 		b.ReportMetric(s.Duration.Seconds(), s.Name+"-s")
