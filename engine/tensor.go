@@ -9,20 +9,38 @@ import (
 )
 
 // DType is the storage type of a tensor's elements. Arithmetic always
-// accumulates in float32; F16 is a storage format.
+// accumulates in float32; F16 and the block-quantized types (quant.go)
+// are storage formats.
 type DType uint8
 
 const (
 	F32 DType = iota
 	F16
+	// Block-quantized weight types: ggml's block formats, bytes unchanged
+	// (see quant.go). A tensor of one holds whole blocks in row-major
+	// order; element offsets and row lengths are multiples of BlockSize.
+	Q4_0
+	Q4_1
+	Q5_0
+	Q5_1
+	Q8_0
+	Q2_K
+	Q3_K
+	Q4_K
+	Q5_K
+	Q6_K
 )
 
-// Size is the number of bytes one element occupies.
+// Size is the number of bytes one element of a plain type occupies, and 0
+// for a block-quantized type (whose size is per block: RowBytes).
 func (d DType) Size() int {
-	if d == F16 {
+	switch d {
+	case F32:
+		return 4
+	case F16:
 		return 2
 	}
-	return 4
+	return 0
 }
 
 func (d DType) String() string {
@@ -31,6 +49,9 @@ func (d DType) String() string {
 		return "F32"
 	case F16:
 		return "F16"
+	}
+	if l, ok := blockLayouts[d]; ok {
+		return l.name
 	}
 	return fmt.Sprintf("DType(%d)", uint8(d))
 }
@@ -98,7 +119,11 @@ type Tensor struct {
 func (t *Tensor) NumElem() int { return t.Shape.NumElem() }
 
 // Bytes is the number of bytes the tensor's elements occupy.
-func (t *Tensor) Bytes() int64 { return int64(t.NumElem()) * int64(t.DType.Size()) }
+func (t *Tensor) Bytes() int64 { return t.DType.RowBytes(t.NumElem()) }
+
+// ByteOffset is the byte offset of the tensor's first element in its
+// storage.
+func (t *Tensor) ByteOffset() int64 { return t.DType.RowBytes(t.Offset) }
 
 // IsView reports whether the tensor borrows another tensor's storage.
 // Freeing a view is a no-op; the owner must outlive its views.
@@ -126,6 +151,9 @@ func (t *Tensor) SliceRows(from, to int) (*Tensor, error) {
 		return nil, fmt.Errorf("engine: slice %s%v rows [%d,%d) out of range", t.Name, t.Shape, from, to)
 	}
 	row := t.NumElem() / t.Shape[0]
+	if bs := t.DType.BlockSize(); bs > 1 && row%bs != 0 {
+		return nil, fmt.Errorf("engine: slice %s%v: rows of %d elements are not whole %d-element %s blocks", t.Name, t.Shape, row, bs, t.DType)
+	}
 	s := t.Shape.Clone()
 	s[0] = to - from
 	return &Tensor{Name: fmt.Sprintf("%s[%d:%d]", t.Name, from, to), DType: t.DType, Shape: s,

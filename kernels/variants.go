@@ -31,8 +31,45 @@ var (
 	f16W = []string{"W_T=float16_t", "W4_T=f16vec4"}
 )
 
+// QuantTypes are the block-quantized weight types the kernels read (the
+// engine's dtypes of the same names, ggml's block layouts), as the lower-
+// case names their variants carry: matmul_reg_q4_k is MatMulRegQ4K.
+var QuantTypes = []string{"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k"}
+
+// quantVariants are, per block type (glsl/quant.glsl), the register-blocked
+// and shared-memory matmuls with a quantized B, the GPU convolution, the
+// Winograd weight transform and the dequantizing copies to F32 and F16.
+func quantVariants() []Variant {
+	var out []Variant
+	for _, q := range QuantTypes {
+		def := upper(q) + "=1"
+		qt := []string{def, "QTYPE=1"}
+		out = append(out,
+			Variant{"matmul_reg_q" + q[1:], "matmul_reg_q.comp", []string{def}},
+			Variant{"matmul_tile_q" + q[1:], "matmul_tile.comp", qt},
+			Variant{"conv2d_tile_q" + q[1:], "conv2d_tile.comp", qt},
+			Variant{"winograd_weights_q" + q[1:], "winograd_weights.comp", append(qt, ScalarTexelsDefine)},
+			Variant{"dequant_q" + q[1:] + "_f32", "dequant.comp", []string{def, "DST_T=float"}},
+			Variant{"dequant_q" + q[1:] + "_f16", "dequant.comp", []string{def, "DST_T=float16_t"}},
+		)
+	}
+	return out
+}
+
+// upper is strings.ToUpper for the ASCII type names (this package imports
+// only embed).
+func upper(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'a' <= c && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
+}
+
 // Variants lists every kernel zimage ships.
-var Variants = []Variant{
+var Variants = append([]Variant{
 	// matmul: register-blocked (CPU-like devices) and shared-memory tiled
 	// (GPUs); both need K%4 == 0. The scalar kernel handles any shape.
 	// matmul_reg reads A and B as texels, so one kernel serves F32 and F16
@@ -94,4 +131,4 @@ var Variants = []Variant{
 	{"copy_f16_f32", "copy.comp", []string{"SRC_T=float16_t", "DST_T=float"}},
 	{"copy_f32_f16", "copy.comp", []string{"SRC_T=float", "DST_T=float16_t"}},
 	{"copy_f16_f16", "copy.comp", []string{"SRC_T=float16_t", "DST_T=float16_t"}},
-}
+}, quantVariants()...)

@@ -74,19 +74,19 @@ var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bi
 var spvWinogradWeights []byte
 
 // WinogradWeights is glsl/winograd_weights.comp with SCALAR_TEXELS=1.
-var WinogradWeights = &Kernel{Name: "winograd_weights", SPIRV: spvWinogradWeights, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeights = &Kernel{Name: "winograd_weights", SPIRV: spvWinogradWeights, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_input.spv
 var spvWinogradInput []byte
 
 // WinogradInput is glsl/winograd_input.comp with SCALAR_TEXELS=1.
-var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
+var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_output.spv
 var spvWinogradOutput []byte
 
 // WinogradOutput is glsl/winograd_output.comp.
-var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 60, Params: "WinogradParams", SpecIDs: 1}
+var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/attention_reg.spv
 var spvAttentionReg []byte
@@ -274,6 +274,366 @@ var spvCopyF16F16 []byte
 // CopyF16F16 is glsl/copy.comp with SRC_T=float16_t, DST_T=float16_t.
 var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
+//go:embed spv/matmul_reg_q4_0.spv
+var spvMatMulRegQ40 []byte
+
+// MatMulRegQ40 is glsl/matmul_reg_q.comp with Q4_0=1.
+var MatMulRegQ40 = &Kernel{Name: "matmul_reg_q4_0", SPIRV: spvMatMulRegQ40, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q4_0.spv
+var spvMatMulTileQ40 []byte
+
+// MatMulTileQ40 is glsl/matmul_tile.comp with Q4_0=1, QTYPE=1.
+var MatMulTileQ40 = &Kernel{Name: "matmul_tile_q4_0", SPIRV: spvMatMulTileQ40, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q4_0.spv
+var spvConv2dTileQ40 []byte
+
+// Conv2dTileQ40 is glsl/conv2d_tile.comp with Q4_0=1, QTYPE=1.
+var Conv2dTileQ40 = &Kernel{Name: "conv2d_tile_q4_0", SPIRV: spvConv2dTileQ40, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q4_0.spv
+var spvWinogradWeightsQ40 []byte
+
+// WinogradWeightsQ40 is glsl/winograd_weights.comp with Q4_0=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ40 = &Kernel{Name: "winograd_weights_q4_0", SPIRV: spvWinogradWeightsQ40, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q4_0_f32.spv
+var spvDequantQ40F32 []byte
+
+// DequantQ40F32 is glsl/dequant.comp with Q4_0=1, DST_T=float.
+var DequantQ40F32 = &Kernel{Name: "dequant_q4_0_f32", SPIRV: spvDequantQ40F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q4_0_f16.spv
+var spvDequantQ40F16 []byte
+
+// DequantQ40F16 is glsl/dequant.comp with Q4_0=1, DST_T=float16_t.
+var DequantQ40F16 = &Kernel{Name: "dequant_q4_0_f16", SPIRV: spvDequantQ40F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q4_1.spv
+var spvMatMulRegQ41 []byte
+
+// MatMulRegQ41 is glsl/matmul_reg_q.comp with Q4_1=1.
+var MatMulRegQ41 = &Kernel{Name: "matmul_reg_q4_1", SPIRV: spvMatMulRegQ41, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q4_1.spv
+var spvMatMulTileQ41 []byte
+
+// MatMulTileQ41 is glsl/matmul_tile.comp with Q4_1=1, QTYPE=1.
+var MatMulTileQ41 = &Kernel{Name: "matmul_tile_q4_1", SPIRV: spvMatMulTileQ41, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q4_1.spv
+var spvConv2dTileQ41 []byte
+
+// Conv2dTileQ41 is glsl/conv2d_tile.comp with Q4_1=1, QTYPE=1.
+var Conv2dTileQ41 = &Kernel{Name: "conv2d_tile_q4_1", SPIRV: spvConv2dTileQ41, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q4_1.spv
+var spvWinogradWeightsQ41 []byte
+
+// WinogradWeightsQ41 is glsl/winograd_weights.comp with Q4_1=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ41 = &Kernel{Name: "winograd_weights_q4_1", SPIRV: spvWinogradWeightsQ41, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q4_1_f32.spv
+var spvDequantQ41F32 []byte
+
+// DequantQ41F32 is glsl/dequant.comp with Q4_1=1, DST_T=float.
+var DequantQ41F32 = &Kernel{Name: "dequant_q4_1_f32", SPIRV: spvDequantQ41F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q4_1_f16.spv
+var spvDequantQ41F16 []byte
+
+// DequantQ41F16 is glsl/dequant.comp with Q4_1=1, DST_T=float16_t.
+var DequantQ41F16 = &Kernel{Name: "dequant_q4_1_f16", SPIRV: spvDequantQ41F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q5_0.spv
+var spvMatMulRegQ50 []byte
+
+// MatMulRegQ50 is glsl/matmul_reg_q.comp with Q5_0=1.
+var MatMulRegQ50 = &Kernel{Name: "matmul_reg_q5_0", SPIRV: spvMatMulRegQ50, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q5_0.spv
+var spvMatMulTileQ50 []byte
+
+// MatMulTileQ50 is glsl/matmul_tile.comp with Q5_0=1, QTYPE=1.
+var MatMulTileQ50 = &Kernel{Name: "matmul_tile_q5_0", SPIRV: spvMatMulTileQ50, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q5_0.spv
+var spvConv2dTileQ50 []byte
+
+// Conv2dTileQ50 is glsl/conv2d_tile.comp with Q5_0=1, QTYPE=1.
+var Conv2dTileQ50 = &Kernel{Name: "conv2d_tile_q5_0", SPIRV: spvConv2dTileQ50, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q5_0.spv
+var spvWinogradWeightsQ50 []byte
+
+// WinogradWeightsQ50 is glsl/winograd_weights.comp with Q5_0=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ50 = &Kernel{Name: "winograd_weights_q5_0", SPIRV: spvWinogradWeightsQ50, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q5_0_f32.spv
+var spvDequantQ50F32 []byte
+
+// DequantQ50F32 is glsl/dequant.comp with Q5_0=1, DST_T=float.
+var DequantQ50F32 = &Kernel{Name: "dequant_q5_0_f32", SPIRV: spvDequantQ50F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q5_0_f16.spv
+var spvDequantQ50F16 []byte
+
+// DequantQ50F16 is glsl/dequant.comp with Q5_0=1, DST_T=float16_t.
+var DequantQ50F16 = &Kernel{Name: "dequant_q5_0_f16", SPIRV: spvDequantQ50F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q5_1.spv
+var spvMatMulRegQ51 []byte
+
+// MatMulRegQ51 is glsl/matmul_reg_q.comp with Q5_1=1.
+var MatMulRegQ51 = &Kernel{Name: "matmul_reg_q5_1", SPIRV: spvMatMulRegQ51, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q5_1.spv
+var spvMatMulTileQ51 []byte
+
+// MatMulTileQ51 is glsl/matmul_tile.comp with Q5_1=1, QTYPE=1.
+var MatMulTileQ51 = &Kernel{Name: "matmul_tile_q5_1", SPIRV: spvMatMulTileQ51, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q5_1.spv
+var spvConv2dTileQ51 []byte
+
+// Conv2dTileQ51 is glsl/conv2d_tile.comp with Q5_1=1, QTYPE=1.
+var Conv2dTileQ51 = &Kernel{Name: "conv2d_tile_q5_1", SPIRV: spvConv2dTileQ51, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q5_1.spv
+var spvWinogradWeightsQ51 []byte
+
+// WinogradWeightsQ51 is glsl/winograd_weights.comp with Q5_1=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ51 = &Kernel{Name: "winograd_weights_q5_1", SPIRV: spvWinogradWeightsQ51, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q5_1_f32.spv
+var spvDequantQ51F32 []byte
+
+// DequantQ51F32 is glsl/dequant.comp with Q5_1=1, DST_T=float.
+var DequantQ51F32 = &Kernel{Name: "dequant_q5_1_f32", SPIRV: spvDequantQ51F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q5_1_f16.spv
+var spvDequantQ51F16 []byte
+
+// DequantQ51F16 is glsl/dequant.comp with Q5_1=1, DST_T=float16_t.
+var DequantQ51F16 = &Kernel{Name: "dequant_q5_1_f16", SPIRV: spvDequantQ51F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q8_0.spv
+var spvMatMulRegQ80 []byte
+
+// MatMulRegQ80 is glsl/matmul_reg_q.comp with Q8_0=1.
+var MatMulRegQ80 = &Kernel{Name: "matmul_reg_q8_0", SPIRV: spvMatMulRegQ80, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q8_0.spv
+var spvMatMulTileQ80 []byte
+
+// MatMulTileQ80 is glsl/matmul_tile.comp with Q8_0=1, QTYPE=1.
+var MatMulTileQ80 = &Kernel{Name: "matmul_tile_q8_0", SPIRV: spvMatMulTileQ80, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q8_0.spv
+var spvConv2dTileQ80 []byte
+
+// Conv2dTileQ80 is glsl/conv2d_tile.comp with Q8_0=1, QTYPE=1.
+var Conv2dTileQ80 = &Kernel{Name: "conv2d_tile_q8_0", SPIRV: spvConv2dTileQ80, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q8_0.spv
+var spvWinogradWeightsQ80 []byte
+
+// WinogradWeightsQ80 is glsl/winograd_weights.comp with Q8_0=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ80 = &Kernel{Name: "winograd_weights_q8_0", SPIRV: spvWinogradWeightsQ80, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q8_0_f32.spv
+var spvDequantQ80F32 []byte
+
+// DequantQ80F32 is glsl/dequant.comp with Q8_0=1, DST_T=float.
+var DequantQ80F32 = &Kernel{Name: "dequant_q8_0_f32", SPIRV: spvDequantQ80F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q8_0_f16.spv
+var spvDequantQ80F16 []byte
+
+// DequantQ80F16 is glsl/dequant.comp with Q8_0=1, DST_T=float16_t.
+var DequantQ80F16 = &Kernel{Name: "dequant_q8_0_f16", SPIRV: spvDequantQ80F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q2_k.spv
+var spvMatMulRegQ2K []byte
+
+// MatMulRegQ2K is glsl/matmul_reg_q.comp with Q2_K=1.
+var MatMulRegQ2K = &Kernel{Name: "matmul_reg_q2_k", SPIRV: spvMatMulRegQ2K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q2_k.spv
+var spvMatMulTileQ2K []byte
+
+// MatMulTileQ2K is glsl/matmul_tile.comp with Q2_K=1, QTYPE=1.
+var MatMulTileQ2K = &Kernel{Name: "matmul_tile_q2_k", SPIRV: spvMatMulTileQ2K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q2_k.spv
+var spvConv2dTileQ2K []byte
+
+// Conv2dTileQ2K is glsl/conv2d_tile.comp with Q2_K=1, QTYPE=1.
+var Conv2dTileQ2K = &Kernel{Name: "conv2d_tile_q2_k", SPIRV: spvConv2dTileQ2K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q2_k.spv
+var spvWinogradWeightsQ2K []byte
+
+// WinogradWeightsQ2K is glsl/winograd_weights.comp with Q2_K=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ2K = &Kernel{Name: "winograd_weights_q2_k", SPIRV: spvWinogradWeightsQ2K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q2_k_f32.spv
+var spvDequantQ2KF32 []byte
+
+// DequantQ2KF32 is glsl/dequant.comp with Q2_K=1, DST_T=float.
+var DequantQ2KF32 = &Kernel{Name: "dequant_q2_k_f32", SPIRV: spvDequantQ2KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q2_k_f16.spv
+var spvDequantQ2KF16 []byte
+
+// DequantQ2KF16 is glsl/dequant.comp with Q2_K=1, DST_T=float16_t.
+var DequantQ2KF16 = &Kernel{Name: "dequant_q2_k_f16", SPIRV: spvDequantQ2KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q3_k.spv
+var spvMatMulRegQ3K []byte
+
+// MatMulRegQ3K is glsl/matmul_reg_q.comp with Q3_K=1.
+var MatMulRegQ3K = &Kernel{Name: "matmul_reg_q3_k", SPIRV: spvMatMulRegQ3K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q3_k.spv
+var spvMatMulTileQ3K []byte
+
+// MatMulTileQ3K is glsl/matmul_tile.comp with Q3_K=1, QTYPE=1.
+var MatMulTileQ3K = &Kernel{Name: "matmul_tile_q3_k", SPIRV: spvMatMulTileQ3K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q3_k.spv
+var spvConv2dTileQ3K []byte
+
+// Conv2dTileQ3K is glsl/conv2d_tile.comp with Q3_K=1, QTYPE=1.
+var Conv2dTileQ3K = &Kernel{Name: "conv2d_tile_q3_k", SPIRV: spvConv2dTileQ3K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q3_k.spv
+var spvWinogradWeightsQ3K []byte
+
+// WinogradWeightsQ3K is glsl/winograd_weights.comp with Q3_K=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ3K = &Kernel{Name: "winograd_weights_q3_k", SPIRV: spvWinogradWeightsQ3K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q3_k_f32.spv
+var spvDequantQ3KF32 []byte
+
+// DequantQ3KF32 is glsl/dequant.comp with Q3_K=1, DST_T=float.
+var DequantQ3KF32 = &Kernel{Name: "dequant_q3_k_f32", SPIRV: spvDequantQ3KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q3_k_f16.spv
+var spvDequantQ3KF16 []byte
+
+// DequantQ3KF16 is glsl/dequant.comp with Q3_K=1, DST_T=float16_t.
+var DequantQ3KF16 = &Kernel{Name: "dequant_q3_k_f16", SPIRV: spvDequantQ3KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q4_k.spv
+var spvMatMulRegQ4K []byte
+
+// MatMulRegQ4K is glsl/matmul_reg_q.comp with Q4_K=1.
+var MatMulRegQ4K = &Kernel{Name: "matmul_reg_q4_k", SPIRV: spvMatMulRegQ4K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q4_k.spv
+var spvMatMulTileQ4K []byte
+
+// MatMulTileQ4K is glsl/matmul_tile.comp with Q4_K=1, QTYPE=1.
+var MatMulTileQ4K = &Kernel{Name: "matmul_tile_q4_k", SPIRV: spvMatMulTileQ4K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q4_k.spv
+var spvConv2dTileQ4K []byte
+
+// Conv2dTileQ4K is glsl/conv2d_tile.comp with Q4_K=1, QTYPE=1.
+var Conv2dTileQ4K = &Kernel{Name: "conv2d_tile_q4_k", SPIRV: spvConv2dTileQ4K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q4_k.spv
+var spvWinogradWeightsQ4K []byte
+
+// WinogradWeightsQ4K is glsl/winograd_weights.comp with Q4_K=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ4K = &Kernel{Name: "winograd_weights_q4_k", SPIRV: spvWinogradWeightsQ4K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q4_k_f32.spv
+var spvDequantQ4KF32 []byte
+
+// DequantQ4KF32 is glsl/dequant.comp with Q4_K=1, DST_T=float.
+var DequantQ4KF32 = &Kernel{Name: "dequant_q4_k_f32", SPIRV: spvDequantQ4KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q4_k_f16.spv
+var spvDequantQ4KF16 []byte
+
+// DequantQ4KF16 is glsl/dequant.comp with Q4_K=1, DST_T=float16_t.
+var DequantQ4KF16 = &Kernel{Name: "dequant_q4_k_f16", SPIRV: spvDequantQ4KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q5_k.spv
+var spvMatMulRegQ5K []byte
+
+// MatMulRegQ5K is glsl/matmul_reg_q.comp with Q5_K=1.
+var MatMulRegQ5K = &Kernel{Name: "matmul_reg_q5_k", SPIRV: spvMatMulRegQ5K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q5_k.spv
+var spvMatMulTileQ5K []byte
+
+// MatMulTileQ5K is glsl/matmul_tile.comp with Q5_K=1, QTYPE=1.
+var MatMulTileQ5K = &Kernel{Name: "matmul_tile_q5_k", SPIRV: spvMatMulTileQ5K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q5_k.spv
+var spvConv2dTileQ5K []byte
+
+// Conv2dTileQ5K is glsl/conv2d_tile.comp with Q5_K=1, QTYPE=1.
+var Conv2dTileQ5K = &Kernel{Name: "conv2d_tile_q5_k", SPIRV: spvConv2dTileQ5K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q5_k.spv
+var spvWinogradWeightsQ5K []byte
+
+// WinogradWeightsQ5K is glsl/winograd_weights.comp with Q5_K=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ5K = &Kernel{Name: "winograd_weights_q5_k", SPIRV: spvWinogradWeightsQ5K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q5_k_f32.spv
+var spvDequantQ5KF32 []byte
+
+// DequantQ5KF32 is glsl/dequant.comp with Q5_K=1, DST_T=float.
+var DequantQ5KF32 = &Kernel{Name: "dequant_q5_k_f32", SPIRV: spvDequantQ5KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q5_k_f16.spv
+var spvDequantQ5KF16 []byte
+
+// DequantQ5KF16 is glsl/dequant.comp with Q5_K=1, DST_T=float16_t.
+var DequantQ5KF16 = &Kernel{Name: "dequant_q5_k_f16", SPIRV: spvDequantQ5KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/matmul_reg_q6_k.spv
+var spvMatMulRegQ6K []byte
+
+// MatMulRegQ6K is glsl/matmul_reg_q.comp with Q6_K=1.
+var MatMulRegQ6K = &Kernel{Name: "matmul_reg_q6_k", SPIRV: spvMatMulRegQ6K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+
+//go:embed spv/matmul_tile_q6_k.spv
+var spvMatMulTileQ6K []byte
+
+// MatMulTileQ6K is glsl/matmul_tile.comp with Q6_K=1, QTYPE=1.
+var MatMulTileQ6K = &Kernel{Name: "matmul_tile_q6_k", SPIRV: spvMatMulTileQ6K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+
+//go:embed spv/conv2d_tile_q6_k.spv
+var spvConv2dTileQ6K []byte
+
+// Conv2dTileQ6K is glsl/conv2d_tile.comp with Q6_K=1, QTYPE=1.
+var Conv2dTileQ6K = &Kernel{Name: "conv2d_tile_q6_k", SPIRV: spvConv2dTileQ6K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+
+//go:embed spv/winograd_weights_q6_k.spv
+var spvWinogradWeightsQ6K []byte
+
+// WinogradWeightsQ6K is glsl/winograd_weights.comp with Q6_K=1, QTYPE=1, SCALAR_TEXELS=1.
+var WinogradWeightsQ6K = &Kernel{Name: "winograd_weights_q6_k", SPIRV: spvWinogradWeightsQ6K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q6_k_f32.spv
+var spvDequantQ6KF32 []byte
+
+// DequantQ6KF32 is glsl/dequant.comp with Q6_K=1, DST_T=float.
+var DequantQ6KF32 = &Kernel{Name: "dequant_q6_k_f32", SPIRV: spvDequantQ6KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
+//go:embed spv/dequant_q6_k_f16.spv
+var spvDequantQ6KF16 []byte
+
+// DequantQ6KF16 is glsl/dequant.comp with Q6_K=1, DST_T=float16_t.
+var DequantQ6KF16 = &Kernel{Name: "dequant_q6_k_f16", SPIRV: spvDequantQ6KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+
 // All lists every kernel, in the order of Variants.
 var All = []*Kernel{
 	MatMulRegNt,
@@ -321,6 +681,66 @@ var All = []*Kernel{
 	CopyF16F32,
 	CopyF32F16,
 	CopyF16F16,
+	MatMulRegQ40,
+	MatMulTileQ40,
+	Conv2dTileQ40,
+	WinogradWeightsQ40,
+	DequantQ40F32,
+	DequantQ40F16,
+	MatMulRegQ41,
+	MatMulTileQ41,
+	Conv2dTileQ41,
+	WinogradWeightsQ41,
+	DequantQ41F32,
+	DequantQ41F16,
+	MatMulRegQ50,
+	MatMulTileQ50,
+	Conv2dTileQ50,
+	WinogradWeightsQ50,
+	DequantQ50F32,
+	DequantQ50F16,
+	MatMulRegQ51,
+	MatMulTileQ51,
+	Conv2dTileQ51,
+	WinogradWeightsQ51,
+	DequantQ51F32,
+	DequantQ51F16,
+	MatMulRegQ80,
+	MatMulTileQ80,
+	Conv2dTileQ80,
+	WinogradWeightsQ80,
+	DequantQ80F32,
+	DequantQ80F16,
+	MatMulRegQ2K,
+	MatMulTileQ2K,
+	Conv2dTileQ2K,
+	WinogradWeightsQ2K,
+	DequantQ2KF32,
+	DequantQ2KF16,
+	MatMulRegQ3K,
+	MatMulTileQ3K,
+	Conv2dTileQ3K,
+	WinogradWeightsQ3K,
+	DequantQ3KF32,
+	DequantQ3KF16,
+	MatMulRegQ4K,
+	MatMulTileQ4K,
+	Conv2dTileQ4K,
+	WinogradWeightsQ4K,
+	DequantQ4KF32,
+	DequantQ4KF16,
+	MatMulRegQ5K,
+	MatMulTileQ5K,
+	Conv2dTileQ5K,
+	WinogradWeightsQ5K,
+	DequantQ5KF32,
+	DequantQ5KF16,
+	MatMulRegQ6K,
+	MatMulTileQ6K,
+	Conv2dTileQ6K,
+	WinogradWeightsQ6K,
+	DequantQ6KF32,
+	DequantQ6KF16,
 }
 
 // AttentionParams is the push_constant block AttentionParams (std430: 4-byte members, no padding).
@@ -376,6 +796,11 @@ type CopyParams struct {
 	N      uint32
 	SrcOff uint32
 	DstOff uint32
+}
+
+// DequantParams is the push_constant block DequantParams (std430: 4-byte members, no padding).
+type DequantParams struct {
+	N uint32
 }
 
 // EmbeddingParams is the push_constant block EmbeddingParams (std430: 4-byte members, no padding).
@@ -501,4 +926,5 @@ type WinogradParams struct {
 	Pad     uint32
 	HasBias uint32
 	OStride uint32
+	WOff    uint32
 }

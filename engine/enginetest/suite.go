@@ -83,6 +83,7 @@ func All(t *testing.T, b engine.Backend, opts ...Option) {
 		{"RMSNorm", RMSNorm}, {"Rope", Rope}, {"SwiGLU", SwiGLU}, {"AttentionMasks", AttentionMasks},
 		{"Unary", Unary}, {"GEGLU", GEGLU}, {"Binary", Binary}, {"Scale", Scale},
 		{"Upsample2x", Upsample2x}, {"Concat", Concat}, {"Permute", Permute}, {"Embedding", Embedding}, {"Copy", Copy},
+		{"Quantized", Quantized},
 	} {
 		t.Run(c.name, func(t *testing.T) { c.f(t, b, opts...) })
 	}

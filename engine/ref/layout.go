@@ -190,7 +190,12 @@ func (b *Backend) Copy(dst, x *engine.Tensor) error {
 	if err := engine.WantShape(op, dst, x.Shape...); err != nil {
 		return err
 	}
+	if dst.DType.Quantized() {
+		return &engine.ShapeError{Op: op, Tensor: dst.Name, Got: dst.DType.String(), Want: "F32 or F16 (the engine does not quantize)"}
+	}
 	switch {
+	case x.DType.Quantized():
+		store(dst, load(x))
 	case x.DType == engine.F16 && dst.DType == engine.F16:
 		copy(raw16(dst), raw16(x))
 	case x.DType == engine.F16:

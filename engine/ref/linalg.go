@@ -21,6 +21,9 @@ func (b *Backend) Linear(dst, x, w, bias *engine.Tensor) error {
 		return err
 	}
 	n, k := w.Shape[0], w.Shape[1]
+	if err := engine.WholeBlocks(op, w, k, "rows"); err != nil {
+		return err
+	}
 	var bv []float32
 	if bias != nil {
 		if err := biasOK(op, bias, n); err != nil {
@@ -110,6 +113,9 @@ func (b *Backend) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) 
 	nb, c, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
 	o, kh, kw := w.Shape[0], w.Shape[2], w.Shape[3]
 	oh, ow := s[2], s[3]
+	if err := engine.WholeBlocks(op, w, c*kh*kw, "rows (C*KH*KW)"); err != nil {
+		return err
+	}
 	var bv []float32
 	if bias != nil {
 		if err := biasOK(op, bias, o); err != nil {

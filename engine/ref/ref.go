@@ -40,21 +40,38 @@ func New(opts ...Option) *Backend {
 var _ engine.Backend = (*Backend)(nil)
 
 // buffer is a tensor's storage: F32 tensors hold float32 values, F16 tensors
-// raw binary16 bits. Views share the owner's buffer.
+// raw binary16 bits, block-quantized tensors their blocks' bytes (decoded
+// exactly by engine.Dequantize wherever an op reads them). Views share the
+// owner's buffer.
 type buffer struct {
 	f32   []float32
 	f16   []uint16
+	blk   []byte
+	n     int // elements of a block-quantized buffer
 	dtype engine.DType
 	bytes int64
 	freed bool
 }
 
 func (b *buffer) len() int {
-	if b.dtype == engine.F16 {
+	switch {
+	case b.dtype == engine.F16:
 		return len(b.f16)
+	case b.dtype.Quantized():
+		return b.n
 	}
 	return len(b.f32)
 }
+
+// SupportsBlocks reports true for every block type: the reference decodes
+// them all exactly (engine.Dequantize) and runs Linear, Conv2d and Copy on
+// the decoded values.
+func (b *Backend) SupportsBlocks(d engine.DType) bool { return d.Quantized() }
+
+// blockOps are the ops that take block-quantized operands (the weights of
+// Linear and Conv2d, Copy's source) besides transfers; every other op
+// refuses them in check.
+var blockOps = map[string]bool{"linear": true, "conv2d": true, "copy": true, "read": true, "write": true, "write_raw": true}
 
 // Name is "ref".
 func (b *Backend) Name() string { return "ref" }
@@ -71,22 +88,28 @@ func (b *Backend) Alloc(name string, dt engine.DType, shape engine.Shape) (*engi
 	if b.closed {
 		return nil, fmt.Errorf("ref: alloc %s: backend is closed", name)
 	}
-	if dt != engine.F32 && dt != engine.F16 {
+	if dt != engine.F32 && dt != engine.F16 && !dt.Quantized() {
 		return nil, fmt.Errorf("ref: alloc %s: unsupported dtype %v", name, dt)
 	}
 	if err := shape.Valid(); err != nil {
 		return nil, fmt.Errorf("ref: alloc %s: %w", name, err)
 	}
 	n := shape.NumElem()
-	size := int64(n) * int64(dt.Size())
+	if bs := dt.BlockSize(); n%bs != 0 {
+		return nil, fmt.Errorf("ref: alloc %s %v%v: %d elements are not whole %d-element blocks", name, dt, shape, n, bs)
+	}
+	size := dt.RowBytes(n)
 	if b.budget > 0 && b.inUse+size > b.budget {
 		return nil, fmt.Errorf("ref: alloc %s %v%v: %d bytes requested with %d in use exceeds the budget of %d bytes",
 			name, dt, shape, size, b.inUse, b.budget)
 	}
 	buf := &buffer{dtype: dt, bytes: size}
-	if dt == engine.F16 {
+	switch {
+	case dt == engine.F16:
 		buf.f16 = make([]uint16, n)
-	} else {
+	case dt.Quantized():
+		buf.blk, buf.n = make([]byte, size), n
+	default:
 		buf.f32 = make([]float32, n)
 	}
 	b.inUse += size
@@ -105,7 +128,7 @@ func (b *Backend) Free(t *engine.Tensor) {
 		return
 	}
 	buf.freed = true
-	buf.f32, buf.f16 = nil, nil
+	buf.f32, buf.f16, buf.blk = nil, nil, nil
 	b.inUse -= buf.bytes
 }
 
@@ -128,14 +151,28 @@ func (b *Backend) Write(t *engine.Tensor, data []float32) error {
 	if len(data) != t.NumElem() {
 		return fmt.Errorf("ref: write %s%v: %d values, want %d", t.Name, t.Shape, len(data), t.NumElem())
 	}
+	if t.DType.Quantized() {
+		return fmt.Errorf("ref: write %s: %v blocks are written with WriteRaw (the engine does not quantize)", t.Name, t.DType)
+	}
 	store(t, data)
 	return nil
 }
 
-// WriteRaw stores little-endian F16 or F32 elements into t.
+// WriteRaw stores little-endian F16 or F32 elements into t, or the blocks
+// of a block-quantized t (src must then be t's dtype).
 func (b *Backend) WriteRaw(t *engine.Tensor, data []byte, src engine.DType) error {
 	if err := check("write_raw", t); err != nil {
 		return err
+	}
+	if t.DType.Quantized() || src.Quantized() {
+		if src != t.DType {
+			return fmt.Errorf("ref: write_raw %s: %v data into a %v tensor (blocks are stored as they are)", t.Name, src, t.DType)
+		}
+		if int64(len(data)) != t.Bytes() {
+			return fmt.Errorf("ref: write_raw %s%v: %d bytes of %v, want %d", t.Name, t.Shape, len(data), src, t.Bytes())
+		}
+		copy(blocks(t), data)
+		return nil
 	}
 	if src != engine.F32 && src != engine.F16 {
 		return fmt.Errorf("ref: write_raw %s: unsupported source dtype %v", t.Name, src)
@@ -194,6 +231,14 @@ func check(op string, t *engine.Tensor) error {
 	if err := t.Shape.Valid(); err != nil {
 		return fmt.Errorf("ref: %s: tensor %s: %w", op, t.Name, err)
 	}
+	if t.DType.Quantized() {
+		if !blockOps[op] {
+			return fmt.Errorf("ref: %s: %s is %v: block-quantized tensors are weights of linear and conv2d, or copied to F32/F16", op, t.Name, t.DType)
+		}
+		if bs := t.DType.BlockSize(); t.Offset%bs != 0 || t.NumElem()%bs != 0 {
+			return fmt.Errorf("ref: %s: view %s%v at offset %d is not whole %d-element blocks", op, t.Name, t.Shape, t.Offset, bs)
+		}
+	}
 	if t.Offset < 0 || t.Offset+t.NumElem() > buf.len() {
 		return fmt.Errorf("ref: %s: tensor %s%v at offset %d overruns its storage of %d elements",
 			op, t.Name, t.Shape, t.Offset, buf.len())
@@ -231,11 +276,25 @@ func raw16(t *engine.Tensor) []uint16 {
 	return t.Storage.(*buffer).f16[t.Offset : t.Offset+t.NumElem()]
 }
 
+// blocks is the byte view of a block-quantized tensor's blocks.
+func blocks(t *engine.Tensor) []byte {
+	buf := t.Storage.(*buffer)
+	return buf.blk[t.ByteOffset() : t.ByteOffset()+t.Bytes()]
+}
+
 // load returns t's elements as float32: the storage itself for F32 (do not
-// write through it unless t is a destination), a widened copy for F16.
+// write through it unless t is a destination), a widened copy for F16, the
+// exactly decoded values of a block-quantized tensor.
 func load(t *engine.Tensor) []float32 {
 	if t.DType == engine.F32 {
 		return data(t)
+	}
+	if t.DType.Quantized() {
+		out := make([]float32, t.NumElem())
+		if err := engine.Dequantize(t.DType, blocks(t), out); err != nil {
+			panic(err) // check guarantees whole blocks
+		}
+		return out
 	}
 	src := raw16(t)
 	out := make([]float32, len(src))

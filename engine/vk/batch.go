@@ -485,10 +485,13 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 
 // texelView makes a uniform texel-buffer view of bd for kernel k: RGBA32F
 // over F32 tensors, RGBA16F over F16 ones, one texel per 4 elements (R32F
-// and R16F, one per element, for kernels with ScalarTexels).
+// and R16F, one per element, for kernels with ScalarTexels); R32UI words
+// over block-quantized ones.
 func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vkView, error) {
 	format, comps := uint32(formatRGBA32F), 4
 	switch {
+	case bd.dtype.Quantized():
+		format, comps = formatR32UI, 1 // the blocks' 32-bit words (kernels/glsl/quant.glsl)
 	case k.ScalarTexels && bd.dtype == engine.F16:
 		format, comps = formatR16F, 1
 	case k.ScalarTexels:

@@ -73,10 +73,12 @@ const (
 	heapDeviceLocal = 0x1
 	queueCompute    = 0x2
 
-	formatR16F    = 76
-	formatR32F    = 100
-	formatRGBA16F = 97
-	formatRGBA32F = 109
+	formatR16F     = 76
+	formatR32F     = 100
+	formatRGBA16F  = 97
+	formatRGBA32F  = 109
+	formatR32UI    = 98
+	formatRGBA32UI = 107
 )
 
 // Objects counts the Vulkan objects a Device holds. Close destroys them all

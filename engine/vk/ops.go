@@ -71,6 +71,9 @@ func (c *opCtx) dtype(t *engine.Tensor, want ...engine.DType) {
 	if t.DType == engine.F16 && !c.d.info.FP16Storage {
 		c.fail(fmt.Errorf("vk: %s: %s is F16 but %s lacks 16-bit storage buffers", c.op, t.Name, c.d.info.Name))
 	}
+	if t.DType.Quantized() && t.ByteOffset()%4 != 0 {
+		c.fail(fmt.Errorf("vk: %s: view %s starts inside a 32-bit word of its %v blocks", c.op, t.Name, t.DType))
+	}
 }
 
 // rawBinding is t's byte range in its block.
@@ -79,8 +82,12 @@ func (c *opCtx) rawBinding(t *engine.Tensor, write bool) (binding, *allocation, 
 	if err != nil {
 		return binding{}, nil, err
 	}
-	off := al.off + int64(t.Offset*t.DType.Size())
-	return binding{buf: al.blk.buf, off: off, size: t.Bytes(), write: write, dtype: t.DType, name: t.Name}, al, nil
+	off := al.off + t.ByteOffset()
+	size := t.Bytes()
+	if t.DType.Quantized() {
+		size = quantBindBytes(t) // whole words, and the one the kernels may read past the end
+	}
+	return binding{buf: al.blk.buf, off: off, size: size, write: write, dtype: t.DType, name: t.Name}, al, nil
 }
 
 func (c *opCtx) bindable(t *engine.Tensor, bd binding) error {
@@ -105,6 +112,10 @@ func (c *opCtx) in(t *engine.Tensor) {
 		return
 	}
 	if !c.aligned(bd) {
+		if t.DType.Quantized() {
+			c.fail(fmt.Errorf("vk: %s: view %s of %v blocks is not bound at an aligned offset", c.op, t.Name, t.DType))
+			return
+		}
 		tmp, err := c.d.Alloc(t.Name+".aligned", t.DType, t.Shape)
 		if err != nil {
 			c.fail(err)
@@ -126,16 +137,20 @@ func (c *opCtx) in(t *engine.Tensor) {
 }
 
 // weighted checks and binds the operands of a weighted op (conv, linear):
-// F32 activations, F32 or F16 weights, an optional F32 bias of outCh
+// F32 activations, F32, F16 or block-quantized weights (whose rows of
+// rowLen elements must be whole blocks), an optional F32 bias of outCh
 // values. It returns 1 when a bias is bound, for the kernel's push
 // constants.
-func (c *opCtx) weighted(dst, x, w, bias *engine.Tensor, outCh int) uint32 {
+func (c *opCtx) weighted(dst, x, w, bias *engine.Tensor, outCh, rowLen int) uint32 {
 	if bias != nil {
 		c.check(engine.WantShape(c.op, bias, outCh))
 		c.dtype(bias, engine.F32)
 	}
 	c.dtype(x, engine.F32)
-	c.dtype(w, engine.F32, engine.F16)
+	c.dtype(w, weightDTypes...)
+	if c.err == nil && w.DType.Quantized() {
+		c.check(engine.WholeBlocks(c.op, w, rowLen, "rows"))
+	}
 	c.dtype(dst, engine.F32)
 	c.in(x)
 	c.in(w)
@@ -277,6 +292,9 @@ func (d *Device) Copy(dst, x *engine.Tensor) error {
 	if !dst.Shape.Equal(x.Shape) {
 		return &engine.ShapeError{Op: "copy", Tensor: dst.Name, Got: dst.Shape.String(), Want: x.Shape.String()}
 	}
+	if x.DType.Quantized() {
+		return d.copyQuant(dst, x)
+	}
 	if !d.fits(dst, x) && d.usable() == nil {
 		if ok, err := d.splitFlat([]*engine.Tensor{dst, x}, func(v []*engine.Tensor) error {
 			return d.copyRaw("copy "+x.Name, v[0], v[1])
@@ -316,6 +334,9 @@ func (d *Device) texelError(op string, comps int, bd binding) error {
 		return fmt.Errorf("vk: %s reads texel buffers, which %s lacks for R(GBA)32F/R(GBA)16F", op, d.info.Name)
 	}
 	texel := int64(comps * bd.dtype.Size())
+	if bd.dtype.Quantized() {
+		texel = 4 // R32UI words of the blocks
+	}
 	if bd.size%texel != 0 {
 		return fmt.Errorf("vk: %s: %s is %d bytes, not whole %d-element texels", op, bd.name, bd.size, comps)
 	}

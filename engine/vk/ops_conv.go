@@ -37,13 +37,16 @@ func (d *Device) Conv2d(dst, x, w, bias *engine.Tensor, p engine.Conv2dParams) e
 			return err
 		}
 	}
-	hasBias := c.weighted(dst, x, w, bias, o)
+	kh, kw := w.Shape[2], w.Shape[3]
+	hasBias := c.weighted(dst, x, w, bias, o, x.Shape[1]*kh*kw)
 	if c.err != nil {
 		return c.err
 	}
 	n, ch, h, wd := x.Shape[0], x.Shape[1], x.Shape[2], x.Shape[3]
-	kh, kw := w.Shape[2], w.Shape[3]
 	oh, ow := s[2], s[3]
+	if w.DType.Quantized() {
+		return d.conv2dQuant(c, w.DType, n, ch, h, wd, o, kh, kw, oh, ow, p, hasBias)
+	}
 	texels := d.texelsFit(1, x, w) // the CPU kernels read x and w as scalar texels
 	if kh == 3 && kw == 3 && p.Stride == 1 && d.opts.Conv != ConvDirect && texels &&
 		(d.opts.Conv == ConvWinograd || d.winogradAuto(ch, o, oh, ow)) {
@@ -104,8 +107,8 @@ func (d *Device) conv2dGEMM(c *opCtx, wdt engine.DType, n, kh, kw int, p engine.
 	if o < 16 || ch < 4 || k%4 != 0 {
 		return false, nil
 	}
-	if (kh == 1 && kw == 1) || (int(pp.Ow) >= regTP && p.Stride == 1) {
-		return false, nil
+	if !wdt.Quantized() && ((kh == 1 && kw == 1) || (int(pp.Ow) >= regTP && p.Stride == 1)) {
+		return false, nil // the direct kernel is faster (quantized weights have none)
 	}
 	bytes := int64(n) * int64(pix) * int64(k) * 4
 	if bytes > im2colMaxBytes || (d.bindLimit() > 0 && bytes > d.bindLimit()) ||

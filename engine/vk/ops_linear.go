@@ -24,6 +24,9 @@ const (
 // matmul records C[z] = alpha*A[z]·B[z] (+bias) for z < batch, choosing
 // the kernel family from the device tuning and the shape.
 func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB bool, p kernels.MatMulParams) error {
+	if wdt.Quantized() {
+		return d.matmulQuant(c, wdt, batch, m, n, p)
+	}
 	vec := k%4 == 0 && (transB || n%4 == 0)
 	var kern *kernels.Kernel
 	var groups [3]uint32
@@ -65,6 +68,31 @@ func (d *Device) matmul(c *opCtx, wdt engine.DType, batch, m, n, k int, transB b
 	return c.run(kern, spec, unsafe.Pointer(&p), unsafe.Sizeof(p), groups)
 }
 
+// matmulQuant records the product with a block-quantized B stored
+// transposed (rows of K whole blocks; callers check): matmul_reg_q* in
+// tiles of regTM x regTN, one SIMD group per workgroup as for F16 weights,
+// or the shared-memory tiles.
+func (d *Device) matmulQuant(c *opCtx, wdt engine.DType, batch, m, n int, p kernels.MatMulParams) error {
+	kern, reg, err := d.quantMatMulKernel(wdt, c.binds[0], c.binds[1])
+	if err != nil {
+		c.fail(err)
+		return err
+	}
+	if p.TransB == 0 {
+		return fmt.Errorf("vk: %s: a block-quantized b must be stored transposed", c.op)
+	}
+	if p.TransC != 0 && !reg {
+		return fmt.Errorf("vk: %s: a transposed product needs matmul_reg, not %s", c.op, kern.Name)
+	}
+	if !reg {
+		groups := [3]uint32{uint32((n + tileMN - 1) / tileMN), uint32((m + tileMN - 1) / tileMN), uint32(batch)}
+		return c.run(kern, nil, unsafe.Pointer(&p), unsafe.Sizeof(p), groups)
+	}
+	tiles := ((m + regTM - 1) / regTM) * ((n + regTN - 1) / regTN)
+	const wg = 8
+	return c.run(kern, []uint32{wg}, unsafe.Pointer(&p), unsafe.Sizeof(p), d.groupGrid((tiles+wg-1)/wg, batch))
+}
+
 func pickW(dt engine.DType, f32, f16 *kernels.Kernel) *kernels.Kernel {
 	if dt == engine.F16 {
 		return f16
@@ -93,7 +121,7 @@ func (d *Device) Linear(dst, x, w, bias *engine.Tensor) error {
 			return err
 		}
 	}
-	hasBias := c.weighted(dst, x, w, bias, n)
+	hasBias := c.weighted(dst, x, w, bias, n, k)
 	if c.err != nil {
 		return c.err
 	}

@@ -104,7 +104,7 @@ func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh,
 		return false, nil // the products would leave matmul_reg
 	}
 	if a := int64(max(d.info.MinStorageBufferAlign, 16)); og < o &&
-		(int64(og*ch*9*wdt.Size())%a != 0 || int64(4*og*oh*ow)%a != 0 || int64(4*og)%a != 0) {
+		(wdt.RowBytes(og*ch*9)%a != 0 && !wdt.Quantized() || int64(4*og*oh*ow)%a != 0 || int64(4*og)%a != 0) {
 		return false, nil // groups would bind misaligned ranges
 	}
 	var scratch []*engine.Tensor
@@ -136,7 +136,12 @@ func (d *Device) conv2dWinograd(c *opCtx, wdt engine.DType, n, ch, h, wd, o, oh,
 				pp := kernels.WinogradParams{C: uint32(ch), H: uint32(h), W: uint32(wd), O: uint32(oc), Oh: uint32(oh),
 					Ow: uint32(ow), Cp4: uint32(cp4), Op4: uint32((oc + 3) / 4), Th: uint32(th), Tw: uint32(tw),
 					Tn: uint32(tn), Pad: uint32(pad), HasBias: hasBias, OStride: uint32(o)}
-				gw := subRange(wb, int64(o0*ch*9*wdt.Size()), int64(oc*ch*9*wdt.Size()))
+				gw := subRange(wb, wdt.RowBytes(o0*ch*9), wdt.RowBytes(oc*ch*9))
+				if wdt.Quantized() {
+					// The transform decodes from the whole tensor's words
+					// (groups' blocks need not start on a word).
+					gw, pp.WOff = wb, uint32(o0*ch*9)
+				}
 				gb := bb
 				if hasBias != 0 {
 					gb = subRange(bb, int64(4*o0), int64(4*oc))
@@ -183,7 +188,11 @@ func (d *Device) recordWinograd(c *opCtx, wdt engine.DType, xb, wb, bb, yb, ub, 
 		return nil
 	}
 	cp, op := int(4*pp.Cp4), int(4*pp.Op4)
-	if err := dispatch(kernels.WinogradWeights, pp, op*int(pp.Cp4), wb, wr(ub)); err != nil {
+	wk := kernels.WinogradWeights
+	if wdt.Quantized() {
+		wk = quantTable[wdt].wino
+	}
+	if err := dispatch(wk, pp, op*int(pp.Cp4), wb, wr(ub)); err != nil {
 		return err
 	}
 	chunk := int(pp.Tn)

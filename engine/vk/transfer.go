@@ -30,7 +30,10 @@ func (d *Device) storage(op string, t *engine.Tensor) (*allocation, error) {
 	if al.freed {
 		return nil, fmt.Errorf("vk: %s: tensor %s was freed", op, t.Name)
 	}
-	end := int64(t.Offset+t.NumElem()) * int64(t.DType.Size())
+	end := t.ByteOffset() + t.Bytes()
+	if t.DType.Quantized() {
+		end = t.ByteOffset() + quantBindBytes(t)
+	}
 	if t.Offset < 0 || end > al.size {
 		return nil, fmt.Errorf("vk: %s: view %s (offset %d, %v) exceeds its storage of %d bytes", op, t.Name, t.Offset, t.Shape, al.size)
 	}
@@ -45,10 +48,19 @@ func (d *Device) Alloc(name string, dt engine.DType, shape engine.Shape) (*engin
 	if err := shape.Valid(); err != nil {
 		return nil, fmt.Errorf("vk: alloc %s: %w", name, err)
 	}
-	if dt != engine.F32 && dt != engine.F16 {
+	bytes := dt.RowBytes(shape.NumElem())
+	switch {
+	case dt == engine.F32 || dt == engine.F16:
+	case dt.Quantized() && d.SupportsBlocks(dt):
+		if n, bs := shape.NumElem(), dt.BlockSize(); n%bs != 0 {
+			return nil, fmt.Errorf("vk: alloc %s %v%v: %d elements are not whole %d-element blocks", name, dt, shape, n, bs)
+		}
+		t := &engine.Tensor{Name: name, DType: dt, Shape: shape}
+		bytes = quantBindBytes(t)
+	default:
 		return nil, fmt.Errorf("vk: alloc %s: unsupported dtype %v", name, dt)
 	}
-	al, err := d.mem.alloc(name, int64(shape.NumElem())*int64(dt.Size()))
+	al, err := d.mem.alloc(name, bytes)
 	if err != nil {
 		return nil, err
 	}
@@ -76,6 +88,9 @@ func (d *Device) Write(t *engine.Tensor, data []float32) error {
 	if len(data) != t.NumElem() {
 		return fmt.Errorf("vk: write %s%v: %d values, want %d", t.Name, t.Shape, len(data), t.NumElem())
 	}
+	if t.DType.Quantized() {
+		return fmt.Errorf("vk: write %s: %v blocks are written with WriteRaw (the engine does not quantize)", t.Name, t.DType)
+	}
 	raw := make([]byte, t.Bytes())
 	if t.DType == engine.F16 {
 		for i, v := range data {
@@ -93,6 +108,15 @@ func (d *Device) Write(t *engine.Tensor, data []float32) error {
 func (d *Device) WriteRaw(t *engine.Tensor, data []byte, src engine.DType) error {
 	if t == nil {
 		return fmt.Errorf("vk: write: nil tensor")
+	}
+	if t.DType.Quantized() || src.Quantized() {
+		if src != t.DType {
+			return fmt.Errorf("vk: write %s: %v data into a %v tensor (blocks are stored as they are)", t.Name, src, t.DType)
+		}
+		if int64(len(data)) != t.Bytes() {
+			return fmt.Errorf("vk: write %s%v: %d bytes of %v, want %d", t.Name, t.Shape, len(data), src, t.Bytes())
+		}
+		return d.writeBytes("write", t, data)
 	}
 	if src != engine.F32 && src != engine.F16 {
 		return fmt.Errorf("vk: write %s: unsupported source dtype %v", t.Name, src)
@@ -137,7 +161,7 @@ func (d *Device) writeBytes(op string, t *engine.Tensor, raw []byte) error {
 		return fmt.Errorf("vk: %s %s: %w", op, t.Name, err)
 	}
 	d.vk.work.Uploads++
-	off := al.off + int64(t.Offset*t.DType.Size())
+	off := al.off + t.ByteOffset()
 	if err := d.kick(); err != nil {
 		return err
 	}
@@ -187,6 +211,12 @@ func (d *Device) Read(t *engine.Tensor) ([]float32, error) {
 		return nil, err
 	}
 	out := make([]float32, t.NumElem())
+	if t.DType.Quantized() {
+		if err := engine.Dequantize(t.DType, raw, out); err != nil {
+			return nil, fmt.Errorf("vk: read %s: %w", t.Name, err)
+		}
+		return out, nil
+	}
 	if t.DType == engine.F16 {
 		for i := range out {
 			out[i] = float16.Frombits(binary.LittleEndian.Uint16(raw[2*i:])).Float32()
@@ -210,7 +240,7 @@ func (d *Device) readBytes(t *engine.Tensor) ([]byte, error) {
 	if err := d.Flush(); err != nil {
 		return nil, err
 	}
-	off := al.off + int64(t.Offset*t.DType.Size())
+	off := al.off + t.ByteOffset()
 	raw := make([]byte, t.Bytes())
 	if d.mem.mapped {
 		copy(raw, unsafe.Slice((*byte)(unsafe.Add(al.blk.ptr, off)), len(raw)))

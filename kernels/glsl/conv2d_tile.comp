@@ -4,13 +4,23 @@
 // Implicit-GEMM convolution for GPUs: GEMM rows are output channels, columns
 // are output pixels of one image, and the reduction runs over C*KH*KW. A
 // 16x16 workgroup computes a 64x64 tile, 4x4 per invocation, staging the
-// weight slice and the gathered input slice in shared memory.
+// weight slice and the gathered input slice in shared memory. With QTYPE
+// defined the weights are block-quantized (quant.glsl), each element
+// decoded as it is staged.
 #define BM 64
 #define BN 64
 #define BK 16
 layout(local_size_x = 16, local_size_y = 16) in;
 layout(std430, binding = 0) readonly buffer X { float x[]; };
+#ifdef QTYPE
+layout(std430, binding = 1) readonly buffer Wt { uint wq[]; };
+uint qword(uint i) { return wq[i]; }
+#include "quant.glsl"
+#define W_AT(i) dq_elem(i)
+#else
 layout(std430, binding = 1) readonly buffer Wt { W_T wt[]; };
+#define W_AT(i) float(wt[i])
+#endif
 layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 3) writeonly buffer Y { float y[]; };
 
@@ -38,7 +48,7 @@ void main() {
 			uint idx = tid + e * 256u;
 			uint r = idx / BK, kk = idx % BK;
 			uint go = o0 + r, gk = k0 + kk;
-			ws_[kk][r] = (go < p.o && gk < kdim) ? float(wt[go * kdim + gk]) : 0.0;
+			ws_[kk][r] = (go < p.o && gk < kdim) ? W_AT(go * kdim + gk) : 0.0;
 			uint kr = idx / BN, cp = idx % BN;
 			uint gk2 = k0 + kr, gp = p0 + cp;
 			float v = 0.0;

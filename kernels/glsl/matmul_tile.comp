@@ -3,13 +3,23 @@
 #include "matmul.glsl"
 // Shared-memory tiled matmul for GPUs: a 16x16 workgroup computes a 64x64
 // tile of C, each invocation 4x4 outputs, staging 64x16 slices of A and B in
-// shared memory. Loads are bounds-checked, so any shape works.
+// shared memory. Loads are bounds-checked, so any shape works. With QTYPE
+// defined, B is block-quantized (quant.glsl), stored transposed (p.trans_b
+// must be 1), and each element is decoded as it is staged.
 #define BM 64
 #define BN 64
 #define BK 16
 layout(local_size_x = 16, local_size_y = 16) in;
 layout(std430, binding = 0) readonly buffer A { float a[]; };
+#ifdef QTYPE
+layout(std430, binding = 1) readonly buffer B { uint bq[]; };
+uint qword(uint i) { return bq[i]; }
+#include "quant.glsl"
+#define B_AT(i) dq_elem(i)
+#else
 layout(std430, binding = 1) readonly buffer B { W_T b[]; };
+#define B_AT(i) float(b[i])
+#endif
 layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 3) writeonly buffer C { float c[]; };
 
@@ -41,11 +51,11 @@ void main() {
 			as_[kk][r] = (gm < p.m && gk < p.k) ? a[abase + gm * p.k + gk] : 0.0;
 			if (p.trans_b != 0u) {
 				uint gn = n0 + r;
-				bs_[kk][r] = (gn < p.n && gk < p.k) ? float(b[bbase + gn * p.k + gk]) : 0.0;
+				bs_[kk][r] = (gn < p.n && gk < p.k) ? B_AT(bbase + gn * p.k + gk) : 0.0;
 			} else {
 				uint kr = idx / BN, cn = idx % BN;
 				uint gk2 = k0 + kr, gn = n0 + cn;
-				bs_[kr][cn] = (gn < p.n && gk2 < p.k) ? float(b[bbase + gk2 * p.n + gn]) : 0.0;
+				bs_[kr][cn] = (gn < p.n && gk2 < p.k) ? B_AT(bbase + gk2 * p.n + gn) : 0.0;
 			}
 		}
 		barrier();

@@ -24,6 +24,7 @@ layout(push_constant) uniform WinogradParams {
 	uint pad;
 	uint has_bias;
 	uint o_stride; // channels of the output tensor; o is this dispatch's share
+	uint w_off;    // first weight element of this share (block-quantized weights, bound whole)
 } p;
 
 // B^T applied to one column of 6 (four channels at once).

@@ -4,9 +4,19 @@
 #include "winograd.glsl"
 // U[a][o][c] = (G g G^T)[a] for w [O, C, 3, 3] (W_T storage), four input
 // channels per invocation written as one vec4. Rows o >= O and channels
-// c >= C are zero (the padding of winograd.glsl).
+// c >= C are zero (the padding of winograd.glsl). With QTYPE defined the
+// weights are block-quantized (quant.glsl, R32UI texels of the whole
+// tensor) and this dispatch's channels start at element p.w_off.
 layout(local_size_x_id = 0) in;
+#ifdef QTYPE
+layout(binding = 0) uniform utextureBuffer Wq;
+uint qword(uint i) { return texelFetch(Wq, int(i)).r; }
+#include "quant.glsl"
+#define W_AT(i) dq_elem(p.w_off + uint(i))
+#else
 layout(binding = 0) uniform textureBuffer Wt; // scalar texels, F32 or F16
+#define W_AT(i) texelFetch(Wt, i).r
+#endif
 layout(std430, binding = 1) writeonly buffer U { vec4 u[]; };
 
 void main() {
@@ -29,7 +39,7 @@ void main() {
 			int base = int((o * p.c + c) * 9u);
 			for (uint ky = 0u; ky < 3u; ky++) {
 				for (uint kx = 0u; kx < 3u; kx++) {
-					g[ky][kx][q] = texelFetch(Wt, base + int(ky * 3u + kx)).r;
+					g[ky][kx][q] = W_AT(base + int(ky * 3u + kx));
 				}
 			}
 		}

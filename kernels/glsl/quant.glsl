@@ -1,0 +1,440 @@
+// Block-quantized weights (engine/quant.go): ggml's blocks, unchanged, read
+// as little-endian 32-bit words through qword(i), which the including
+// kernel defines over a uint storage buffer or an R32UI texel buffer. One
+// of Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K is defined.
+// Blocks of 18, 22, 34, 110 and 210 bytes start at even byte offsets, so
+// words are assembled from two fetches there. The backend pads every
+// quantized tensor by a word, which those reads may touch but never use.
+//
+// The decoding is ggml's dequantize_row_* with its float32 roundings (the
+// reference backend's engine.Dequantize): every product and sum is
+// "precise", so no compiler fuses them into a multiply-add.
+//
+// It provides:
+//   QBS, QBB          elements and bytes per block
+//   float dq_elem(e)  element e of the tensor (any element, any layout)
+// and, for the register-blocked matmul, a block in QNS steps of 32
+// elements each, decoded into 8 vec4 (elements q_koff(s, g) .. +3 of the
+// block for group g) after QNH vec4 of per-block header:
+//   void q_head(base, out vec4 h[QNH])
+//   void q_step(base, s, vec4 h[QNH], out vec4 w[8])
+//   uint q_koff(s, g)
+
+uint qbyte(uint off) { return (qword(off >> 2u) >> ((off & 3u) * 8u)) & 0xffu; }
+float qhalf(uint off) { return unpackHalf2x16(qword(off >> 2u) >> ((off & 2u) * 8u)).x; }
+
+// QWORDS fetches the NW 32-bit words at an even byte offset base into v
+// (v[t] holds bytes base+4t .. base+4t+3), from NW+1 fetches.
+#define QWORDS(NW, base, v) { \
+	uint i0_ = (base) >> 2u, sh_ = ((base) & 2u) * 8u; \
+	uint r_[NW + 1]; \
+	for (uint t_ = 0u; t_ <= NW; t_++) { r_[t_] = qword(i0_ + t_); } \
+	for (uint t_ = 0u; t_ < NW; t_++) { v[t_] = (r_[t_] >> sh_) | ((r_[t_ + 1u] << 1u) << (31u - sh_)); } \
+}
+// QWORDS_BLOCK is QWORDS for a whole block whose last word is half used
+// (18, 22 and 34-byte blocks): NW fetches, and v[NW-1] holds only bytes
+// base+4(NW-1) and the next.
+#define QWORDS_BLOCK(NW, base, v) { \
+	uint i0_ = (base) >> 2u, sh_ = ((base) & 2u) * 8u; \
+	uint r_[NW + 1]; \
+	for (uint t_ = 0u; t_ < NW; t_++) { r_[t_] = qword(i0_ + t_); } \
+	r_[NW] = 0u; \
+	for (uint t_ = 0u; t_ < NW; t_++) { v[t_] = (r_[t_] >> sh_) | ((r_[t_ + 1u] << 1u) << (31u - sh_)); } \
+}
+// QWORDS_ALIGNED is QWORDS for blocks at 4-byte offsets.
+#define QWORDS_ALIGNED(NW, base, v) { \
+	uint i0_ = (base) >> 2u; \
+	for (uint t_ = 0u; t_ < NW; t_++) { v[t_] = qword(i0_ + t_); } \
+}
+
+vec4 nibbles_lo(uint u) { return vec4(u & 15u, (u >> 8u) & 15u, (u >> 16u) & 15u, (u >> 24u) & 15u); }
+vec4 nibbles_hi(uint u) { return vec4((u >> 4u) & 15u, (u >> 12u) & 15u, (u >> 20u) & 15u, u >> 28u); }
+vec4 bytes4(uint u) { return vec4(u & 255u, (u >> 8u) & 255u, (u >> 16u) & 255u, u >> 24u); }
+vec4 sbytes4(uint u) {
+	int s = int(u);
+	return vec4(bitfieldExtract(s, 0, 8), bitfieldExtract(s, 8, 8), bitfieldExtract(s, 16, 8), bitfieldExtract(s, 24, 8));
+}
+// bits4(u, b): bit b of each byte of u, as 0 or 1.
+vec4 bits4(uint u, uint b) { return vec4((u >> b) & 1u, (u >> (b + 8u)) & 1u, (u >> (b + 16u)) & 1u, (u >> (b + 24u)) & 1u); }
+// crumbs4(u, s): bits s, s+1 of each byte of u.
+vec4 crumbs4(uint u, uint s) { return vec4((u >> s) & 3u, (u >> (s + 8u)) & 3u, (u >> (s + 16u)) & 3u, (u >> (s + 24u)) & 3u); }
+// funnel(a, b): the word at byte 2 of the pair a, b.
+uint funnel(uint a, uint b) { return (a >> 16u) | (b << 16u); }
+
+// get_scale_min_k4 over the 12 scale bytes at byte offset off.
+void scale_min_k4(uint off, uint j, out float sc, out float m) {
+	if (j < 4u) {
+		sc = float(qbyte(off + j) & 63u);
+		m = float(qbyte(off + j + 4u) & 63u);
+	} else {
+		sc = float((qbyte(off + j + 4u) & 15u) | ((qbyte(off + j - 4u) >> 6u) << 4u));
+		m = float((qbyte(off + j + 4u) >> 4u) | ((qbyte(off + j) >> 6u) << 4u));
+	}
+}
+
+// The 8 6-bit scales and mins of a Q4_K/Q5_K block from its words 1..3
+// (bytes 4..15), times d and dmin.
+void k4_head(uint w0, uint w1, uint w2, uint w3, out vec4 h[4]) {
+	vec2 dm = unpackHalf2x16(w0);
+	uvec4 a = uvec4(w1 & 0xffu, (w1 >> 8u) & 0xffu, (w1 >> 16u) & 0xffu, w1 >> 24u);  // bytes 0..3
+	uvec4 b = uvec4(w2 & 0xffu, (w2 >> 8u) & 0xffu, (w2 >> 16u) & 0xffu, w2 >> 24u);  // bytes 4..7
+	uvec4 c = uvec4(w3 & 0xffu, (w3 >> 8u) & 0xffu, (w3 >> 16u) & 0xffu, w3 >> 24u);  // bytes 8..11
+	vec4 sc_lo = vec4(a & 63u), m_lo = vec4(b & 63u);
+	vec4 sc_hi = vec4((c & 15u) | ((a >> 6u) << 4u)), m_hi = vec4((c >> 4u) | ((b >> 6u) << 4u));
+	precise vec4 s0 = dm.x * sc_lo, s1 = dm.x * sc_hi, m0 = dm.y * m_lo, m1 = dm.y * m_hi;
+	h[0] = s0; // d*sc for sub-blocks 0..3
+	h[1] = s1; // 4..7
+	h[2] = m0; // dmin*m for 0..3
+	h[3] = m1; // 4..7
+}
+
+#if defined(Q8_0)
+#define QBS 32u
+#define QBB 34u
+#define QNS 1u
+#define QNH 1
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	int q = bitfieldExtract(int(qbyte(base + 2u + l)), 0, 8);
+	precise float y = float(q) * qhalf(base);
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint v[9];
+	QWORDS_BLOCK(9u, base, v)
+	float d = unpackHalf2x16(v[0]).x;
+	for (uint g = 0u; g < 8u; g++) {
+		precise vec4 y = sbytes4(funnel(v[g], v[g + 1u])) * d;
+		w[g] = y;
+	}
+}
+uint q_koff(uint s, uint g) { return 4u * g; }
+
+#elif defined(Q4_0)
+#define QBS 32u
+#define QBB 18u
+#define QNS 1u
+#define QNH 1
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint b = qbyte(base + 2u + (l & 15u));
+	uint q = l < 16u ? (b & 15u) : (b >> 4u);
+	precise float y = float(int(q) - 8) * qhalf(base);
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint v[5];
+	QWORDS_BLOCK(5u, base, v)
+	float d = unpackHalf2x16(v[0]).x;
+	for (uint t = 0u; t < 4u; t++) {
+		uint u = funnel(v[t], v[t + 1u]);
+		precise vec4 lo = (nibbles_lo(u) - 8.0) * d, hi = (nibbles_hi(u) - 8.0) * d;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+uint q_koff(uint s, uint g) { return 4u * g; }
+
+#elif defined(Q4_1)
+#define QBS 32u
+#define QBB 20u
+#define QNS 1u
+#define QNH 1
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint b = qbyte(base + 4u + (l & 15u));
+	uint q = l < 16u ? (b & 15u) : (b >> 4u);
+	precise float y = float(q) * qhalf(base) + qhalf(base + 2u);
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint v[5];
+	QWORDS_ALIGNED(5u, base, v)
+	vec2 dm = unpackHalf2x16(v[0]);
+	for (uint t = 0u; t < 4u; t++) {
+		precise vec4 lo = nibbles_lo(v[t + 1u]) * dm.x + dm.y, hi = nibbles_hi(v[t + 1u]) * dm.x + dm.y;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+uint q_koff(uint s, uint g) { return 4u * g; }
+
+#elif defined(Q5_0)
+#define QBS 32u
+#define QBB 22u
+#define QNS 1u
+#define QNH 1
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint qh = qbyte(base + 2u + l / 8u) >> (l % 8u);
+	uint b = qbyte(base + 6u + (l & 15u));
+	uint q = (l < 16u ? (b & 15u) : (b >> 4u)) | ((qh & 1u) << 4u);
+	precise float y = float(int(q) - 16) * qhalf(base);
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint v[6];
+	QWORDS_BLOCK(6u, base, v)
+	float d = unpackHalf2x16(v[0]).x;
+	uint qh = funnel(v[0], v[1]);
+	for (uint t = 0u; t < 4u; t++) {
+		uint u = funnel(v[t + 1u], v[t + 2u]);
+		// Element 4t+i takes bit 4t+i of qh, element 16+4t+i bit 16+4t+i.
+		vec4 h0 = vec4((qh >> (4u * t)) & 1u, (qh >> (4u * t + 1u)) & 1u, (qh >> (4u * t + 2u)) & 1u, (qh >> (4u * t + 3u)) & 1u);
+		vec4 h1 = vec4((qh >> (4u * t + 16u)) & 1u, (qh >> (4u * t + 17u)) & 1u, (qh >> (4u * t + 18u)) & 1u, (qh >> (4u * t + 19u)) & 1u);
+		precise vec4 lo = (nibbles_lo(u) + 16.0 * h0 - 16.0) * d, hi = (nibbles_hi(u) + 16.0 * h1 - 16.0) * d;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+uint q_koff(uint s, uint g) { return 4u * g; }
+
+#elif defined(Q5_1)
+#define QBS 32u
+#define QBB 24u
+#define QNS 1u
+#define QNH 1
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint qh = qbyte(base + 4u + l / 8u) >> (l % 8u);
+	uint b = qbyte(base + 8u + (l & 15u));
+	uint q = (l < 16u ? (b & 15u) : (b >> 4u)) | ((qh & 1u) << 4u);
+	precise float y = float(q) * qhalf(base) + qhalf(base + 2u);
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint v[6];
+	QWORDS_ALIGNED(6u, base, v)
+	vec2 dm = unpackHalf2x16(v[0]);
+	uint qh = v[1];
+	for (uint t = 0u; t < 4u; t++) {
+		uint u = v[t + 2u];
+		vec4 h0 = vec4((qh >> (4u * t)) & 1u, (qh >> (4u * t + 1u)) & 1u, (qh >> (4u * t + 2u)) & 1u, (qh >> (4u * t + 3u)) & 1u);
+		vec4 h1 = vec4((qh >> (4u * t + 16u)) & 1u, (qh >> (4u * t + 17u)) & 1u, (qh >> (4u * t + 18u)) & 1u, (qh >> (4u * t + 19u)) & 1u);
+		precise vec4 lo = (nibbles_lo(u) + 16.0 * h0) * dm.x + dm.y, hi = (nibbles_hi(u) + 16.0 * h1) * dm.x + dm.y;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+uint q_koff(uint s, uint g) { return 4u * g; }
+
+#elif defined(Q4_K)
+#define QBS 256u
+#define QBB 144u
+#define QNS 8u
+#define QNH 4
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint c = l / 64u, r = l % 64u, g = 2u * c + r / 32u;
+	uint b = qbyte(base + 16u + 32u * c + r % 32u);
+	uint q = r < 32u ? (b & 15u) : (b >> 4u);
+	float sc, m;
+	scale_min_k4(base + 4u, g, sc, m);
+	precise float d1 = qhalf(base) * sc, m1 = qhalf(base + 2u) * m;
+	precise float y = d1 * float(q) - m1;
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) {
+	uint i = base >> 2u;
+	k4_head(qword(i), qword(i + 1u), qword(i + 2u), qword(i + 3u), h);
+}
+// Step s reads 16 bytes of chunk s/2 (half s%2): low nibbles are elements
+// 64c+16(s%2)+0..15 of sub-block 2c, high nibbles the same + 32 of 2c+1.
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint c = s / 2u;
+	uint i = (base >> 2u) + 4u + 8u * c + 4u * (s % 2u);
+	float d1 = h[c / 2u][(2u * c) % 4u], d2 = h[c / 2u][(2u * c + 1u) % 4u];
+	float m1 = h[2u + c / 2u][(2u * c) % 4u], m2 = h[2u + c / 2u][(2u * c + 1u) % 4u];
+	for (uint t = 0u; t < 4u; t++) {
+		uint u = qword(i + t);
+		precise vec4 lo = d1 * nibbles_lo(u) - m1, hi = d2 * nibbles_hi(u) - m2;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+uint q_koff(uint s, uint g) { return 64u * (s / 2u) + 16u * (s % 2u) + (g < 4u ? 4u * g : 32u + 4u * (g - 4u)); }
+
+#elif defined(Q5_K)
+#define QBS 256u
+#define QBB 176u
+#define QNS 8u
+#define QNH 4
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint c = l / 64u, r = l % 64u, g = 2u * c + r / 32u;
+	uint b = qbyte(base + 48u + 32u * c + r % 32u);
+	uint q = (r < 32u ? (b & 15u) : (b >> 4u)) + 16u * ((qbyte(base + 16u + r % 32u) >> g) & 1u);
+	float sc, m;
+	scale_min_k4(base + 4u, g, sc, m);
+	precise float d1 = qhalf(base) * sc, m1 = qhalf(base + 2u) * m;
+	precise float y = d1 * float(q) - m1;
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) {
+	uint i = base >> 2u;
+	k4_head(qword(i), qword(i + 1u), qword(i + 2u), qword(i + 3u), h);
+}
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint c = s / 2u;
+	uint i = (base >> 2u) + 12u + 8u * c + 4u * (s % 2u);
+	uint ih = (base >> 2u) + 4u + 4u * (s % 2u);
+	float d1 = h[c / 2u][(2u * c) % 4u], d2 = h[c / 2u][(2u * c + 1u) % 4u];
+	float m1 = h[2u + c / 2u][(2u * c) % 4u], m2 = h[2u + c / 2u][(2u * c + 1u) % 4u];
+	for (uint t = 0u; t < 4u; t++) {
+		uint u = qword(i + t), uh = qword(ih + t);
+		precise vec4 lo = d1 * (nibbles_lo(u) + 16.0 * bits4(uh, 2u * c)) - m1;
+		precise vec4 hi = d2 * (nibbles_hi(u) + 16.0 * bits4(uh, 2u * c + 1u)) - m2;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+uint q_koff(uint s, uint g) { return 64u * (s / 2u) + 16u * (s % 2u) + (g < 4u ? 4u * g : 32u + 4u * (g - 4u)); }
+
+#elif defined(Q6_K)
+#define QBS 256u
+#define QBB 210u
+#define QNS 8u
+#define QNH 4
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint n = l / 128u, r = l % 128u, quarter = r / 32u, ll = r % 32u;
+	uint b = qbyte(base + 64u * n + ll + 32u * (quarter % 2u));
+	uint lo = quarter < 2u ? (b & 15u) : (b >> 4u);
+	uint hi = (qbyte(base + 128u + 32u * n + ll) >> (2u * quarter)) & 3u;
+	int sc = bitfieldExtract(int(qbyte(base + 192u + 8u * n + ll / 16u + 2u * quarter)), 0, 8);
+	precise float dl = qhalf(base + 208u) * float(sc);
+	precise float y = dl * float(int(lo | (hi << 4u)) - 32);
+	return y;
+}
+// The header is d times the 16 signed scales (bytes 192..207).
+void q_head(uint base, out vec4 h[QNH]) {
+	uint v[5];
+	QWORDS_BLOCK(5u, base + 192u, v)
+	float d = unpackHalf2x16(v[4]).x;
+	for (uint t = 0u; t < 4u; t++) {
+		precise vec4 y = d * sbytes4(v[t]);
+		h[t] = y;
+	}
+}
+// Step s covers positions ll = 8(s%4)..+7 of half n = s/4, in its four
+// quarters (elements 128n + 32q + ll).
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint n = s / 4u, ll0 = 8u * (s % 4u);
+	uint a[2], b[2], hq[2];
+	QWORDS(2u, base + 64u * n + ll0, a)
+	QWORDS(2u, base + 64u * n + 32u + ll0, b)
+	QWORDS(2u, base + 128u + 32u * n + ll0, hq)
+	uint si = 8u * n + (s % 4u) / 2u; // scale of quarter 0
+	for (uint sub = 0u; sub < 2u; sub++) {
+		float s0 = h[si / 4u][si % 4u], s1 = h[(si + 2u) / 4u][(si + 2u) % 4u];
+		float s2 = h[(si + 4u) / 4u][(si + 4u) % 4u], s3 = h[(si + 6u) / 4u][(si + 6u) % 4u];
+		precise vec4 y0 = s0 * (nibbles_lo(a[sub]) + 16.0 * crumbs4(hq[sub], 0u) - 32.0);
+		precise vec4 y1 = s1 * (nibbles_lo(b[sub]) + 16.0 * crumbs4(hq[sub], 2u) - 32.0);
+		precise vec4 y2 = s2 * (nibbles_hi(a[sub]) + 16.0 * crumbs4(hq[sub], 4u) - 32.0);
+		precise vec4 y3 = s3 * (nibbles_hi(b[sub]) + 16.0 * crumbs4(hq[sub], 6u) - 32.0);
+		w[sub] = y0;
+		w[2u + sub] = y1;
+		w[4u + sub] = y2;
+		w[6u + sub] = y3;
+	}
+}
+uint q_koff(uint s, uint g) { return 128u * (s / 4u) + 32u * (g / 2u) + 8u * (s % 4u) + 4u * (g % 2u); }
+
+#elif defined(Q2_K)
+#define QBS 256u
+#define QBB 84u
+#define QNS 8u
+#define QNH 8
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint n = l / 128u, r = l % 128u, s2 = r / 32u, h = (r % 32u) / 16u, ll = r % 16u;
+	uint sc = qbyte(base + 8u * n + 2u * s2 + h);
+	uint q = (qbyte(base + 16u + 32u * n + 16u * h + ll) >> (2u * s2)) & 3u;
+	precise float dl = qhalf(base + 80u) * float(sc & 15u), ml = qhalf(base + 82u) * float(sc >> 4u);
+	precise float y = dl * float(q) - ml;
+	return y;
+}
+// The header is d*(sc&15) for the 16 groups (h[0..3]) and dmin*(sc>>4)
+// (h[4..7]).
+void q_head(uint base, out vec4 h[QNH]) {
+	uint v[4];
+	QWORDS_ALIGNED(4u, base, v)
+	vec2 dm = unpackHalf2x16(qword((base >> 2u) + 20u));
+	for (uint t = 0u; t < 4u; t++) {
+		precise vec4 a = dm.x * nibbles_lo(v[t]), b = dm.y * nibbles_hi(v[t]);
+		h[t] = a;
+		h[4u + t] = b;
+	}
+}
+// Step s covers bytes 16h + ll0..+7 (h = (s/2)%2, ll0 = 8(s%2)) of the 32
+// qs bytes of half n = s/4, at the four shifts.
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint n = s / 4u, hh = (s / 2u) % 2u;
+	uint i = (base >> 2u) + 4u + 8u * n + 4u * hh + 2u * (s % 2u);
+	uint q0 = qword(i), q1 = qword(i + 1u);
+	for (uint s2 = 0u; s2 < 4u; s2++) {
+		uint is = 8u * n + 2u * s2 + hh;
+		float dl = h[is / 4u][is % 4u], ml = h[4u + is / 4u][is % 4u];
+		precise vec4 a = dl * crumbs4(q0, 2u * s2) - ml, b = dl * crumbs4(q1, 2u * s2) - ml;
+		w[2u * s2] = a;
+		w[2u * s2 + 1u] = b;
+	}
+}
+uint q_koff(uint s, uint g) { return 128u * (s / 4u) + 32u * (g / 2u) + 16u * ((s / 2u) % 2u) + 8u * (s % 2u) + 4u * (g % 2u); }
+
+#elif defined(Q3_K)
+#define QBS 256u
+#define QBB 110u
+#define QNS 8u
+#define QNH 4
+// The signed 6-bit scale i of the 12 scale bytes at off (see q3Scales).
+float q3_scale(uint off, uint i) {
+	uint lo = i < 8u ? (qbyte(off + i) & 15u) : (qbyte(off + i - 8u) >> 4u);
+	uint hi = (qbyte(off + 8u + i % 4u) >> (2u * (i / 4u))) & 3u;
+	return float(int(lo | (hi << 4u)) - 32);
+}
+float dq_elem(uint e) {
+	uint base = (e / QBS) * QBB, l = e % QBS;
+	uint n = l / 128u, r = l % 128u, s2 = r / 32u, h = (r % 32u) / 16u, ll = r % 16u;
+	int q = int((qbyte(base + 32u + 32u * n + 16u * h + ll) >> (2u * s2)) & 3u);
+	if (((qbyte(base + 16u * h + ll) >> (4u * n + s2)) & 1u) == 0u) {
+		q -= 4;
+	}
+	precise float dl = qhalf(base + 108u) * q3_scale(base + 96u, 8u * n + 2u * s2 + h);
+	precise float y = dl * float(q);
+	return y;
+}
+void q_head(uint base, out vec4 h[QNH]) {
+	uint v[4];
+	QWORDS_BLOCK(4u, base + 96u, v) // scales at 96..107, d at 108..109
+	float d = unpackHalf2x16(v[3]).x;
+	uvec4 lo8 = uvec4(v[0] & 0x0f0f0f0fu, v[1] & 0x0f0f0f0fu, (v[0] >> 4u) & 0x0f0f0f0fu, (v[1] >> 4u) & 0x0f0f0f0fu);
+	for (uint t = 0u; t < 4u; t++) {
+		// Scales 4t..4t+3: low nibbles from lo8[t], top bits from byte 8+i%4 at shift 2t.
+		vec4 hi = crumbs4(v[2], 2u * t);
+		precise vec4 y = d * (bytes4(lo8[t]) + 16.0 * hi - 32.0);
+		h[t] = y;
+	}
+}
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint n = s / 4u, hh = (s / 2u) % 2u, ll0 = 8u * (s % 2u);
+	uint q[2], m[2];
+	QWORDS(2u, base + 32u + 32u * n + 16u * hh + ll0, q)
+	QWORDS(2u, base + 16u * hh + ll0, m)
+	for (uint s2 = 0u; s2 < 4u; s2++) {
+		uint is = 8u * n + 2u * s2 + hh;
+		float dl = h[is / 4u][is % 4u];
+		uint mb = 4u * n + s2;
+		precise vec4 a = dl * (crumbs4(q[0], 2u * s2) - 4.0 + 4.0 * bits4(m[0], mb));
+		precise vec4 b = dl * (crumbs4(q[1], 2u * s2) - 4.0 + 4.0 * bits4(m[1], mb));
+		w[2u * s2] = a;
+		w[2u * s2 + 1u] = b;
+	}
+}
+uint q_koff(uint s, uint g) { return 128u * (s / 4u) + 32u * (g / 2u) + 16u * ((s / 2u) % 2u) + 8u * (s % 2u) + 4u * (g % 2u); }
+#endif
