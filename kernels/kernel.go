@@ -21,9 +21,12 @@ type Kernel struct {
 	// CPU-tuned kernels read their big operands as texels (about 2x faster
 	// matmuls). The backend picks each view's format from the tensor's dtype:
 	// RGBA32F for F32, RGBA16F for F16, one texel per 4 elements; or, when
-	// ScalarTexels is set, R32F and R16F, one texel per element.
+	// ScalarTexels is set, R32F and R16F, one texel per element. Bindings
+	// of block-quantized tensors are R32UI, one texel per 32-bit word of
+	// the blocks, or, when QuadTexels is set, RGBA32UI (16 bytes).
 	Texels       uint32
 	ScalarTexels bool
+	QuadTexels   bool
 	PushSize     int    // bytes of the push_constant block
 	Params       string // Go type of the push-constant struct
 	SpecIDs      int    // specialization constants, ids 0..SpecIDs-1

@@ -24,6 +24,9 @@ func (v Variant) GlslcArgs(glslDir, out string) []string {
 // ScalarTexelsDefine is the define that sets Kernel.ScalarTexels.
 const ScalarTexelsDefine = "SCALAR_TEXELS=1"
 
+// QuadTexelsDefine is the define that sets Kernel.QuadTexels.
+const QuadTexelsDefine = "QUAD=1"
+
 // Weight operands (Linear, Conv2d, Embedding, and MatMul's b) come in F32 or
 // F16 storage; everything accumulates in float32.
 var (
@@ -44,8 +47,14 @@ func quantVariants() []Variant {
 	for _, q := range QuantTypes {
 		def := upper(q) + "=1"
 		qt := []string{def, "QTYPE=1"}
+		reg := []string{def}
+		if q == "q4_k" || q == "q5_k" {
+			// 144- and 176-byte blocks are whole 16-byte texels: one fetch
+			// reads 32 elements' quants.
+			reg = append(reg, QuadTexelsDefine)
+		}
 		out = append(out,
-			Variant{"matmul_reg_q" + q[1:], "matmul_reg_q.comp", []string{def}},
+			Variant{"matmul_reg_q" + q[1:], "matmul_reg_q.comp", reg},
 			Variant{"matmul_tile_q" + q[1:], "matmul_tile.comp", qt},
 			Variant{"conv2d_tile_q" + q[1:], "conv2d_tile.comp", qt},
 			Variant{"winograd_weights_q" + q[1:], "winograd_weights.comp", append(qt, ScalarTexelsDefine)},

@@ -8,631 +8,631 @@ import _ "embed"
 var spvMatMulRegNt []byte
 
 // MatMulRegNt is glsl/matmul_reg.comp with TRANS_B=1.
-var MatMulRegNt = &Kernel{Name: "matmul_reg_nt", SPIRV: spvMatMulRegNt, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegNt = &Kernel{Name: "matmul_reg_nt", SPIRV: spvMatMulRegNt, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_nt_m32.spv
 var spvMatMulRegNtM32 []byte
 
 // MatMulRegNtM32 is glsl/matmul_reg.comp with TRANS_B=1, TM=32.
-var MatMulRegNtM32 = &Kernel{Name: "matmul_reg_nt_m32", SPIRV: spvMatMulRegNtM32, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegNtM32 = &Kernel{Name: "matmul_reg_nt_m32", SPIRV: spvMatMulRegNtM32, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_nn.spv
 var spvMatMulRegNn []byte
 
 // MatMulRegNn is glsl/matmul_reg.comp.
-var MatMulRegNn = &Kernel{Name: "matmul_reg_nn", SPIRV: spvMatMulRegNn, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegNn = &Kernel{Name: "matmul_reg_nn", SPIRV: spvMatMulRegNn, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_f32.spv
 var spvMatMulTileF32 []byte
 
 // MatMulTileF32 is glsl/matmul_tile.comp with W_T=float, W4_T=vec4.
-var MatMulTileF32 = &Kernel{Name: "matmul_tile_f32", SPIRV: spvMatMulTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileF32 = &Kernel{Name: "matmul_tile_f32", SPIRV: spvMatMulTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/matmul_tile_f16.spv
 var spvMatMulTileF16 []byte
 
 // MatMulTileF16 is glsl/matmul_tile.comp with W_T=float16_t, W4_T=f16vec4.
-var MatMulTileF16 = &Kernel{Name: "matmul_tile_f16", SPIRV: spvMatMulTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileF16 = &Kernel{Name: "matmul_tile_f16", SPIRV: spvMatMulTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/matmul_scalar_f32.spv
 var spvMatMulScalarF32 []byte
 
 // MatMulScalarF32 is glsl/matmul_scalar.comp with W_T=float, W4_T=vec4.
-var MatMulScalarF32 = &Kernel{Name: "matmul_scalar_f32", SPIRV: spvMatMulScalarF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulScalarF32 = &Kernel{Name: "matmul_scalar_f32", SPIRV: spvMatMulScalarF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_scalar_f16.spv
 var spvMatMulScalarF16 []byte
 
 // MatMulScalarF16 is glsl/matmul_scalar.comp with W_T=float16_t, W4_T=f16vec4.
-var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulScalarF16 = &Kernel{Name: "matmul_scalar_f16", SPIRV: spvMatMulScalarF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/conv2d_reg.spv
 var spvConv2dReg []byte
 
 // Conv2dReg is glsl/conv2d_reg.comp with SCALAR_TEXELS=1.
-var Conv2dReg = &Kernel{Name: "conv2d_reg", SPIRV: spvConv2dReg, Bindings: 4, Texels: 0x3, ScalarTexels: true, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
+var Conv2dReg = &Kernel{Name: "conv2d_reg", SPIRV: spvConv2dReg, Bindings: 4, Texels: 0x3, ScalarTexels: true, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 6}
 
 //go:embed spv/im2col.spv
 var spvIm2col []byte
 
 // Im2col is glsl/im2col.comp with SCALAR_TEXELS=1.
-var Im2col = &Kernel{Name: "im2col", SPIRV: spvIm2col, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Im2col = &Kernel{Name: "im2col", SPIRV: spvIm2col, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/conv2d_tile_f32.spv
 var spvConv2dTileF32 []byte
 
 // Conv2dTileF32 is glsl/conv2d_tile.comp with W_T=float, W4_T=vec4.
-var Conv2dTileF32 = &Kernel{Name: "conv2d_tile_f32", SPIRV: spvConv2dTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileF32 = &Kernel{Name: "conv2d_tile_f32", SPIRV: spvConv2dTileF32, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/conv2d_tile_f16.spv
 var spvConv2dTileF16 []byte
 
 // Conv2dTileF16 is glsl/conv2d_tile.comp with W_T=float16_t, W4_T=f16vec4.
-var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileF16 = &Kernel{Name: "conv2d_tile_f16", SPIRV: spvConv2dTileF16, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights.spv
 var spvWinogradWeights []byte
 
 // WinogradWeights is glsl/winograd_weights.comp with SCALAR_TEXELS=1.
-var WinogradWeights = &Kernel{Name: "winograd_weights", SPIRV: spvWinogradWeights, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeights = &Kernel{Name: "winograd_weights", SPIRV: spvWinogradWeights, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_input.spv
 var spvWinogradInput []byte
 
 // WinogradInput is glsl/winograd_input.comp with SCALAR_TEXELS=1.
-var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradInput = &Kernel{Name: "winograd_input", SPIRV: spvWinogradInput, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/winograd_output.spv
 var spvWinogradOutput []byte
 
 // WinogradOutput is glsl/winograd_output.comp.
-var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradOutput = &Kernel{Name: "winograd_output", SPIRV: spvWinogradOutput, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/attention_reg.spv
 var spvAttentionReg []byte
 
 // AttentionReg is glsl/attention_reg.comp.
-var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x7, ScalarTexels: false, PushSize: 32, Params: "AttentionParams", SpecIDs: 3}
+var AttentionReg = &Kernel{Name: "attention_reg", SPIRV: spvAttentionReg, Bindings: 4, Texels: 0x7, ScalarTexels: false, QuadTexels: false, PushSize: 32, Params: "AttentionParams", SpecIDs: 3}
 
 //go:embed spv/attention_scalar.spv
 var spvAttentionScalar []byte
 
 // AttentionScalar is glsl/attention_scalar.comp.
-var AttentionScalar = &Kernel{Name: "attention_scalar", SPIRV: spvAttentionScalar, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 32, Params: "AttentionParams", SpecIDs: 2}
+var AttentionScalar = &Kernel{Name: "attention_scalar", SPIRV: spvAttentionScalar, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 32, Params: "AttentionParams", SpecIDs: 2}
 
 //go:embed spv/group_norm.spv
 var spvGroupNorm []byte
 
 // GroupNorm is glsl/group_norm.comp.
-var GroupNorm = &Kernel{Name: "group_norm", SPIRV: spvGroupNorm, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
+var GroupNorm = &Kernel{Name: "group_norm", SPIRV: spvGroupNorm, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
 
 //go:embed spv/group_norm_vec4.spv
 var spvGroupNormVec4 []byte
 
 // GroupNormVec4 is glsl/group_norm.comp with VEC4=1.
-var GroupNormVec4 = &Kernel{Name: "group_norm_vec4", SPIRV: spvGroupNormVec4, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
+var GroupNormVec4 = &Kernel{Name: "group_norm_vec4", SPIRV: spvGroupNormVec4, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 24, Params: "GroupNormParams", SpecIDs: 1}
 
 //go:embed spv/layer_norm.spv
 var spvLayerNorm []byte
 
 // LayerNorm is glsl/layer_norm.comp.
-var LayerNorm = &Kernel{Name: "layer_norm", SPIRV: spvLayerNorm, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
+var LayerNorm = &Kernel{Name: "layer_norm", SPIRV: spvLayerNorm, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
 
 //go:embed spv/layer_norm_rows.spv
 var spvLayerNormRows []byte
 
 // LayerNormRows is glsl/layer_norm_rows.comp.
-var LayerNormRows = &Kernel{Name: "layer_norm_rows", SPIRV: spvLayerNormRows, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
+var LayerNormRows = &Kernel{Name: "layer_norm_rows", SPIRV: spvLayerNormRows, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "LayerNormParams", SpecIDs: 1}
 
 //go:embed spv/rms_norm.spv
 var spvRMSNorm []byte
 
 // RMSNorm is glsl/rms_norm.comp.
-var RMSNorm = &Kernel{Name: "rms_norm", SPIRV: spvRMSNorm, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "RMSNormParams", SpecIDs: 1}
+var RMSNorm = &Kernel{Name: "rms_norm", SPIRV: spvRMSNorm, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 16, Params: "RMSNormParams", SpecIDs: 1}
 
 //go:embed spv/rms_norm_rows.spv
 var spvRMSNormRows []byte
 
 // RMSNormRows is glsl/rms_norm_rows.comp.
-var RMSNormRows = &Kernel{Name: "rms_norm_rows", SPIRV: spvRMSNormRows, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "RMSNormParams", SpecIDs: 1}
+var RMSNormRows = &Kernel{Name: "rms_norm_rows", SPIRV: spvRMSNormRows, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 16, Params: "RMSNormParams", SpecIDs: 1}
 
 //go:embed spv/softmax.spv
 var spvSoftmax []byte
 
 // Softmax is glsl/softmax.comp.
-var Softmax = &Kernel{Name: "softmax", SPIRV: spvSoftmax, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "SoftmaxParams", SpecIDs: 1}
+var Softmax = &Kernel{Name: "softmax", SPIRV: spvSoftmax, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 8, Params: "SoftmaxParams", SpecIDs: 1}
 
 //go:embed spv/unary.spv
 var spvUnary []byte
 
 // Unary is glsl/unary.comp.
-var Unary = &Kernel{Name: "unary", SPIRV: spvUnary, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
+var Unary = &Kernel{Name: "unary", SPIRV: spvUnary, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
 
 //go:embed spv/unary_vec4.spv
 var spvUnaryVec4 []byte
 
 // UnaryVec4 is glsl/unary.comp with VEC4=1.
-var UnaryVec4 = &Kernel{Name: "unary_vec4", SPIRV: spvUnaryVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
+var UnaryVec4 = &Kernel{Name: "unary_vec4", SPIRV: spvUnaryVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 8, Params: "UnaryParams", SpecIDs: 1}
 
 //go:embed spv/geglu.spv
 var spvGEGLU []byte
 
 // GEGLU is glsl/geglu.comp.
-var GEGLU = &Kernel{Name: "geglu", SPIRV: spvGEGLU, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 8, Params: "GEGLUParams", SpecIDs: 1}
+var GEGLU = &Kernel{Name: "geglu", SPIRV: spvGEGLU, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 8, Params: "GEGLUParams", SpecIDs: 1}
 
 //go:embed spv/swiglu.spv
 var spvSwiGLU []byte
 
 // SwiGLU is glsl/swiglu.comp.
-var SwiGLU = &Kernel{Name: "swiglu", SPIRV: spvSwiGLU, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "SwiGLUParams", SpecIDs: 1}
+var SwiGLU = &Kernel{Name: "swiglu", SPIRV: spvSwiGLU, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "SwiGLUParams", SpecIDs: 1}
 
 //go:embed spv/swiglu_vec4.spv
 var spvSwiGLUVec4 []byte
 
 // SwiGLUVec4 is glsl/swiglu.comp with VEC4=1.
-var SwiGLUVec4 = &Kernel{Name: "swiglu_vec4", SPIRV: spvSwiGLUVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "SwiGLUParams", SpecIDs: 1}
+var SwiGLUVec4 = &Kernel{Name: "swiglu_vec4", SPIRV: spvSwiGLUVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "SwiGLUParams", SpecIDs: 1}
 
 //go:embed spv/rope.spv
 var spvRope []byte
 
 // Rope is glsl/rope.comp.
-var Rope = &Kernel{Name: "rope", SPIRV: spvRope, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "RopeParams", SpecIDs: 1}
+var Rope = &Kernel{Name: "rope", SPIRV: spvRope, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 24, Params: "RopeParams", SpecIDs: 1}
 
 //go:embed spv/rope_vec4.spv
 var spvRopeVec4 []byte
 
 // RopeVec4 is glsl/rope.comp with VEC4=1.
-var RopeVec4 = &Kernel{Name: "rope_vec4", SPIRV: spvRopeVec4, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 24, Params: "RopeParams", SpecIDs: 1}
+var RopeVec4 = &Kernel{Name: "rope_vec4", SPIRV: spvRopeVec4, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 24, Params: "RopeParams", SpecIDs: 1}
 
 //go:embed spv/binary.spv
 var spvBinary []byte
 
 // Binary is glsl/binary.comp.
-var Binary = &Kernel{Name: "binary", SPIRV: spvBinary, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
+var Binary = &Kernel{Name: "binary", SPIRV: spvBinary, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
 
 //go:embed spv/binary_vec4.spv
 var spvBinaryVec4 []byte
 
 // BinaryVec4 is glsl/binary.comp with VEC4=1.
-var BinaryVec4 = &Kernel{Name: "binary_vec4", SPIRV: spvBinaryVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
+var BinaryVec4 = &Kernel{Name: "binary_vec4", SPIRV: spvBinaryVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 56, Params: "BinaryParams", SpecIDs: 1}
 
 //go:embed spv/scale.spv
 var spvScale []byte
 
 // Scale is glsl/scale.comp.
-var Scale = &Kernel{Name: "scale", SPIRV: spvScale, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
+var Scale = &Kernel{Name: "scale", SPIRV: spvScale, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
 
 //go:embed spv/scale_vec4.spv
 var spvScaleVec4 []byte
 
 // ScaleVec4 is glsl/scale.comp with VEC4=1.
-var ScaleVec4 = &Kernel{Name: "scale_vec4", SPIRV: spvScaleVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
+var ScaleVec4 = &Kernel{Name: "scale_vec4", SPIRV: spvScaleVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "ScaleParams", SpecIDs: 1}
 
 //go:embed spv/upsample2x.spv
 var spvUpsample2x []byte
 
 // Upsample2x is glsl/upsample2x.comp.
-var Upsample2x = &Kernel{Name: "upsample2x", SPIRV: spvUpsample2x, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
+var Upsample2x = &Kernel{Name: "upsample2x", SPIRV: spvUpsample2x, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
 
 //go:embed spv/upsample2x_vec4.spv
 var spvUpsample2xVec4 []byte
 
 // Upsample2xVec4 is glsl/upsample2x.comp with VEC4=1.
-var Upsample2xVec4 = &Kernel{Name: "upsample2x_vec4", SPIRV: spvUpsample2xVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
+var Upsample2xVec4 = &Kernel{Name: "upsample2x_vec4", SPIRV: spvUpsample2xVec4, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "Upsample2xParams", SpecIDs: 1}
 
 //go:embed spv/concat.spv
 var spvConcat []byte
 
 // Concat is glsl/concat.comp.
-var Concat = &Kernel{Name: "concat", SPIRV: spvConcat, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
+var Concat = &Kernel{Name: "concat", SPIRV: spvConcat, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
 
 //go:embed spv/concat_vec4.spv
 var spvConcatVec4 []byte
 
 // ConcatVec4 is glsl/concat.comp with VEC4=1.
-var ConcatVec4 = &Kernel{Name: "concat_vec4", SPIRV: spvConcatVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
+var ConcatVec4 = &Kernel{Name: "concat_vec4", SPIRV: spvConcatVec4, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "ConcatParams", SpecIDs: 1}
 
 //go:embed spv/permute.spv
 var spvPermute []byte
 
 // Permute is glsl/permute.comp.
-var Permute = &Kernel{Name: "permute", SPIRV: spvPermute, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 32, Params: "PermuteParams", SpecIDs: 1}
+var Permute = &Kernel{Name: "permute", SPIRV: spvPermute, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 32, Params: "PermuteParams", SpecIDs: 1}
 
 //go:embed spv/embedding_f32.spv
 var spvEmbeddingF32 []byte
 
 // EmbeddingF32 is glsl/embedding.comp with W_T=float, W4_T=vec4.
-var EmbeddingF32 = &Kernel{Name: "embedding_f32", SPIRV: spvEmbeddingF32, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "EmbeddingParams", SpecIDs: 1}
+var EmbeddingF32 = &Kernel{Name: "embedding_f32", SPIRV: spvEmbeddingF32, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 16, Params: "EmbeddingParams", SpecIDs: 1}
 
 //go:embed spv/embedding_f16.spv
 var spvEmbeddingF16 []byte
 
 // EmbeddingF16 is glsl/embedding.comp with W_T=float16_t, W4_T=f16vec4.
-var EmbeddingF16 = &Kernel{Name: "embedding_f16", SPIRV: spvEmbeddingF16, Bindings: 3, Texels: 0x0, ScalarTexels: false, PushSize: 16, Params: "EmbeddingParams", SpecIDs: 1}
+var EmbeddingF16 = &Kernel{Name: "embedding_f16", SPIRV: spvEmbeddingF16, Bindings: 3, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 16, Params: "EmbeddingParams", SpecIDs: 1}
 
 //go:embed spv/copy_f32_f32.spv
 var spvCopyF32F32 []byte
 
 // CopyF32F32 is glsl/copy.comp with SRC_T=float, DST_T=float.
-var CopyF32F32 = &Kernel{Name: "copy_f32_f32", SPIRV: spvCopyF32F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF32F32 = &Kernel{Name: "copy_f32_f32", SPIRV: spvCopyF32F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/copy_f16_f32.spv
 var spvCopyF16F32 []byte
 
 // CopyF16F32 is glsl/copy.comp with SRC_T=float16_t, DST_T=float.
-var CopyF16F32 = &Kernel{Name: "copy_f16_f32", SPIRV: spvCopyF16F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF16F32 = &Kernel{Name: "copy_f16_f32", SPIRV: spvCopyF16F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/copy_f32_f16.spv
 var spvCopyF32F16 []byte
 
 // CopyF32F16 is glsl/copy.comp with SRC_T=float, DST_T=float16_t.
-var CopyF32F16 = &Kernel{Name: "copy_f32_f16", SPIRV: spvCopyF32F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF32F16 = &Kernel{Name: "copy_f32_f16", SPIRV: spvCopyF32F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/copy_f16_f16.spv
 var spvCopyF16F16 []byte
 
 // CopyF16F16 is glsl/copy.comp with SRC_T=float16_t, DST_T=float16_t.
-var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
+var CopyF16F16 = &Kernel{Name: "copy_f16_f16", SPIRV: spvCopyF16F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 12, Params: "CopyParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q4_0.spv
 var spvMatMulRegQ40 []byte
 
 // MatMulRegQ40 is glsl/matmul_reg_q.comp with Q4_0=1.
-var MatMulRegQ40 = &Kernel{Name: "matmul_reg_q4_0", SPIRV: spvMatMulRegQ40, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ40 = &Kernel{Name: "matmul_reg_q4_0", SPIRV: spvMatMulRegQ40, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q4_0.spv
 var spvMatMulTileQ40 []byte
 
 // MatMulTileQ40 is glsl/matmul_tile.comp with Q4_0=1, QTYPE=1.
-var MatMulTileQ40 = &Kernel{Name: "matmul_tile_q4_0", SPIRV: spvMatMulTileQ40, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ40 = &Kernel{Name: "matmul_tile_q4_0", SPIRV: spvMatMulTileQ40, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q4_0.spv
 var spvConv2dTileQ40 []byte
 
 // Conv2dTileQ40 is glsl/conv2d_tile.comp with Q4_0=1, QTYPE=1.
-var Conv2dTileQ40 = &Kernel{Name: "conv2d_tile_q4_0", SPIRV: spvConv2dTileQ40, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ40 = &Kernel{Name: "conv2d_tile_q4_0", SPIRV: spvConv2dTileQ40, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q4_0.spv
 var spvWinogradWeightsQ40 []byte
 
 // WinogradWeightsQ40 is glsl/winograd_weights.comp with Q4_0=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ40 = &Kernel{Name: "winograd_weights_q4_0", SPIRV: spvWinogradWeightsQ40, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ40 = &Kernel{Name: "winograd_weights_q4_0", SPIRV: spvWinogradWeightsQ40, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q4_0_f32.spv
 var spvDequantQ40F32 []byte
 
 // DequantQ40F32 is glsl/dequant.comp with Q4_0=1, DST_T=float.
-var DequantQ40F32 = &Kernel{Name: "dequant_q4_0_f32", SPIRV: spvDequantQ40F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ40F32 = &Kernel{Name: "dequant_q4_0_f32", SPIRV: spvDequantQ40F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q4_0_f16.spv
 var spvDequantQ40F16 []byte
 
 // DequantQ40F16 is glsl/dequant.comp with Q4_0=1, DST_T=float16_t.
-var DequantQ40F16 = &Kernel{Name: "dequant_q4_0_f16", SPIRV: spvDequantQ40F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ40F16 = &Kernel{Name: "dequant_q4_0_f16", SPIRV: spvDequantQ40F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q4_1.spv
 var spvMatMulRegQ41 []byte
 
 // MatMulRegQ41 is glsl/matmul_reg_q.comp with Q4_1=1.
-var MatMulRegQ41 = &Kernel{Name: "matmul_reg_q4_1", SPIRV: spvMatMulRegQ41, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ41 = &Kernel{Name: "matmul_reg_q4_1", SPIRV: spvMatMulRegQ41, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q4_1.spv
 var spvMatMulTileQ41 []byte
 
 // MatMulTileQ41 is glsl/matmul_tile.comp with Q4_1=1, QTYPE=1.
-var MatMulTileQ41 = &Kernel{Name: "matmul_tile_q4_1", SPIRV: spvMatMulTileQ41, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ41 = &Kernel{Name: "matmul_tile_q4_1", SPIRV: spvMatMulTileQ41, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q4_1.spv
 var spvConv2dTileQ41 []byte
 
 // Conv2dTileQ41 is glsl/conv2d_tile.comp with Q4_1=1, QTYPE=1.
-var Conv2dTileQ41 = &Kernel{Name: "conv2d_tile_q4_1", SPIRV: spvConv2dTileQ41, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ41 = &Kernel{Name: "conv2d_tile_q4_1", SPIRV: spvConv2dTileQ41, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q4_1.spv
 var spvWinogradWeightsQ41 []byte
 
 // WinogradWeightsQ41 is glsl/winograd_weights.comp with Q4_1=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ41 = &Kernel{Name: "winograd_weights_q4_1", SPIRV: spvWinogradWeightsQ41, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ41 = &Kernel{Name: "winograd_weights_q4_1", SPIRV: spvWinogradWeightsQ41, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q4_1_f32.spv
 var spvDequantQ41F32 []byte
 
 // DequantQ41F32 is glsl/dequant.comp with Q4_1=1, DST_T=float.
-var DequantQ41F32 = &Kernel{Name: "dequant_q4_1_f32", SPIRV: spvDequantQ41F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ41F32 = &Kernel{Name: "dequant_q4_1_f32", SPIRV: spvDequantQ41F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q4_1_f16.spv
 var spvDequantQ41F16 []byte
 
 // DequantQ41F16 is glsl/dequant.comp with Q4_1=1, DST_T=float16_t.
-var DequantQ41F16 = &Kernel{Name: "dequant_q4_1_f16", SPIRV: spvDequantQ41F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ41F16 = &Kernel{Name: "dequant_q4_1_f16", SPIRV: spvDequantQ41F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q5_0.spv
 var spvMatMulRegQ50 []byte
 
 // MatMulRegQ50 is glsl/matmul_reg_q.comp with Q5_0=1.
-var MatMulRegQ50 = &Kernel{Name: "matmul_reg_q5_0", SPIRV: spvMatMulRegQ50, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ50 = &Kernel{Name: "matmul_reg_q5_0", SPIRV: spvMatMulRegQ50, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q5_0.spv
 var spvMatMulTileQ50 []byte
 
 // MatMulTileQ50 is glsl/matmul_tile.comp with Q5_0=1, QTYPE=1.
-var MatMulTileQ50 = &Kernel{Name: "matmul_tile_q5_0", SPIRV: spvMatMulTileQ50, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ50 = &Kernel{Name: "matmul_tile_q5_0", SPIRV: spvMatMulTileQ50, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q5_0.spv
 var spvConv2dTileQ50 []byte
 
 // Conv2dTileQ50 is glsl/conv2d_tile.comp with Q5_0=1, QTYPE=1.
-var Conv2dTileQ50 = &Kernel{Name: "conv2d_tile_q5_0", SPIRV: spvConv2dTileQ50, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ50 = &Kernel{Name: "conv2d_tile_q5_0", SPIRV: spvConv2dTileQ50, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q5_0.spv
 var spvWinogradWeightsQ50 []byte
 
 // WinogradWeightsQ50 is glsl/winograd_weights.comp with Q5_0=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ50 = &Kernel{Name: "winograd_weights_q5_0", SPIRV: spvWinogradWeightsQ50, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ50 = &Kernel{Name: "winograd_weights_q5_0", SPIRV: spvWinogradWeightsQ50, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q5_0_f32.spv
 var spvDequantQ50F32 []byte
 
 // DequantQ50F32 is glsl/dequant.comp with Q5_0=1, DST_T=float.
-var DequantQ50F32 = &Kernel{Name: "dequant_q5_0_f32", SPIRV: spvDequantQ50F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ50F32 = &Kernel{Name: "dequant_q5_0_f32", SPIRV: spvDequantQ50F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q5_0_f16.spv
 var spvDequantQ50F16 []byte
 
 // DequantQ50F16 is glsl/dequant.comp with Q5_0=1, DST_T=float16_t.
-var DequantQ50F16 = &Kernel{Name: "dequant_q5_0_f16", SPIRV: spvDequantQ50F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ50F16 = &Kernel{Name: "dequant_q5_0_f16", SPIRV: spvDequantQ50F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q5_1.spv
 var spvMatMulRegQ51 []byte
 
 // MatMulRegQ51 is glsl/matmul_reg_q.comp with Q5_1=1.
-var MatMulRegQ51 = &Kernel{Name: "matmul_reg_q5_1", SPIRV: spvMatMulRegQ51, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ51 = &Kernel{Name: "matmul_reg_q5_1", SPIRV: spvMatMulRegQ51, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q5_1.spv
 var spvMatMulTileQ51 []byte
 
 // MatMulTileQ51 is glsl/matmul_tile.comp with Q5_1=1, QTYPE=1.
-var MatMulTileQ51 = &Kernel{Name: "matmul_tile_q5_1", SPIRV: spvMatMulTileQ51, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ51 = &Kernel{Name: "matmul_tile_q5_1", SPIRV: spvMatMulTileQ51, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q5_1.spv
 var spvConv2dTileQ51 []byte
 
 // Conv2dTileQ51 is glsl/conv2d_tile.comp with Q5_1=1, QTYPE=1.
-var Conv2dTileQ51 = &Kernel{Name: "conv2d_tile_q5_1", SPIRV: spvConv2dTileQ51, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ51 = &Kernel{Name: "conv2d_tile_q5_1", SPIRV: spvConv2dTileQ51, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q5_1.spv
 var spvWinogradWeightsQ51 []byte
 
 // WinogradWeightsQ51 is glsl/winograd_weights.comp with Q5_1=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ51 = &Kernel{Name: "winograd_weights_q5_1", SPIRV: spvWinogradWeightsQ51, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ51 = &Kernel{Name: "winograd_weights_q5_1", SPIRV: spvWinogradWeightsQ51, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q5_1_f32.spv
 var spvDequantQ51F32 []byte
 
 // DequantQ51F32 is glsl/dequant.comp with Q5_1=1, DST_T=float.
-var DequantQ51F32 = &Kernel{Name: "dequant_q5_1_f32", SPIRV: spvDequantQ51F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ51F32 = &Kernel{Name: "dequant_q5_1_f32", SPIRV: spvDequantQ51F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q5_1_f16.spv
 var spvDequantQ51F16 []byte
 
 // DequantQ51F16 is glsl/dequant.comp with Q5_1=1, DST_T=float16_t.
-var DequantQ51F16 = &Kernel{Name: "dequant_q5_1_f16", SPIRV: spvDequantQ51F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ51F16 = &Kernel{Name: "dequant_q5_1_f16", SPIRV: spvDequantQ51F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q8_0.spv
 var spvMatMulRegQ80 []byte
 
 // MatMulRegQ80 is glsl/matmul_reg_q.comp with Q8_0=1.
-var MatMulRegQ80 = &Kernel{Name: "matmul_reg_q8_0", SPIRV: spvMatMulRegQ80, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ80 = &Kernel{Name: "matmul_reg_q8_0", SPIRV: spvMatMulRegQ80, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q8_0.spv
 var spvMatMulTileQ80 []byte
 
 // MatMulTileQ80 is glsl/matmul_tile.comp with Q8_0=1, QTYPE=1.
-var MatMulTileQ80 = &Kernel{Name: "matmul_tile_q8_0", SPIRV: spvMatMulTileQ80, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ80 = &Kernel{Name: "matmul_tile_q8_0", SPIRV: spvMatMulTileQ80, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q8_0.spv
 var spvConv2dTileQ80 []byte
 
 // Conv2dTileQ80 is glsl/conv2d_tile.comp with Q8_0=1, QTYPE=1.
-var Conv2dTileQ80 = &Kernel{Name: "conv2d_tile_q8_0", SPIRV: spvConv2dTileQ80, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ80 = &Kernel{Name: "conv2d_tile_q8_0", SPIRV: spvConv2dTileQ80, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q8_0.spv
 var spvWinogradWeightsQ80 []byte
 
 // WinogradWeightsQ80 is glsl/winograd_weights.comp with Q8_0=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ80 = &Kernel{Name: "winograd_weights_q8_0", SPIRV: spvWinogradWeightsQ80, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ80 = &Kernel{Name: "winograd_weights_q8_0", SPIRV: spvWinogradWeightsQ80, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q8_0_f32.spv
 var spvDequantQ80F32 []byte
 
 // DequantQ80F32 is glsl/dequant.comp with Q8_0=1, DST_T=float.
-var DequantQ80F32 = &Kernel{Name: "dequant_q8_0_f32", SPIRV: spvDequantQ80F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ80F32 = &Kernel{Name: "dequant_q8_0_f32", SPIRV: spvDequantQ80F32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q8_0_f16.spv
 var spvDequantQ80F16 []byte
 
 // DequantQ80F16 is glsl/dequant.comp with Q8_0=1, DST_T=float16_t.
-var DequantQ80F16 = &Kernel{Name: "dequant_q8_0_f16", SPIRV: spvDequantQ80F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ80F16 = &Kernel{Name: "dequant_q8_0_f16", SPIRV: spvDequantQ80F16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q2_k.spv
 var spvMatMulRegQ2K []byte
 
 // MatMulRegQ2K is glsl/matmul_reg_q.comp with Q2_K=1.
-var MatMulRegQ2K = &Kernel{Name: "matmul_reg_q2_k", SPIRV: spvMatMulRegQ2K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ2K = &Kernel{Name: "matmul_reg_q2_k", SPIRV: spvMatMulRegQ2K, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q2_k.spv
 var spvMatMulTileQ2K []byte
 
 // MatMulTileQ2K is glsl/matmul_tile.comp with Q2_K=1, QTYPE=1.
-var MatMulTileQ2K = &Kernel{Name: "matmul_tile_q2_k", SPIRV: spvMatMulTileQ2K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ2K = &Kernel{Name: "matmul_tile_q2_k", SPIRV: spvMatMulTileQ2K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q2_k.spv
 var spvConv2dTileQ2K []byte
 
 // Conv2dTileQ2K is glsl/conv2d_tile.comp with Q2_K=1, QTYPE=1.
-var Conv2dTileQ2K = &Kernel{Name: "conv2d_tile_q2_k", SPIRV: spvConv2dTileQ2K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ2K = &Kernel{Name: "conv2d_tile_q2_k", SPIRV: spvConv2dTileQ2K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q2_k.spv
 var spvWinogradWeightsQ2K []byte
 
 // WinogradWeightsQ2K is glsl/winograd_weights.comp with Q2_K=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ2K = &Kernel{Name: "winograd_weights_q2_k", SPIRV: spvWinogradWeightsQ2K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ2K = &Kernel{Name: "winograd_weights_q2_k", SPIRV: spvWinogradWeightsQ2K, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q2_k_f32.spv
 var spvDequantQ2KF32 []byte
 
 // DequantQ2KF32 is glsl/dequant.comp with Q2_K=1, DST_T=float.
-var DequantQ2KF32 = &Kernel{Name: "dequant_q2_k_f32", SPIRV: spvDequantQ2KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ2KF32 = &Kernel{Name: "dequant_q2_k_f32", SPIRV: spvDequantQ2KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q2_k_f16.spv
 var spvDequantQ2KF16 []byte
 
 // DequantQ2KF16 is glsl/dequant.comp with Q2_K=1, DST_T=float16_t.
-var DequantQ2KF16 = &Kernel{Name: "dequant_q2_k_f16", SPIRV: spvDequantQ2KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ2KF16 = &Kernel{Name: "dequant_q2_k_f16", SPIRV: spvDequantQ2KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q3_k.spv
 var spvMatMulRegQ3K []byte
 
 // MatMulRegQ3K is glsl/matmul_reg_q.comp with Q3_K=1.
-var MatMulRegQ3K = &Kernel{Name: "matmul_reg_q3_k", SPIRV: spvMatMulRegQ3K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ3K = &Kernel{Name: "matmul_reg_q3_k", SPIRV: spvMatMulRegQ3K, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q3_k.spv
 var spvMatMulTileQ3K []byte
 
 // MatMulTileQ3K is glsl/matmul_tile.comp with Q3_K=1, QTYPE=1.
-var MatMulTileQ3K = &Kernel{Name: "matmul_tile_q3_k", SPIRV: spvMatMulTileQ3K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ3K = &Kernel{Name: "matmul_tile_q3_k", SPIRV: spvMatMulTileQ3K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q3_k.spv
 var spvConv2dTileQ3K []byte
 
 // Conv2dTileQ3K is glsl/conv2d_tile.comp with Q3_K=1, QTYPE=1.
-var Conv2dTileQ3K = &Kernel{Name: "conv2d_tile_q3_k", SPIRV: spvConv2dTileQ3K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ3K = &Kernel{Name: "conv2d_tile_q3_k", SPIRV: spvConv2dTileQ3K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q3_k.spv
 var spvWinogradWeightsQ3K []byte
 
 // WinogradWeightsQ3K is glsl/winograd_weights.comp with Q3_K=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ3K = &Kernel{Name: "winograd_weights_q3_k", SPIRV: spvWinogradWeightsQ3K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ3K = &Kernel{Name: "winograd_weights_q3_k", SPIRV: spvWinogradWeightsQ3K, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q3_k_f32.spv
 var spvDequantQ3KF32 []byte
 
 // DequantQ3KF32 is glsl/dequant.comp with Q3_K=1, DST_T=float.
-var DequantQ3KF32 = &Kernel{Name: "dequant_q3_k_f32", SPIRV: spvDequantQ3KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ3KF32 = &Kernel{Name: "dequant_q3_k_f32", SPIRV: spvDequantQ3KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q3_k_f16.spv
 var spvDequantQ3KF16 []byte
 
 // DequantQ3KF16 is glsl/dequant.comp with Q3_K=1, DST_T=float16_t.
-var DequantQ3KF16 = &Kernel{Name: "dequant_q3_k_f16", SPIRV: spvDequantQ3KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ3KF16 = &Kernel{Name: "dequant_q3_k_f16", SPIRV: spvDequantQ3KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q4_k.spv
 var spvMatMulRegQ4K []byte
 
-// MatMulRegQ4K is glsl/matmul_reg_q.comp with Q4_K=1.
-var MatMulRegQ4K = &Kernel{Name: "matmul_reg_q4_k", SPIRV: spvMatMulRegQ4K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+// MatMulRegQ4K is glsl/matmul_reg_q.comp with Q4_K=1, QUAD=1.
+var MatMulRegQ4K = &Kernel{Name: "matmul_reg_q4_k", SPIRV: spvMatMulRegQ4K, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: true, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q4_k.spv
 var spvMatMulTileQ4K []byte
 
 // MatMulTileQ4K is glsl/matmul_tile.comp with Q4_K=1, QTYPE=1.
-var MatMulTileQ4K = &Kernel{Name: "matmul_tile_q4_k", SPIRV: spvMatMulTileQ4K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ4K = &Kernel{Name: "matmul_tile_q4_k", SPIRV: spvMatMulTileQ4K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q4_k.spv
 var spvConv2dTileQ4K []byte
 
 // Conv2dTileQ4K is glsl/conv2d_tile.comp with Q4_K=1, QTYPE=1.
-var Conv2dTileQ4K = &Kernel{Name: "conv2d_tile_q4_k", SPIRV: spvConv2dTileQ4K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ4K = &Kernel{Name: "conv2d_tile_q4_k", SPIRV: spvConv2dTileQ4K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q4_k.spv
 var spvWinogradWeightsQ4K []byte
 
 // WinogradWeightsQ4K is glsl/winograd_weights.comp with Q4_K=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ4K = &Kernel{Name: "winograd_weights_q4_k", SPIRV: spvWinogradWeightsQ4K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ4K = &Kernel{Name: "winograd_weights_q4_k", SPIRV: spvWinogradWeightsQ4K, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q4_k_f32.spv
 var spvDequantQ4KF32 []byte
 
 // DequantQ4KF32 is glsl/dequant.comp with Q4_K=1, DST_T=float.
-var DequantQ4KF32 = &Kernel{Name: "dequant_q4_k_f32", SPIRV: spvDequantQ4KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ4KF32 = &Kernel{Name: "dequant_q4_k_f32", SPIRV: spvDequantQ4KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q4_k_f16.spv
 var spvDequantQ4KF16 []byte
 
 // DequantQ4KF16 is glsl/dequant.comp with Q4_K=1, DST_T=float16_t.
-var DequantQ4KF16 = &Kernel{Name: "dequant_q4_k_f16", SPIRV: spvDequantQ4KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ4KF16 = &Kernel{Name: "dequant_q4_k_f16", SPIRV: spvDequantQ4KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q5_k.spv
 var spvMatMulRegQ5K []byte
 
-// MatMulRegQ5K is glsl/matmul_reg_q.comp with Q5_K=1.
-var MatMulRegQ5K = &Kernel{Name: "matmul_reg_q5_k", SPIRV: spvMatMulRegQ5K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+// MatMulRegQ5K is glsl/matmul_reg_q.comp with Q5_K=1, QUAD=1.
+var MatMulRegQ5K = &Kernel{Name: "matmul_reg_q5_k", SPIRV: spvMatMulRegQ5K, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: true, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q5_k.spv
 var spvMatMulTileQ5K []byte
 
 // MatMulTileQ5K is glsl/matmul_tile.comp with Q5_K=1, QTYPE=1.
-var MatMulTileQ5K = &Kernel{Name: "matmul_tile_q5_k", SPIRV: spvMatMulTileQ5K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ5K = &Kernel{Name: "matmul_tile_q5_k", SPIRV: spvMatMulTileQ5K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q5_k.spv
 var spvConv2dTileQ5K []byte
 
 // Conv2dTileQ5K is glsl/conv2d_tile.comp with Q5_K=1, QTYPE=1.
-var Conv2dTileQ5K = &Kernel{Name: "conv2d_tile_q5_k", SPIRV: spvConv2dTileQ5K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ5K = &Kernel{Name: "conv2d_tile_q5_k", SPIRV: spvConv2dTileQ5K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q5_k.spv
 var spvWinogradWeightsQ5K []byte
 
 // WinogradWeightsQ5K is glsl/winograd_weights.comp with Q5_K=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ5K = &Kernel{Name: "winograd_weights_q5_k", SPIRV: spvWinogradWeightsQ5K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ5K = &Kernel{Name: "winograd_weights_q5_k", SPIRV: spvWinogradWeightsQ5K, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q5_k_f32.spv
 var spvDequantQ5KF32 []byte
 
 // DequantQ5KF32 is glsl/dequant.comp with Q5_K=1, DST_T=float.
-var DequantQ5KF32 = &Kernel{Name: "dequant_q5_k_f32", SPIRV: spvDequantQ5KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ5KF32 = &Kernel{Name: "dequant_q5_k_f32", SPIRV: spvDequantQ5KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q5_k_f16.spv
 var spvDequantQ5KF16 []byte
 
 // DequantQ5KF16 is glsl/dequant.comp with Q5_K=1, DST_T=float16_t.
-var DequantQ5KF16 = &Kernel{Name: "dequant_q5_k_f16", SPIRV: spvDequantQ5KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ5KF16 = &Kernel{Name: "dequant_q5_k_f16", SPIRV: spvDequantQ5KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/matmul_reg_q6_k.spv
 var spvMatMulRegQ6K []byte
 
 // MatMulRegQ6K is glsl/matmul_reg_q.comp with Q6_K=1.
-var MatMulRegQ6K = &Kernel{Name: "matmul_reg_q6_k", SPIRV: spvMatMulRegQ6K, Bindings: 4, Texels: 0x3, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
+var MatMulRegQ6K = &Kernel{Name: "matmul_reg_q6_k", SPIRV: spvMatMulRegQ6K, Bindings: 4, Texels: 0x3, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 1}
 
 //go:embed spv/matmul_tile_q6_k.spv
 var spvMatMulTileQ6K []byte
 
 // MatMulTileQ6K is glsl/matmul_tile.comp with Q6_K=1, QTYPE=1.
-var MatMulTileQ6K = &Kernel{Name: "matmul_tile_q6_k", SPIRV: spvMatMulTileQ6K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
+var MatMulTileQ6K = &Kernel{Name: "matmul_tile_q6_k", SPIRV: spvMatMulTileQ6K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 40, Params: "MatMulParams", SpecIDs: 0}
 
 //go:embed spv/conv2d_tile_q6_k.spv
 var spvConv2dTileQ6K []byte
 
 // Conv2dTileQ6K is glsl/conv2d_tile.comp with Q6_K=1, QTYPE=1.
-var Conv2dTileQ6K = &Kernel{Name: "conv2d_tile_q6_k", SPIRV: spvConv2dTileQ6K, Bindings: 4, Texels: 0x0, ScalarTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
+var Conv2dTileQ6K = &Kernel{Name: "conv2d_tile_q6_k", SPIRV: spvConv2dTileQ6K, Bindings: 4, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 28, Params: "Conv2dParams", SpecIDs: 5}
 
 //go:embed spv/winograd_weights_q6_k.spv
 var spvWinogradWeightsQ6K []byte
 
 // WinogradWeightsQ6K is glsl/winograd_weights.comp with Q6_K=1, QTYPE=1, SCALAR_TEXELS=1.
-var WinogradWeightsQ6K = &Kernel{Name: "winograd_weights_q6_k", SPIRV: spvWinogradWeightsQ6K, Bindings: 2, Texels: 0x1, ScalarTexels: true, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
+var WinogradWeightsQ6K = &Kernel{Name: "winograd_weights_q6_k", SPIRV: spvWinogradWeightsQ6K, Bindings: 2, Texels: 0x1, ScalarTexels: true, QuadTexels: false, PushSize: 64, Params: "WinogradParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q6_k_f32.spv
 var spvDequantQ6KF32 []byte
 
 // DequantQ6KF32 is glsl/dequant.comp with Q6_K=1, DST_T=float.
-var DequantQ6KF32 = &Kernel{Name: "dequant_q6_k_f32", SPIRV: spvDequantQ6KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ6KF32 = &Kernel{Name: "dequant_q6_k_f32", SPIRV: spvDequantQ6KF32, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 //go:embed spv/dequant_q6_k_f16.spv
 var spvDequantQ6KF16 []byte
 
 // DequantQ6KF16 is glsl/dequant.comp with Q6_K=1, DST_T=float16_t.
-var DequantQ6KF16 = &Kernel{Name: "dequant_q6_k_f16", SPIRV: spvDequantQ6KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
+var DequantQ6KF16 = &Kernel{Name: "dequant_q6_k_f16", SPIRV: spvDequantQ6KF16, Bindings: 2, Texels: 0x0, ScalarTexels: false, QuadTexels: false, PushSize: 4, Params: "DequantParams", SpecIDs: 1}
 
 // All lists every kernel, in the order of Variants.
 var All = []*Kernel{

@@ -490,6 +490,8 @@ func (r *recorder) dispatch(k *kernels.Kernel, spec []uint32, push unsafe.Pointe
 func (r *recorder) texelView(k *kernels.Kernel, bd binding) (vkView, error) {
 	format, comps := uint32(formatRGBA32F), 4
 	switch {
+	case bd.dtype.Quantized() && k.QuadTexels:
+		format, comps = formatRGBA32UI, 4 // 16 bytes of blocks per texel
 	case bd.dtype.Quantized():
 		format, comps = formatR32UI, 1 // the blocks' 32-bit words (kernels/glsl/quant.glsl)
 	case k.ScalarTexels && bd.dtype == engine.F16:

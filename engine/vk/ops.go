@@ -335,7 +335,7 @@ func (d *Device) texelError(op string, comps int, bd binding) error {
 	}
 	texel := int64(comps * bd.dtype.Size())
 	if bd.dtype.Quantized() {
-		texel = 4 // R32UI words of the blocks
+		texel = int64(4 * comps) // R32UI or RGBA32UI words of the blocks
 	}
 	if bd.size%texel != 0 {
 		return fmt.Errorf("vk: %s: %s is %d bytes, not whole %d-element texels", op, bd.name, bd.size, comps)

@@ -48,10 +48,11 @@ func (d *Device) SupportsBlocks(dt engine.DType) bool {
 var _ engine.BlockSupporter = (*Device)(nil)
 
 // quantBindBytes is the size a block-quantized tensor binds and allocates:
-// its blocks rounded up to whole 32-bit words, plus one word that the
-// kernels' unaligned reads of the last block may fetch (and discard).
+// its blocks and at least one more 32-bit word, which the kernels'
+// unaligned reads of the last block may fetch (and discard), rounded up to
+// whole 16-byte texels.
 func quantBindBytes(t *engine.Tensor) int64 {
-	return alignUp(t.Bytes(), 4) + 4
+	return alignUp(t.Bytes()+4, 16)
 }
 
 // copyQuant records dst (F32 or F16, same shape) = the decoded elements of
@@ -128,7 +129,11 @@ func (d *Device) quantMatMulKernel(wdt engine.DType, a, b binding) (k *kernels.K
 	if !ok {
 		return nil, false, fmt.Errorf("vk: no kernels for %v weights", wdt)
 	}
-	if d.tuning == TuningCPU && d.texelBindsFit(4, a) && d.texelBindsFit(1, b) {
+	comps := 1
+	if qk.reg.QuadTexels {
+		comps = 4
+	}
+	if d.tuning == TuningCPU && d.texelBindsFit(4, a) && d.texelBindsFit(comps, b) {
 		return qk.reg, true, nil
 	}
 	return qk.tile, false, nil

@@ -189,8 +189,9 @@ func genKernels(all []built, blocks map[string]pushBlock) []byte {
 		}
 		fmt.Fprintf(&b, "// %s is glsl/%s%s.\n", name, k.v.Source, defs)
 		scalar := slices.Contains(k.v.Defines, kernels.ScalarTexelsDefine)
-		fmt.Fprintf(&b, "var %s = &Kernel{Name: %q, SPIRV: spv%s, Bindings: %d, Texels: %#x, ScalarTexels: %v, PushSize: %d, Params: %q, SpecIDs: %d}\n\n",
-			name, k.v.Name, name, k.info.Bindings, k.info.Texels, scalar, k.info.PushSize, k.block.Name, k.info.SpecIDs)
+		quad := slices.Contains(k.v.Defines, kernels.QuadTexelsDefine)
+		fmt.Fprintf(&b, "var %s = &Kernel{Name: %q, SPIRV: spv%s, Bindings: %d, Texels: %#x, ScalarTexels: %v, QuadTexels: %v, PushSize: %d, Params: %q, SpecIDs: %d}\n\n",
+			name, k.v.Name, name, k.info.Bindings, k.info.Texels, scalar, quad, k.info.PushSize, k.block.Name, k.info.SpecIDs)
 	}
 	b.WriteString("// All lists every kernel, in the order of Variants.\nvar All = []*Kernel{\n")
 	for _, k := range all {

@@ -24,7 +24,13 @@ layout(binding = 1) uniform utextureBuffer Qb;
 layout(std430, binding = 2) readonly buffer Bias { float bias[]; };
 layout(std430, binding = 3) writeonly buffer C { float c[]; };
 
+#ifdef QUAD
+// RGBA32UI texels (Q4_K, Q5_K): 16 bytes per fetch.
+uvec4 qquad(uint i) { return texelFetch(Qb, int(i)); }
+uint qword(uint i) { return qquad(i >> 2u)[i & 3u]; }
+#else
 uint qword(uint i) { return texelFetch(Qb, int(i)).r; }
+#endif
 #include "quant.glsl"
 
 void main() {

@@ -88,6 +88,20 @@ void k4_head(uint w0, uint w1, uint w2, uint w3, out vec4 h[4]) {
 	h[3] = m1; // 4..7
 }
 
+// get_scale_min_k4 of sub-block j from a Q4_K/Q5_K block's first texel
+// (hd.y, hd.z, hd.w are the 12 scale bytes).
+void k4_scale(uvec4 hd, uint j, out float sc, out float m) {
+	uint r = 8u * (j % 4u);
+	uint a = (hd.y >> r) & 255u, b = (hd.z >> r) & 255u, c = (hd.w >> r) & 255u;
+	if (j < 4u) {
+		sc = float(a & 63u);
+		m = float(b & 63u);
+	} else {
+		sc = float((c & 15u) | ((a >> 6u) << 4u));
+		m = float((c >> 4u) | ((b >> 6u) << 4u));
+	}
+}
+
 #if defined(Q8_0)
 #define QBS 32u
 #define QBB 34u
@@ -239,6 +253,27 @@ float dq_elem(uint e) {
 	precise float y = d1 * float(q) - m1;
 	return y;
 }
+#ifdef QUAD
+// Step s fetches the header texel and the 16 quant bytes of chunk s/2,
+// half s%2 (see below), and decodes the two sub-blocks' scales itself: two
+// fetches per 32 elements and no per-row state.
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint i = base >> 4u, c = s / 2u;
+	uvec4 hd = qquad(i);
+	uvec4 q = qquad(i + 1u + s);
+	vec2 dm = unpackHalf2x16(hd.x);
+	float sc1, m1, sc2, m2;
+	k4_scale(hd, 2u * c, sc1, m1);
+	k4_scale(hd, 2u * c + 1u, sc2, m2);
+	precise float d1 = dm.x * sc1, n1 = dm.y * m1, d2 = dm.x * sc2, n2 = dm.y * m2;
+	for (uint t = 0u; t < 4u; t++) {
+		precise vec4 lo = d1 * nibbles_lo(q[t]) - n1, hi = d2 * nibbles_hi(q[t]) - n2;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+#else
 void q_head(uint base, out vec4 h[QNH]) {
 	uint i = base >> 2u;
 	k4_head(qword(i), qword(i + 1u), qword(i + 2u), qword(i + 3u), h);
@@ -257,6 +292,7 @@ void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 		w[t + 4u] = hi;
 	}
 }
+#endif
 uint q_koff(uint s, uint g) { return 64u * (s / 2u) + 16u * (s % 2u) + (g < 4u ? 4u * g : 32u + 4u * (g - 4u)); }
 
 #elif defined(Q5_K)
@@ -275,6 +311,27 @@ float dq_elem(uint e) {
 	precise float y = d1 * float(q) - m1;
 	return y;
 }
+#ifdef QUAD
+// As Q4_K's: header, quants (texel 3+s) and high bits (texel 1+s%2).
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
+	uint i = base >> 4u, c = s / 2u;
+	uvec4 hd = qquad(i);
+	uvec4 qh = qquad(i + 1u + s % 2u);
+	uvec4 q = qquad(i + 3u + s);
+	vec2 dm = unpackHalf2x16(hd.x);
+	float sc1, m1, sc2, m2;
+	k4_scale(hd, 2u * c, sc1, m1);
+	k4_scale(hd, 2u * c + 1u, sc2, m2);
+	precise float d1 = dm.x * sc1, n1 = dm.y * m1, d2 = dm.x * sc2, n2 = dm.y * m2;
+	for (uint t = 0u; t < 4u; t++) {
+		precise vec4 lo = d1 * (nibbles_lo(q[t]) + 16.0 * bits4(qh[t], 2u * c)) - n1;
+		precise vec4 hi = d2 * (nibbles_hi(q[t]) + 16.0 * bits4(qh[t], 2u * c + 1u)) - n2;
+		w[t] = lo;
+		w[t + 4u] = hi;
+	}
+}
+#else
 void q_head(uint base, out vec4 h[QNH]) {
 	uint i = base >> 2u;
 	k4_head(qword(i), qword(i + 1u), qword(i + 2u), qword(i + 3u), h);
@@ -293,13 +350,14 @@ void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 		w[t + 4u] = hi;
 	}
 }
+#endif
 uint q_koff(uint s, uint g) { return 64u * (s / 2u) + 16u * (s % 2u) + (g < 4u ? 4u * g : 32u + 4u * (g - 4u)); }
 
 #elif defined(Q6_K)
 #define QBS 256u
 #define QBB 210u
 #define QNS 8u
-#define QNH 4
+#define QNH 1
 float dq_elem(uint e) {
 	uint base = (e / QBS) * QBB, l = e % QBS;
 	uint n = l / 128u, r = l % 128u, quarter = r / 32u, ll = r % 32u;
@@ -311,32 +369,30 @@ float dq_elem(uint e) {
 	precise float y = dl * float(int(lo | (hi << 4u)) - 32);
 	return y;
 }
-// The header is d times the 16 signed scales (bytes 192..207).
-void q_head(uint base, out vec4 h[QNH]) {
-	uint v[5];
-	QWORDS_BLOCK(5u, base + 192u, v)
-	float d = unpackHalf2x16(v[4]).x;
-	for (uint t = 0u; t < 4u; t++) {
-		precise vec4 y = d * sbytes4(v[t]);
-		h[t] = y;
-	}
-}
+// No per-row header: each step fetches its 4 scales and d itself (the
+// kernels compile several times faster without header arrays).
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 // Step s covers positions ll = 8(s%4)..+7 of half n = s/4, in its four
-// quarters (elements 128n + 32q + ll).
+// quarters (elements 128n + 32q + ll), whose scales are bytes
+// 192 + 8n + (s%4)/2 + 2q.
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint n = s / 4u, ll0 = 8u * (s % 4u);
-	uint a[2], b[2], hq[2];
+	uint a[2], b[2], hq[2], sw[2], dw[1];
 	QWORDS(2u, base + 64u * n + ll0, a)
 	QWORDS(2u, base + 64u * n + 32u + ll0, b)
 	QWORDS(2u, base + 128u + 32u * n + ll0, hq)
-	uint si = 8u * n + (s % 4u) / 2u; // scale of quarter 0
+	QWORDS(2u, base + 192u + 8u * n, sw)
+	QWORDS_BLOCK(1u, base + 208u, dw)
+	float d = unpackHalf2x16(dw[0]).x;
+	uint si = (s % 4u) / 2u; // byte of quarter 0's scale in sw
+	vec4 sc = vec4(bitfieldExtract(int(sw[0]), int(8u * si), 8), bitfieldExtract(int(sw[0]), int(8u * si + 16u), 8),
+		bitfieldExtract(int(sw[1]), int(8u * si), 8), bitfieldExtract(int(sw[1]), int(8u * si + 16u), 8));
+	precise vec4 ds = d * sc;
 	for (uint sub = 0u; sub < 2u; sub++) {
-		float s0 = h[si / 4u][si % 4u], s1 = h[(si + 2u) / 4u][(si + 2u) % 4u];
-		float s2 = h[(si + 4u) / 4u][(si + 4u) % 4u], s3 = h[(si + 6u) / 4u][(si + 6u) % 4u];
-		precise vec4 y0 = s0 * (nibbles_lo(a[sub]) + 16.0 * crumbs4(hq[sub], 0u) - 32.0);
-		precise vec4 y1 = s1 * (nibbles_lo(b[sub]) + 16.0 * crumbs4(hq[sub], 2u) - 32.0);
-		precise vec4 y2 = s2 * (nibbles_hi(a[sub]) + 16.0 * crumbs4(hq[sub], 4u) - 32.0);
-		precise vec4 y3 = s3 * (nibbles_hi(b[sub]) + 16.0 * crumbs4(hq[sub], 6u) - 32.0);
+		precise vec4 y0 = ds.x * (nibbles_lo(a[sub]) + 16.0 * crumbs4(hq[sub], 0u) - 32.0);
+		precise vec4 y1 = ds.y * (nibbles_lo(b[sub]) + 16.0 * crumbs4(hq[sub], 2u) - 32.0);
+		precise vec4 y2 = ds.z * (nibbles_hi(a[sub]) + 16.0 * crumbs4(hq[sub], 4u) - 32.0);
+		precise vec4 y3 = ds.w * (nibbles_hi(b[sub]) + 16.0 * crumbs4(hq[sub], 6u) - 32.0);
 		w[sub] = y0;
 		w[2u + sub] = y1;
 		w[4u + sub] = y2;
@@ -349,7 +405,7 @@ uint q_koff(uint s, uint g) { return 128u * (s / 4u) + 32u * (g / 2u) + 8u * (s 
 #define QBS 256u
 #define QBB 84u
 #define QNS 8u
-#define QNH 8
+#define QNH 1
 float dq_elem(uint e) {
 	uint base = (e / QBS) * QBB, l = e % QBS;
 	uint n = l / 128u, r = l % 128u, s2 = r / 32u, h = (r % 32u) / 16u, ll = r % 16u;
@@ -359,28 +415,21 @@ float dq_elem(uint e) {
 	precise float y = dl * float(q) - ml;
 	return y;
 }
-// The header is d*(sc&15) for the 16 groups (h[0..3]) and dmin*(sc>>4)
-// (h[4..7]).
-void q_head(uint base, out vec4 h[QNH]) {
-	uint v[4];
-	QWORDS_ALIGNED(4u, base, v)
-	vec2 dm = unpackHalf2x16(qword((base >> 2u) + 20u));
-	for (uint t = 0u; t < 4u; t++) {
-		precise vec4 a = dm.x * nibbles_lo(v[t]), b = dm.y * nibbles_hi(v[t]);
-		h[t] = a;
-		h[4u + t] = b;
-	}
-}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 // Step s covers bytes 16h + ll0..+7 (h = (s/2)%2, ll0 = 8(s%2)) of the 32
-// qs bytes of half n = s/4, at the four shifts.
+// qs bytes of half n = s/4, at the four shifts s2, whose groups' scale
+// bytes are 8n + 2s2 + h.
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint n = s / 4u, hh = (s / 2u) % 2u;
-	uint i = (base >> 2u) + 4u + 8u * n + 4u * hh + 2u * (s % 2u);
-	uint q0 = qword(i), q1 = qword(i + 1u);
+	uint i = base >> 2u;
+	uint q0 = qword(i + 4u + 8u * n + 4u * hh + 2u * (s % 2u)), q1 = qword(i + 5u + 8u * n + 4u * hh + 2u * (s % 2u));
+	uint sc0 = qword(i + 2u * n), sc1 = qword(i + 2u * n + 1u);
+	vec2 dm = unpackHalf2x16(qword(i + 20u));
+	// Scale bytes hh, 2+hh of sc0 (s2 = 0, 1) and of sc1 (s2 = 2, 3).
+	uvec4 sc = uvec4((sc0 >> (8u * hh)) & 255u, (sc0 >> (8u * hh + 16u)) & 255u, (sc1 >> (8u * hh)) & 255u, (sc1 >> (8u * hh + 16u)) & 255u);
+	precise vec4 dl = dm.x * vec4(sc & 15u), ml = dm.y * vec4(sc >> 4u);
 	for (uint s2 = 0u; s2 < 4u; s2++) {
-		uint is = 8u * n + 2u * s2 + hh;
-		float dl = h[is / 4u][is % 4u], ml = h[4u + is / 4u][is % 4u];
-		precise vec4 a = dl * crumbs4(q0, 2u * s2) - ml, b = dl * crumbs4(q1, 2u * s2) - ml;
+		precise vec4 a = dl[s2] * crumbs4(q0, 2u * s2) - ml[s2], b = dl[s2] * crumbs4(q1, 2u * s2) - ml[s2];
 		w[2u * s2] = a;
 		w[2u * s2 + 1u] = b;
 	}
@@ -391,7 +440,7 @@ uint q_koff(uint s, uint g) { return 128u * (s / 4u) + 32u * (g / 2u) + 16u * ((
 #define QBS 256u
 #define QBB 110u
 #define QNS 8u
-#define QNH 4
+#define QNH 1
 // The signed 6-bit scale i of the 12 scale bytes at off (see q3Scales).
 float q3_scale(uint off, uint i) {
 	uint lo = i < 8u ? (qbyte(off + i) & 15u) : (qbyte(off + i - 8u) >> 4u);
@@ -409,29 +458,32 @@ float dq_elem(uint e) {
 	precise float y = dl * float(q);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) {
-	uint v[4];
-	QWORDS_BLOCK(4u, base + 96u, v) // scales at 96..107, d at 108..109
-	float d = unpackHalf2x16(v[3]).x;
-	uvec4 lo8 = uvec4(v[0] & 0x0f0f0f0fu, v[1] & 0x0f0f0f0fu, (v[0] >> 4u) & 0x0f0f0f0fu, (v[1] >> 4u) & 0x0f0f0f0fu);
-	for (uint t = 0u; t < 4u; t++) {
-		// Scales 4t..4t+3: low nibbles from lo8[t], top bits from byte 8+i%4 at shift 2t.
-		vec4 hi = crumbs4(v[2], 2u * t);
-		precise vec4 y = d * (bytes4(lo8[t]) + 16.0 * hi - 32.0);
-		h[t] = y;
-	}
-}
+void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+// Step s covers bytes 16h + ll0..+7 (h = (s/2)%2, ll0 = 8(s%2)) of the 32
+// qs bytes of half n = s/4 and of hmask, at the four shifts s2: groups
+// is = 8n + 2s2 + h, whose scales it decodes from the 12 scale bytes.
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint n = s / 4u, hh = (s / 2u) % 2u, ll0 = 8u * (s % 2u);
-	uint q[2], m[2];
+	uint q[2], m[2], v[4];
 	QWORDS(2u, base + 32u + 32u * n + 16u * hh + ll0, q)
 	QWORDS(2u, base + 16u * hh + ll0, m)
+	QWORDS_BLOCK(4u, base + 96u, v) // scales at 96..107, d at 108..109
+	float d = unpackHalf2x16(v[3]).x;
+	// Scale is = 8n + 2s2 + hh: low nibble from byte (2s2+hh) of bytes 0..7
+	// (low nibbles for n = 0, high for n = 1), top bits from byte 8 +
+	// (2s2+hh)%4 at shift 2(2n + (2s2+hh)/4).
+	vec4 sc;
 	for (uint s2 = 0u; s2 < 4u; s2++) {
-		uint is = 8u * n + 2u * s2 + hh;
-		float dl = h[is / 4u][is % 4u];
+		uint j = 2u * s2 + hh;
+		uint lo = (v[j / 4u] >> (8u * (j % 4u) + 4u * n)) & 15u;
+		uint hi = (v[2] >> (8u * (j % 4u) + 2u * (2u * n + j / 4u))) & 3u;
+		sc[s2] = float(int(lo | (hi << 4u)) - 32);
+	}
+	precise vec4 dl = d * sc;
+	for (uint s2 = 0u; s2 < 4u; s2++) {
 		uint mb = 4u * n + s2;
-		precise vec4 a = dl * (crumbs4(q[0], 2u * s2) - 4.0 + 4.0 * bits4(m[0], mb));
-		precise vec4 b = dl * (crumbs4(q[1], 2u * s2) - 4.0 + 4.0 * bits4(m[1], mb));
+		precise vec4 a = dl[s2] * (crumbs4(q[0], 2u * s2) - 4.0 + 4.0 * bits4(m[0], mb));
+		precise vec4 b = dl[s2] * (crumbs4(q[1], 2u * s2) - 4.0 + 4.0 * bits4(m[1], mb));
 		w[2u * s2] = a;
 		w[2u * s2 + 1u] = b;
 	}
