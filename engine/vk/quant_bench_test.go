@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"testing"
 	"time"
 
@@ -93,5 +95,68 @@ func BenchmarkFirstDispatchQuant(b *testing.B) {
 			b.Fatal(err)
 		}
 		b.ReportMetric(time.Since(start).Seconds(), dt.String()+"-s")
+	}
+}
+
+// BenchmarkLinearQuantBest interleaves Linear calls with F16, Q8_0, Q4_0
+// and Q4_K weights (plus Q6_K) in rounds and reports each type's fastest
+// call (GFLOP/s): on a shared, loaded machine the best of several
+// interleaved rounds compares the kernels where single timings do not.
+// ZIMAGE_BENCH_ROUNDS sets the rounds (default 5).
+func BenchmarkLinearQuantBest(b *testing.B) {
+	d := device(b)
+	rounds := 5
+	if v, err := strconv.Atoi(os.Getenv("ZIMAGE_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	types := []engine.DType{engine.F16, engine.Q8_0, engine.Q4_0, engine.Q4_K, engine.Q6_K}
+	for _, c := range []struct{ m, k, n int }{
+		{4096, 640, 640},    // SDXL attention at 64² latents
+		{1024, 1280, 1280},  // SDXL attention at 32²
+		{1024, 1280, 10240}, // SDXL GEGLU up at 32²
+		{1056, 3840, 3840},  // Z-Image attention at 512²
+		{1056, 10240, 3840}, // Z-Image feed-forward down at 512²
+	} {
+		b.Run(fmt.Sprintf("%dx%d_to_%d", c.m, c.k, c.n), func(b *testing.B) {
+			x := benchTensor(b, d, "x", engine.F32, c.m, c.k)
+			bias := benchTensor(b, d, "bias", engine.F32, c.n)
+			dst := benchTensor(b, d, "y", engine.F32, c.m, c.n)
+			ws := map[engine.DType]*engine.Tensor{}
+			best := map[engine.DType]time.Duration{}
+			for _, dt := range types {
+				if c.k%dt.BlockSize() == 0 {
+					ws[dt] = quantBenchTensor(b, d, dt, c.n, c.k)
+					if err := d.Linear(dst, x, ws[dt], bias); err != nil { // compile
+						b.Fatal(err)
+					}
+				}
+			}
+			if err := d.Flush(); err != nil {
+				b.Fatal(err)
+			}
+			for range b.N * rounds {
+				for _, dt := range types {
+					if ws[dt] == nil {
+						continue
+					}
+					start := time.Now()
+					if err := d.Linear(dst, x, ws[dt], bias); err != nil {
+						b.Fatal(err)
+					}
+					if err := d.Flush(); err != nil {
+						b.Fatal(err)
+					}
+					if el := time.Since(start); best[dt] == 0 || el < best[dt] {
+						best[dt] = el
+					}
+				}
+			}
+			flops := 2 * float64(c.m) * float64(c.n) * float64(c.k)
+			for _, dt := range types {
+				if best[dt] > 0 {
+					b.ReportMetric(flops/best[dt].Seconds()/1e9, dt.String()+"-GFLOP/s")
+				}
+			}
+		})
 	}
 }

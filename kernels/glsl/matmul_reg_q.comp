@@ -5,11 +5,11 @@
 // matmul_reg (register-blocked, for CPU-like devices) with a block-quantized
 // B stored transposed, [N, K] rows of whole blocks (Linear weights, and
 // convolutions run as matmuls): each invocation computes TM x TN outputs.
-// Per block of each of its TN rows it decodes the block's header once (K
-// quants: the 8-16 sub-block scales), then per step of 32 elements fetches
-// the packed words (R32UI texels, about a quarter to half the bytes of an
-// F16 row) and unpacks them into 8 vec4 that all TM rows of A then reuse,
-// so the unpacking is shared across the register tile. p.trans_b must be
+// Per step of 32 elements of each of its TN rows it fetches the packed
+// words (R32UI texels, or RGBA32UI for Q4_K/Q5_K: about a quarter to half
+// the bytes of an F16 row, in fewer fetches) and unpacks them into 8 vec4
+// that all TM rows of A then reuse, so the unpacking is shared across the
+// register tile; Q4_K/Q5_K decode their sub-block scales once per 64. p.trans_b must be
 // 1; stride_b counts elements (whole blocks).
 #ifndef TM
 #define TM 16
@@ -32,6 +32,9 @@ uint qword(uint i) { return qquad(i >> 2u)[i & 3u]; }
 uint qword(uint i) { return texelFetch(Qb, int(i)).r; }
 #endif
 #include "quant.glsl"
+#ifndef QHS
+#define QHS QNS
+#endif
 
 void main() {
 	uint tiles_n = (p.n + TN - 1u) / TN;
@@ -59,29 +62,32 @@ void main() {
 			acc[i][j] = vec4(0.0);
 		}
 	}
-	for (uint b = 0u; b < nb; b++) {
-		vec4 hd[TN][QNH];
-		for (uint j = 0u; j < TN; j++) {
-			q_head(brow[j] + b * QBB, hd[j]);
-		}
+	// One flat loop over the steps of 32 elements (block b = st / QNS, step
+	// s = st % QNS): nested loops cost llvmpipe more lane-mask handling.
+	vec4 hd[TN][QNH];
+	for (uint st = 0u; st < nb * QNS; st++) {
+		uint b = st / QNS, s = st % QNS;
 		int kb = int(b * (QBS / 4u));
-		for (uint s = 0u; s < QNS; s++) {
-			vec4 wv[TN][8];
+		if (s % QHS == 0u) {
 			for (uint j = 0u; j < TN; j++) {
-				q_step(brow[j] + b * QBB, s, hd[j], wv[j]);
+				q_head(brow[j] + b * QBB, s, hd[j]);
 			}
-			for (uint i = 0u; i < TM; i++) {
-				vec4 av[8];
+		}
+		vec4 wv[TN][8];
+		for (uint j = 0u; j < TN; j++) {
+			q_step(brow[j] + b * QBB, s, hd[j], wv[j]);
+		}
+		for (uint i = 0u; i < TM; i++) {
+			vec4 av[8];
+			for (uint g = 0u; g < 8u; g++) {
+				av[g] = texelFetch(A, arow[i] + kb + int(q_koff(s, g) / 4u));
+			}
+			for (uint j = 0u; j < TN4; j++) {
+				vec4 r = vec4(0.0);
 				for (uint g = 0u; g < 8u; g++) {
-					av[g] = texelFetch(A, arow[i] + kb + int(q_koff(s, g) / 4u));
+					r += vec4(dot(av[g], wv[4u * j][g]), dot(av[g], wv[4u * j + 1u][g]), dot(av[g], wv[4u * j + 2u][g]), dot(av[g], wv[4u * j + 3u][g]));
 				}
-				for (uint j = 0u; j < TN4; j++) {
-					vec4 r = vec4(0.0);
-					for (uint g = 0u; g < 8u; g++) {
-						r += vec4(dot(av[g], wv[4u * j][g]), dot(av[g], wv[4u * j + 1u][g]), dot(av[g], wv[4u * j + 2u][g]), dot(av[g], wv[4u * j + 3u][g]));
-					}
-					acc[i][j] += r;
-				}
+				acc[i][j] += r;
 			}
 		}
 	}

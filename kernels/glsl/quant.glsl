@@ -15,10 +15,17 @@
 //   float dq_elem(e)  element e of the tensor (any element, any layout)
 // and, for the register-blocked matmul, a block in QNS steps of 32
 // elements each, decoded into 8 vec4 (elements q_koff(s, g) .. +3 of the
-// block for group g) after QNH vec4 of per-block header:
-//   void q_head(base, out vec4 h[QNH])
+// block for group g) after QNH vec4 of header that q_head computes before
+// every QHS-th step (K-quants whose kernel reads RGBA32UI texels, QUAD,
+// provide qquad(i), texel i, as well):
+//   void q_head(base, s, out vec4 h[QNH])
 //   void q_step(base, s, vec4 h[QNH], out vec4 w[8])
 //   uint q_koff(s, g)
+
+#ifndef QUAD
+// 16 bytes from word 4i on (kernels reading RGBA32UI texels define it).
+uvec4 qquad(uint i) { return uvec4(qword(4u * i), qword(4u * i + 1u), qword(4u * i + 2u), qword(4u * i + 3u)); }
+#endif
 
 uint qbyte(uint off) { return (qword(off >> 2u) >> ((off & 3u) * 8u)) & 0xffu; }
 float qhalf(uint off) { return unpackHalf2x16(qword(off >> 2u) >> ((off & 2u) * 8u)).x; }
@@ -72,22 +79,6 @@ void scale_min_k4(uint off, uint j, out float sc, out float m) {
 	}
 }
 
-// The 8 6-bit scales and mins of a Q4_K/Q5_K block from its words 1..3
-// (bytes 4..15), times d and dmin.
-void k4_head(uint w0, uint w1, uint w2, uint w3, out vec4 h[4]) {
-	vec2 dm = unpackHalf2x16(w0);
-	uvec4 a = uvec4(w1 & 0xffu, (w1 >> 8u) & 0xffu, (w1 >> 16u) & 0xffu, w1 >> 24u);  // bytes 0..3
-	uvec4 b = uvec4(w2 & 0xffu, (w2 >> 8u) & 0xffu, (w2 >> 16u) & 0xffu, w2 >> 24u);  // bytes 4..7
-	uvec4 c = uvec4(w3 & 0xffu, (w3 >> 8u) & 0xffu, (w3 >> 16u) & 0xffu, w3 >> 24u);  // bytes 8..11
-	vec4 sc_lo = vec4(a & 63u), m_lo = vec4(b & 63u);
-	vec4 sc_hi = vec4((c & 15u) | ((a >> 6u) << 4u)), m_hi = vec4((c >> 4u) | ((b >> 6u) << 4u));
-	precise vec4 s0 = dm.x * sc_lo, s1 = dm.x * sc_hi, m0 = dm.y * m_lo, m1 = dm.y * m_hi;
-	h[0] = s0; // d*sc for sub-blocks 0..3
-	h[1] = s1; // 4..7
-	h[2] = m0; // dmin*m for 0..3
-	h[3] = m1; // 4..7
-}
-
 // get_scale_min_k4 of sub-block j from a Q4_K/Q5_K block's first texel
 // (hd.y, hd.z, hd.w are the 12 scale bytes).
 void k4_scale(uvec4 hd, uint j, out float sc, out float m) {
@@ -113,7 +104,7 @@ float dq_elem(uint e) {
 	precise float y = float(q) * qhalf(base);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint v[9];
 	QWORDS_BLOCK(9u, base, v)
@@ -137,7 +128,7 @@ float dq_elem(uint e) {
 	precise float y = float(int(q) - 8) * qhalf(base);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint v[5];
 	QWORDS_BLOCK(5u, base, v)
@@ -163,7 +154,7 @@ float dq_elem(uint e) {
 	precise float y = float(q) * qhalf(base) + qhalf(base + 2u);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint v[5];
 	QWORDS_ALIGNED(5u, base, v)
@@ -189,7 +180,7 @@ float dq_elem(uint e) {
 	precise float y = float(int(q) - 16) * qhalf(base);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint v[6];
 	QWORDS_BLOCK(6u, base, v)
@@ -220,7 +211,7 @@ float dq_elem(uint e) {
 	precise float y = float(q) * qhalf(base) + qhalf(base + 2u);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
 	uint v[6];
 	QWORDS_ALIGNED(6u, base, v)
@@ -241,7 +232,7 @@ uint q_koff(uint s, uint g) { return 4u * g; }
 #define QBS 256u
 #define QBB 144u
 #define QNS 8u
-#define QNH 4
+#define QNH 1
 float dq_elem(uint e) {
 	uint base = (e / QBS) * QBB, l = e % QBS;
 	uint c = l / 64u, r = l % 64u, g = 2u * c + r / 32u;
@@ -253,53 +244,38 @@ float dq_elem(uint e) {
 	precise float y = d1 * float(q) - m1;
 	return y;
 }
-#ifdef QUAD
-// Step s fetches the header texel and the 16 quant bytes of chunk s/2,
-// half s%2 (see below), and decodes the two sub-blocks' scales itself: two
-// fetches per 32 elements and no per-row state.
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
-void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
-	uint i = base >> 4u, c = s / 2u;
-	uvec4 hd = qquad(i);
-	uvec4 q = qquad(i + 1u + s);
+// Read as RGBA32UI texels (Kernel.QuadTexels: 144-byte blocks are 9
+// texels). Every second step (a chunk of 64 elements) the header texel
+// gives the chunk's two sub-blocks' scales and mins (h[0] = d1, m1, d2,
+// m2); step s decodes the 16 quant bytes of chunk s/2, half s%2: low
+// nibbles are elements 64c+16(s%2)+0..15 of sub-block 2c, high nibbles
+// the same + 32 of sub-block 2c+1. Two fetches per 32 elements at most.
+#define QHS 2u
+void q_head(uint base, uint s, out vec4 h[QNH]) {
+	uvec4 hd = qquad(base >> 4u);
+	uint c = s / 2u;
 	vec2 dm = unpackHalf2x16(hd.x);
 	float sc1, m1, sc2, m2;
 	k4_scale(hd, 2u * c, sc1, m1);
 	k4_scale(hd, 2u * c + 1u, sc2, m2);
-	precise float d1 = dm.x * sc1, n1 = dm.y * m1, d2 = dm.x * sc2, n2 = dm.y * m2;
-	for (uint t = 0u; t < 4u; t++) {
-		precise vec4 lo = d1 * nibbles_lo(q[t]) - n1, hi = d2 * nibbles_hi(q[t]) - n2;
-		w[t] = lo;
-		w[t + 4u] = hi;
-	}
+	precise vec4 y = vec4(dm.x * sc1, dm.y * m1, dm.x * sc2, dm.y * m2);
+	h[0] = y;
 }
-#else
-void q_head(uint base, out vec4 h[QNH]) {
-	uint i = base >> 2u;
-	k4_head(qword(i), qword(i + 1u), qword(i + 2u), qword(i + 3u), h);
-}
-// Step s reads 16 bytes of chunk s/2 (half s%2): low nibbles are elements
-// 64c+16(s%2)+0..15 of sub-block 2c, high nibbles the same + 32 of 2c+1.
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
-	uint c = s / 2u;
-	uint i = (base >> 2u) + 4u + 8u * c + 4u * (s % 2u);
-	float d1 = h[c / 2u][(2u * c) % 4u], d2 = h[c / 2u][(2u * c + 1u) % 4u];
-	float m1 = h[2u + c / 2u][(2u * c) % 4u], m2 = h[2u + c / 2u][(2u * c + 1u) % 4u];
+	uvec4 q = qquad((base >> 4u) + 1u + s);
 	for (uint t = 0u; t < 4u; t++) {
-		uint u = qword(i + t);
-		precise vec4 lo = d1 * nibbles_lo(u) - m1, hi = d2 * nibbles_hi(u) - m2;
+		precise vec4 lo = h[0].x * nibbles_lo(q[t]) - h[0].y, hi = h[0].z * nibbles_hi(q[t]) - h[0].w;
 		w[t] = lo;
 		w[t + 4u] = hi;
 	}
 }
-#endif
 uint q_koff(uint s, uint g) { return 64u * (s / 2u) + 16u * (s % 2u) + (g < 4u ? 4u * g : 32u + 4u * (g - 4u)); }
 
 #elif defined(Q5_K)
 #define QBS 256u
 #define QBB 176u
 #define QNS 8u
-#define QNH 4
+#define QNH 1
 float dq_elem(uint e) {
 	uint base = (e / QBS) * QBB, l = e % QBS;
 	uint c = l / 64u, r = l % 64u, g = 2u * c + r / 32u;
@@ -311,46 +287,30 @@ float dq_elem(uint e) {
 	precise float y = d1 * float(q) - m1;
 	return y;
 }
-#ifdef QUAD
-// As Q4_K's: header, quants (texel 3+s) and high bits (texel 1+s%2).
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
-void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
-	uint i = base >> 4u, c = s / 2u;
-	uvec4 hd = qquad(i);
-	uvec4 qh = qquad(i + 1u + s % 2u);
-	uvec4 q = qquad(i + 3u + s);
+// As Q4_K's, with the high bits (texel 1 + s%2) beside the quants (texel
+// 3 + s): 176-byte blocks are 11 texels.
+#define QHS 2u
+void q_head(uint base, uint s, out vec4 h[QNH]) {
+	uvec4 hd = qquad(base >> 4u);
+	uint c = s / 2u;
 	vec2 dm = unpackHalf2x16(hd.x);
 	float sc1, m1, sc2, m2;
 	k4_scale(hd, 2u * c, sc1, m1);
 	k4_scale(hd, 2u * c + 1u, sc2, m2);
-	precise float d1 = dm.x * sc1, n1 = dm.y * m1, d2 = dm.x * sc2, n2 = dm.y * m2;
-	for (uint t = 0u; t < 4u; t++) {
-		precise vec4 lo = d1 * (nibbles_lo(q[t]) + 16.0 * bits4(qh[t], 2u * c)) - n1;
-		precise vec4 hi = d2 * (nibbles_hi(q[t]) + 16.0 * bits4(qh[t], 2u * c + 1u)) - n2;
-		w[t] = lo;
-		w[t + 4u] = hi;
-	}
-}
-#else
-void q_head(uint base, out vec4 h[QNH]) {
-	uint i = base >> 2u;
-	k4_head(qword(i), qword(i + 1u), qword(i + 2u), qword(i + 3u), h);
+	precise vec4 y = vec4(dm.x * sc1, dm.y * m1, dm.x * sc2, dm.y * m2);
+	h[0] = y;
 }
 void q_step(uint base, uint s, vec4 h[QNH], out vec4 w[8]) {
-	uint c = s / 2u;
-	uint i = (base >> 2u) + 12u + 8u * c + 4u * (s % 2u);
-	uint ih = (base >> 2u) + 4u + 4u * (s % 2u);
-	float d1 = h[c / 2u][(2u * c) % 4u], d2 = h[c / 2u][(2u * c + 1u) % 4u];
-	float m1 = h[2u + c / 2u][(2u * c) % 4u], m2 = h[2u + c / 2u][(2u * c + 1u) % 4u];
+	uint i = base >> 4u, c = s / 2u;
+	uvec4 qh = qquad(i + 1u + s % 2u);
+	uvec4 q = qquad(i + 3u + s);
 	for (uint t = 0u; t < 4u; t++) {
-		uint u = qword(i + t), uh = qword(ih + t);
-		precise vec4 lo = d1 * (nibbles_lo(u) + 16.0 * bits4(uh, 2u * c)) - m1;
-		precise vec4 hi = d2 * (nibbles_hi(u) + 16.0 * bits4(uh, 2u * c + 1u)) - m2;
+		precise vec4 lo = h[0].x * (nibbles_lo(q[t]) + 16.0 * bits4(qh[t], 2u * c)) - h[0].y;
+		precise vec4 hi = h[0].z * (nibbles_hi(q[t]) + 16.0 * bits4(qh[t], 2u * c + 1u)) - h[0].w;
 		w[t] = lo;
 		w[t + 4u] = hi;
 	}
 }
-#endif
 uint q_koff(uint s, uint g) { return 64u * (s / 2u) + 16u * (s % 2u) + (g < 4u ? 4u * g : 32u + 4u * (g - 4u)); }
 
 #elif defined(Q6_K)
@@ -371,7 +331,7 @@ float dq_elem(uint e) {
 }
 // No per-row header: each step fetches its 4 scales and d itself (the
 // kernels compile several times faster without header arrays).
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 // Step s covers positions ll = 8(s%4)..+7 of half n = s/4, in its four
 // quarters (elements 128n + 32q + ll), whose scales are bytes
 // 192 + 8n + (s%4)/2 + 2q.
@@ -415,7 +375,7 @@ float dq_elem(uint e) {
 	precise float y = dl * float(q) - ml;
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 // Step s covers bytes 16h + ll0..+7 (h = (s/2)%2, ll0 = 8(s%2)) of the 32
 // qs bytes of half n = s/4, at the four shifts s2, whose groups' scale
 // bytes are 8n + 2s2 + h.
@@ -458,7 +418,7 @@ float dq_elem(uint e) {
 	precise float y = dl * float(q);
 	return y;
 }
-void q_head(uint base, out vec4 h[QNH]) { h[0] = vec4(0.0); }
+void q_head(uint base, uint s, out vec4 h[QNH]) { h[0] = vec4(0.0); }
 // Step s covers bytes 16h + ll0..+7 (h = (s/2)%2, ll0 = 8(s%2)) of the 32
 // qs bytes of half n = s/4 and of hmask, at the four shifts s2: groups
 // is = 8n + 2s2 + h, whose scales it decodes from the 12 scale bytes.
