@@ -351,3 +351,26 @@ func dequantQ6_K(b []byte, y []float32) {
 		}
 	}
 }
+
+// blockScales are the byte offsets of a block type's F16 scale fields (d,
+// and dmin or m): a block's values are finite exactly when these are, its
+// quants being small integers.
+var blockScales = map[DType][]int{
+	Q4_0: {0}, Q4_1: {0, 2}, Q5_0: {0}, Q5_1: {0, 2}, Q8_0: {0},
+	Q2_K: {80, 82}, Q3_K: {108}, Q4_K: {0, 2}, Q5_K: {0, 2}, Q6_K: {208},
+}
+
+// FirstNonFiniteBlock returns the index of the first block of raw (whole
+// blocks of type d) with a NaN or Inf scale, or -1.
+func FirstNonFiniteBlock(d DType, raw []byte) int {
+	bb := d.BlockBytes()
+	offs := blockScales[d]
+	for b := 0; (b+1)*bb <= len(raw); b++ {
+		for _, o := range offs {
+			if binary.LittleEndian.Uint16(raw[b*bb+o:])&0x7c00 == 0x7c00 {
+				return b
+			}
+		}
+	}
+	return -1
+}

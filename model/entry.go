@@ -7,6 +7,7 @@ import (
 	"sync"
 
 	"github.com/zimage/zimage/model/gguf"
+	"github.com/zimage/zimage/model/internal/mmap"
 	"github.com/zimage/zimage/model/safetensors"
 )
 
@@ -29,7 +30,7 @@ import (
 
 // tensorEntry is a whole safetensors tensor as an entry.
 func tensorEntry(key string, t *safetensors.Tensor, file string) *Entry {
-	return &Entry{Key: key, DType: t.DType, Shape: append([]int(nil), t.Shape...), File: file, data: t.Data}
+	return &Entry{Key: key, DType: t.DType, Shape: append([]int(nil), t.Shape...), File: file, data: t.Data, mapped: true}
 }
 
 // ggufEntry is a whole GGUF tensor as an entry: plain types as the
@@ -38,7 +39,7 @@ func tensorEntry(key string, t *safetensors.Tensor, file string) *Entry {
 // named error from Weights.Param). shape is the logical (torch) shape,
 // normally the reversed ggml dims.
 func ggufEntry(key string, t *gguf.Tensor, file string, shape []int) *Entry {
-	e := &Entry{Key: key, Shape: shape, File: file, data: t.Data}
+	e := &Entry{Key: key, Shape: shape, File: file, data: t.Data, mapped: true}
 	plain := map[gguf.Type]safetensors.DType{gguf.F32: safetensors.F32, gguf.F16: safetensors.F16, gguf.BF16: safetensors.BF16,
 		gguf.F64: safetensors.F64, gguf.I8: safetensors.I8, gguf.I16: safetensors.I16, gguf.I32: safetensors.I32, gguf.I64: safetensors.I64}
 	if dt, ok := plain[t.Type]; ok {
@@ -115,7 +116,7 @@ func (e *Entry) rows(key string, from, to int, shape []int) (*Entry, error) {
 		return nil, fmt.Errorf("model: %s in %s: rows [%d,%d) out of range of %v", e.Key, e.File, from, to, e.Shape)
 	}
 	row := e.NumElem() / e.Shape[0]
-	out := &Entry{Key: key, DType: e.DType, Quant: e.Quant, Shape: shape, File: e.File}
+	out := &Entry{Key: key, DType: e.DType, Quant: e.Quant, Shape: shape, File: e.File, mapped: e.mapped}
 	if out.NumElem() != (to-from)*row {
 		return nil, fmt.Errorf("model: %s in %s: shape %v does not match rows [%d,%d)", e.Key, e.File, shape, from, to)
 	}
@@ -155,38 +156,61 @@ func (e *Entry) transposed(key string) *Entry {
 		})
 	}
 	size := e.DType.Size()
-	var once sync.Once
-	var data []byte
 	src := e.data
+	out.cache(func() []byte {
+		in := src()
+		if len(in) != rows*cols*size {
+			return nil // file closed: nil, like an untransposed entry
+		}
+		return transpose(in, rows, cols, size)
+	})
+	return out
+}
+
+// cache makes out's data compute(), computed on first read and kept until
+// release drops it (a nil result, a closed file, is not kept).
+func (out *Entry) cache(compute func() []byte) {
+	var mu sync.Mutex
+	var data []byte
 	out.data = func() []byte {
-		once.Do(func() {
-			in := src()
-			if len(in) != rows*cols*size {
-				return // file closed: nil, like an untransposed entry
-			}
-			data = transpose(in, rows, cols, size)
-		})
+		mu.Lock()
+		defer mu.Unlock()
+		if data == nil {
+			data = compute()
+		}
 		return data
 	}
-	return out
+	out.drop = func() {
+		mu.Lock()
+		data = nil
+		mu.Unlock()
+	}
+	out.mapped = false
+}
+
+// release drops the entry's host copy: the pages of a memory-mapped
+// tensor (they stay in the page cache and fault back in on the next read),
+// and with computed set a copy computed on first read.
+func (e *Entry) release(computed bool) {
+	switch {
+	case e.mapped:
+		mmap.Release(e.data())
+	case computed && e.drop != nil:
+		e.drop()
+	}
 }
 
 // decoded makes out an F32 entry holding pick(e's decoded values),
 // computed on first read and kept.
 func (e *Entry) decoded(out *Entry, pick func([]float32) []float32) *Entry {
 	out.DType, out.Quant = safetensors.F32, 0
-	var once sync.Once
-	var data []byte
-	out.data = func() []byte {
-		once.Do(func() {
-			v, err := e.Float32s()
-			if err != nil {
-				return // file closed: nil
-			}
-			data = float32Bytes(pick(v))
-		})
-		return data
-	}
+	out.cache(func() []byte {
+		v, err := e.Float32s()
+		if err != nil {
+			return nil // file closed
+		}
+		return float32Bytes(pick(v))
+	})
 	return out
 }
 

@@ -18,7 +18,7 @@ type Linear struct {
 }
 
 func loadLinear(w *Weights, in, out int, bias bool) *Linear {
-	l := &Linear{Weight: w.Param("weight", out, in)}
+	l := &Linear{Weight: w.ParamQ("weight", out, in)}
 	if bias {
 		l.Bias = w.Param("bias", out)
 	}
@@ -43,7 +43,7 @@ type Conv2d struct {
 
 func loadConv2d(w *Weights, in, out, kernel, stride, pad int) *Conv2d {
 	return &Conv2d{
-		Weight: w.Param("weight", out, in, kernel, kernel),
+		Weight: w.ParamQ("weight", out, in, kernel, kernel),
 		Bias:   w.Param("bias", out),
 		Stride: stride, Pad: pad,
 	}

@@ -29,6 +29,11 @@ type Entry struct {
 	Shape []int
 	File  string
 	data  func() []byte
+	// mapped is set when data returns bytes of a read-only file mapping
+	// (not a copy on the heap), whose pages release may drop.
+	mapped bool
+	// drop, when set, forgets a copy computed on first read (see release).
+	drop func()
 }
 
 // Bytes returns the raw little-endian elements, straight from the mapping.
@@ -149,7 +154,11 @@ func (e *NonFiniteError) Error() string {
 type Param struct {
 	Key   string // canonical key, with the component's prefix path
 	Shape engine.Shape
-	DType engine.DType // device storage: F16 for matrices, F32 for vectors
+	// DType is the device storage: F16 for matrices, F32 for vectors, and
+	// for the weight of a Linear or Conv2d (Weights.ParamQ) whose entry is
+	// block-quantized with rows of whole blocks, that block type: the
+	// blocks upload unchanged and the kernels decode them.
+	DType engine.DType
 	src   *Entry
 	T     *engine.Tensor // nil unless resident
 	// Widened is set when the first upload found values outside F16's
@@ -160,7 +169,7 @@ type Param struct {
 }
 
 // Bytes is the device size of the parameter.
-func (p *Param) Bytes() int64 { return int64(p.Shape.NumElem()) * int64(p.DType.Size()) }
+func (p *Param) Bytes() int64 { return p.DType.RowBytes(p.Shape.NumElem()) }
 
 // Upload makes p resident on b (no-op when it already is). A copy on
 // another backend is freed first. The first upload checks the values for
@@ -172,51 +181,33 @@ func (p *Param) Upload(b engine.Backend) error {
 		return nil
 	}
 	p.Evict(nil)
+	if p.DType.Quantized() {
+		if engine.SupportsBlocks(b, p.DType) {
+			return p.guarded(b, p.writeBlocks)
+		}
+		// A backend without kernels for the type gets the decoded
+		// values in F16, like any matrix.
+		p.DType = engine.F16
+	}
+	return p.guarded(b, p.writeValues)
+}
+
+// guarded allocates p on b and fills it with write, reading the mapping
+// under safetensors.Guard; on failure the allocation is freed (also when
+// the copy faulted half way).
+func (p *Param) guarded(b engine.Backend, write func(b engine.Backend, alloc func() (*engine.Tensor, error)) error) error {
 	var t *engine.Tensor
-	err := safetensors.Guard(p.src.File, func() error {
-		raw, dtype := p.src.Bytes(), p.src.DType
-		if p.src.Quantized() {
-			// No quantized kernels yet: the device holds the exact dequantized
-			// values, converted to p.DType (16-bit for matrices).
-			v, err := p.src.Float32s()
-			if err != nil {
-				return fmt.Errorf("model: upload %s: %w", p.Key, err)
-			}
-			raw, dtype = float32Bytes(v), safetensors.F32
-		}
-		if !p.checked {
-			if i := firstNonFinite(raw, dtype); i >= 0 {
-				return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
-			}
-			// A BF16 or F32 value beyond F16's largest finite value (65504)
-			// would become Inf on the device, and an Inf weight NaN in the
-			// activations. Such a parameter stays F32 instead: twice the
-			// memory for that one tensor, exact values, and no silent change
-			// of the model. (Scaling the matrix into range would need a rescale
-			// op after every product; clamping would change the network.) The
-			// check runs once, on the first upload, so Bytes grows from then
-			// on; Widened reports it.
-			if p.DType == engine.F16 && dtype != safetensors.F16 && firstOutsideF16(raw, dtype) >= 0 {
-				p.DType, p.Widened = engine.F32, true
-			}
-			p.checked = true
-		}
+	alloc := func() (*engine.Tensor, error) {
 		var err error
 		if t, err = b.Alloc(p.Key, p.DType, p.Shape); err != nil {
-			return fmt.Errorf("model: upload %s: %w", p.Key, err)
+			return nil, fmt.Errorf("model: upload %s: %w", p.Key, err)
 		}
-		src := engine.F16
-		switch dtype {
-		case safetensors.F32:
-			src = engine.F32
-		case safetensors.BF16:
-			raw, src = bf16ToF32(raw), engine.F32
-		}
-		return b.WriteRaw(t, raw, src)
-	})
+		return t, nil
+	}
+	err := safetensors.Guard(p.src.File, func() error { return write(b, alloc) })
 	if err != nil {
 		if t != nil {
-			b.Free(t) // also when the copy faulted half way
+			b.Free(t)
 		}
 		if errors.Is(err, safetensors.ErrFileChanged) || t != nil {
 			return fmt.Errorf("model: upload %s from %s: %w", p.Key, p.src.File, err)
@@ -225,6 +216,92 @@ func (p *Param) Upload(b engine.Backend) error {
 	}
 	p.T, p.on = t, b
 	return nil
+}
+
+// writeValues uploads p's values as p.DType (F16 or F32); the first upload
+// checks them for NaN/Inf.
+func (p *Param) writeValues(b engine.Backend, alloc func() (*engine.Tensor, error)) error {
+	raw, dtype := p.src.Bytes(), p.src.DType
+	if p.src.Quantized() {
+		// Blocks the device does not keep: it holds the exact dequantized
+		// values, converted to p.DType (16-bit for matrices).
+		v, err := p.src.Float32s()
+		if err != nil {
+			return fmt.Errorf("model: upload %s: %w", p.Key, err)
+		}
+		raw, dtype = float32Bytes(v), safetensors.F32
+	}
+	if !p.checked {
+		if i := firstNonFinite(raw, dtype); i >= 0 {
+			return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i}
+		}
+		// A BF16 or F32 value beyond F16's largest finite value (65504)
+		// would become Inf on the device, and an Inf weight NaN in the
+		// activations. Such a parameter stays F32 instead: twice the
+		// memory for that one tensor, exact values, and no silent change
+		// of the model. (Scaling the matrix into range would need a rescale
+		// op after every product; clamping would change the network.) The
+		// check runs once, on the first upload, so Bytes grows from then
+		// on; Widened reports it.
+		if p.DType == engine.F16 && dtype != safetensors.F16 && firstOutsideF16(raw, dtype) >= 0 {
+			p.DType, p.Widened = engine.F32, true
+		}
+		p.checked = true
+	}
+	t, err := alloc()
+	if err != nil {
+		return err
+	}
+	src := engine.F16
+	switch dtype {
+	case safetensors.F32:
+		src = engine.F32
+	case safetensors.BF16:
+		raw, src = bf16ToF32(raw), engine.F32
+	}
+	return b.WriteRaw(t, raw, src)
+}
+
+// writeBlocks uploads a block-quantized parameter's blocks unchanged; the
+// first upload checks every block's scales for NaN/Inf.
+func (p *Param) writeBlocks(b engine.Backend, alloc func() (*engine.Tensor, error)) error {
+	raw := p.src.Bytes()
+	if int64(len(raw)) != p.Bytes() {
+		return fmt.Errorf("model: upload %s from %s: %d bytes of %v blocks, want %d (file closed?)", p.Key, p.src.File, len(raw), p.DType, p.Bytes())
+	}
+	if !p.checked {
+		if i := engine.FirstNonFiniteBlock(p.DType, raw); i >= 0 {
+			return &NonFiniteError{Key: p.Key, File: p.src.File, Index: i * p.DType.BlockSize()}
+		}
+		p.checked = true
+	}
+	t, err := alloc()
+	if err != nil {
+		return err
+	}
+	return b.WriteRaw(t, raw, p.DType)
+}
+
+// ReleaseHost drops the host copy of p's source once the device holds it
+// for good (weights kept resident): the file pages of a memory-mapped
+// tensor leave the process's resident set (they are read again, from the
+// page cache or the disk, should p be uploaded again), and a copy computed
+// at load (a quantized, transposed or decoded tensor) is dropped and
+// recomputed if needed. On unified memory (integrated GPUs, lavapipe) the
+// device copy is host memory too: releasing the host copy holds each
+// weight once.
+func (p *Param) ReleaseHost() {
+	if p.src != nil && p.T != nil {
+		p.src.release(true)
+	}
+}
+
+// ReleasePages drops only the file pages of p's memory-mapped source
+// (ReleaseHost keeps computed copies, which streaming uploads again).
+func (p *Param) ReleasePages() {
+	if p.src != nil && p.T != nil {
+		p.src.release(false)
+	}
 }
 
 // Evict frees the device copy (on whichever backend holds it; b is
@@ -313,6 +390,9 @@ func (p *Param) Rows(ids []int32) ([]float32, error) {
 	}
 	n, d := p.Shape[0], p.Shape[1]
 	raw := p.src.Bytes()
+	if p.src.Quantized() {
+		return p.blockRows(ids, raw)
+	}
 	size := p.src.DType.Size()
 	out := make([]float32, 0, len(ids)*d)
 	for i, id := range ids {
@@ -341,6 +421,32 @@ func (p *Param) Rows(ids []int32) ([]float32, error) {
 	return out, nil
 }
 
+// blockRows is Rows for a block-quantized table whose rows are whole
+// blocks: only the rows asked for are decoded.
+func (p *Param) blockRows(ids []int32, raw []byte) ([]float32, error) {
+	n, d := p.Shape[0], p.Shape[1]
+	rb, ok := p.src.Quant.RowBytes(d)
+	if !ok || len(raw) != n*rb {
+		return nil, fmt.Errorf("model: rows of %s in %s: rows of %d elements are not whole %s blocks (or the file is closed)", p.Key, p.src.File, d, p.src.Quant)
+	}
+	out := make([]float32, len(ids)*d)
+	for i, id := range ids {
+		if id < 0 || int(id) >= n {
+			return nil, fmt.Errorf("model: rows of %s: id %d (position %d) outside [0, %d)", p.Key, id, i, n)
+		}
+		row := out[i*d : (i+1)*d]
+		if err := gguf.Dequantize(p.src.Quant, raw[int(id)*rb:(int(id)+1)*rb], row); err != nil {
+			return nil, fmt.Errorf("model: rows of %s in %s: %w", p.Key, p.src.File, err)
+		}
+		for j, v := range row {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return nil, &NonFiniteError{Key: p.Key, File: p.src.File, Index: int(id)*d + j}
+			}
+		}
+	}
+	return out, nil
+}
+
 // Block is a group of parameters that is made resident together: the unit
 // of layer-wise offload.
 type Block struct {
@@ -355,6 +461,22 @@ func (bl *Block) Bytes() int64 {
 		n += p.Bytes()
 	}
 	return n
+}
+
+// ReleaseHost drops the host copies of the block's resident parameters
+// (Param.ReleaseHost).
+func (bl *Block) ReleaseHost() {
+	for _, p := range bl.Params {
+		p.ReleaseHost()
+	}
+}
+
+// ReleasePages drops the file pages of the block's resident parameters
+// (Param.ReleasePages).
+func (bl *Block) ReleasePages() {
+	for _, p := range bl.Params {
+		p.ReleasePages()
+	}
 }
 
 // Upload makes every parameter resident.
@@ -414,11 +536,27 @@ func needBlock(rec *engine.Rec, res Residency, network string, bl *Block) bool {
 	return true
 }
 
-// AllResident keeps every block it was asked for on the device.
-type AllResident struct{ B engine.Backend }
+// AllResident keeps every block it was asked for on the device. With
+// ReleaseHost set it drops each block's host copies once uploaded
+// (Block.ReleaseHost): the weights are then held once, on the device.
+type AllResident struct {
+	B           engine.Backend
+	ReleaseHost bool
+}
 
 // Need uploads the block if it is not resident yet.
-func (a AllResident) Need(bl *Block) error { return bl.Upload(a.B) }
+func (a AllResident) Need(bl *Block) error {
+	if bl.ResidentOn(a.B) {
+		return nil
+	}
+	if err := bl.Upload(a.B); err != nil {
+		return err
+	}
+	if a.ReleaseHost {
+		bl.ReleaseHost()
+	}
+	return nil
+}
 
 // Weights hands out Params of one network under a key prefix, checking each
 // against the shape the config implies and collecting them into blocks.
@@ -481,23 +619,30 @@ func (w *Weights) Blocks() []*Block { return w.state.blocks }
 // Param returns the parameter name under the prefix, checked against shape.
 // Matrices and higher are stored F16 on the device, vectors F32.
 func (w *Weights) Param(name string, shape ...int) *Param {
-	return w.param(name, shape, false, true)
+	return w.param(name, shape, false, true, false)
+}
+
+// ParamQ is Param for the weight of a Linear [out, in] or Conv2d [out, in,
+// kh, kw]: a block-quantized entry whose GEMM rows (in*kh*kw elements)
+// are whole blocks keeps its block type on the device (Param.DType).
+func (w *Weights) ParamQ(name string, shape ...int) *Param {
+	return w.param(name, shape, false, true, true)
 }
 
 // ParamF32 is Param stored F32 on the device whatever its rank: for the
 // few small tensors where F16 rounding would cost accuracy for no memory
 // worth saving.
 func (w *Weights) ParamF32(name string, shape ...int) *Param {
-	return w.param(name, shape, true, true)
+	return w.param(name, shape, true, true, false)
 }
 
 // HostParam is a parameter that belongs to no offload block: it is read on
 // the host (Param.Rows) and never uploaded by the residency machinery.
 func (w *Weights) HostParam(name string, shape ...int) *Param {
-	return w.param(name, shape, true, false)
+	return w.param(name, shape, true, false, false)
 }
 
-func (w *Weights) param(name string, shape []int, f32, inBlock bool) *Param {
+func (w *Weights) param(name string, shape []int, f32, inBlock, quant bool) *Param {
 	key := w.key(name)
 	e := w.src.Entry(key)
 	if e == nil && w.src.synth != nil {
@@ -521,6 +666,11 @@ func (w *Weights) param(name string, shape []int, f32, inBlock bool) *Param {
 	dt := engine.F32
 	if len(shape) >= 2 && !f32 && !w.src.StoreF32 {
 		dt = engine.F16
+	}
+	if quant && dt == engine.F16 && e.Quantized() {
+		if qd, ok := e.Quant.DType(); ok && engine.Shape(shape[1:]).NumElem()%qd.BlockSize() == 0 {
+			dt = qd
+		}
 	}
 	p := &Param{Key: key, Shape: engine.Shape(shape).Clone(), DType: dt, src: e}
 	if !inBlock {

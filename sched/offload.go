@@ -47,7 +47,8 @@ func (o Offload) String() string {
 }
 
 // Streamer is the model.Residency of layer-wise offload: weights stay
-// memory-mapped on the host, and each block is uploaded before it runs. When
+// memory-mapped on the host, and each block is uploaded before it runs
+// (and its host pages released, see load). When
 // an upload would not fit the weights' share of the budget, the blocks used
 // longest ago are evicted first.
 //
@@ -159,6 +160,17 @@ func (s *Streamer) load(bl *model.Block) error {
 	s.inUse += got
 	if fresh {
 		s.Uploaded += got
+		// Hold each weight once: the device copy replaces the host's
+		// (on unified memory both are host memory). A block that stays
+		// for good drops every host copy; a streamed one only its file
+		// pages, which fault back in from the page cache when it is
+		// uploaded again, and keeps copies computed at load (quantized
+		// at load, transposed), which would cost more to redo.
+		if s.limit == 0 {
+			bl.ReleaseHost()
+		} else {
+			bl.ReleasePages()
+		}
 	}
 	return nil
 }

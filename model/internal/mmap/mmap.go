@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"syscall"
+	"unsafe"
 )
 
 // Map maps the regular file at path read-only and shared. An empty file
@@ -45,4 +46,23 @@ func Unmap(mem []byte) error {
 		return nil
 	}
 	return syscall.Munmap(mem)
+}
+
+// Release tells the kernel that the process no longer needs the pages of
+// b, a slice of a mapping made by Map (madvise MADV_DONTNEED): they leave
+// the resident set and are read again, from the page cache or the file,
+// when touched. Only whole pages inside b are released, so neighbouring
+// data keeps its pages. Errors are ignored: releasing is advice.
+func Release(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	page := uintptr(syscall.Getpagesize())
+	start := uintptr(unsafe.Pointer(&b[0]))
+	end := start + uintptr(len(b))
+	lo, hi := (start+page-1)/page*page, end/page*page
+	if hi <= lo {
+		return
+	}
+	_ = syscall.Madvise(b[lo-start:hi-start], syscall.MADV_DONTNEED)
 }
