@@ -91,6 +91,13 @@ type OpenOptions struct {
 	// .safetensors UNet under LDM or diffusers names. The checkpoint
 	// supplies everything else.
 	UNet string
+	// Quantize, when set, turns the weights the rules select (those a
+	// conversion to GGUF would quantize: Linear and attention weights of the
+	// denoiser and text encoders) into blocks of its type as they are
+	// first uploaded (the CLI's --weights q8_0): the device then holds
+	// them quantized. Tensors already quantized in the file stay as they
+	// are.
+	Quantize *QuantizeRules
 }
 
 // UNetComponent is the denoiser's config and weights (Stable Diffusion;
@@ -206,12 +213,20 @@ func OpenCheckpoint(path string, opts OpenOptions) (*Checkpoint, error) {
 	default:
 		c, err = openSingleFile(path, opts)
 	}
-	if err != nil || opts.UNet == "" {
+	if err != nil {
 		return c, err
 	}
-	if err := c.useUNetFile(opts.UNet); err != nil {
-		c.Close()
-		return nil, err
+	if opts.UNet != "" {
+		if err := c.useUNetFile(opts.UNet); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	if opts.Quantize != nil {
+		if _, err := c.quantizeAtLoad(opts.Quantize); err != nil {
+			c.Close()
+			return nil, err
+		}
 	}
 	return c, nil
 }

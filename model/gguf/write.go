@@ -11,12 +11,15 @@ import (
 
 // WriteTensor is one tensor to write: Shape in torch order (written as
 // ggml dims, reversed), Data exactly the bytes of that many elements of
-// Type.
+// Type. When Data is nil, Fill produces them as the data section is
+// written, one tensor at a time, so that a converter need not hold a
+// whole model in memory.
 type WriteTensor struct {
 	Name  string
 	Type  Type
 	Shape []int
 	Data  []byte
+	Fill  func() ([]byte, error)
 }
 
 // Write writes a GGUF v3 file: the metadata in order, then the tensors'
@@ -60,7 +63,7 @@ func Write(w io.Writer, meta Metadata, tensors []WriteTensor) error {
 		if err != nil {
 			return err
 		}
-		if uint64(len(t.Data)) != n {
+		if (t.Data != nil || t.Fill == nil) && uint64(len(t.Data)) != n {
 			return fmt.Errorf("gguf: write: tensor %q: %d bytes of data, shape %v of %s needs %d", t.Name, len(t.Data), t.Shape, t.Type, n)
 		}
 		hw.str(t.Name)
@@ -74,7 +77,17 @@ func Write(w io.Writer, meta Metadata, tensors []WriteTensor) error {
 	}
 	hw.pad(align)
 	for _, t := range tensors {
-		hw.raw(t.Data)
+		data := t.Data
+		if data == nil && t.Fill != nil {
+			var err error
+			if data, err = t.Fill(); err != nil {
+				return fmt.Errorf("gguf: write: tensor %q: %w", t.Name, err)
+			}
+			if n, _ := dataSize(t); uint64(len(data)) != n {
+				return fmt.Errorf("gguf: write: tensor %q: filled %d bytes, shape %v of %s needs %d", t.Name, len(data), t.Shape, t.Type, n)
+			}
+		}
+		hw.raw(data)
 		hw.pad(align)
 	}
 	if hw.err != nil {
