@@ -97,7 +97,7 @@ func TestQuantizeRules(t *testing.T) {
 		{"unet", "model.diffusion_model.time_embed.0.weight", []int{1280, 320}, false},
 		{"unet", "model.diffusion_model.label_emb.0.0.weight", []int{1280, 2816}, false},
 		{"unet", "model.diffusion_model.input_blocks.1.1.proj_out.weight", []int{320, 320}, false}, // Keep
-		{"unet", "model.diffusion_model.input_blocks.1.1.norm.weight", []int{320}, false},         // a vector
+		{"unet", "model.diffusion_model.input_blocks.1.1.norm.weight", []int{320}, false},          // a vector
 		{"vae", "first_stage_model.decoder.mid.attn_1.q.weight", []int{512, 512}, false},
 		{"text_encoder", "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", []int{49408, 768}, false},
 		{"transformer", "layers.0.attention.qkv.weight", []int{11520, 3840}, true},

@@ -174,4 +174,3 @@ func (x *ExportTensor) Float32s() ([]float32, error) {
 	}
 	return out, nil
 }
-
