@@ -172,8 +172,13 @@ func TestGGUFUNetAlone(t *testing.T) {
 		return res.Images[0]
 	}
 	q, pl, orig := gen(zimage.WithUNet(qpath)), gen(zimage.WithUNet(ppath)), gen()
-	if db := psnr(t, q, pl); !math.IsInf(db, 1) {
-		t.Errorf("quantized UNet file vs its dequantized F32 copy: %.1f dB, want identical", db)
+	// The blocks stay quantized on the device and are decoded exactly in
+	// the kernels, while the dequantized F32 copy is stored as F16 like any
+	// matrix: the two differ by the F16 rounding of the weights, which
+	// costs these tiny models 60-90 dB elsewhere (the 16-bit runs against
+	// the fp32 references); 55 dB catches a misread block.
+	if db := psnr(t, q, pl); db < 55 {
+		t.Errorf("quantized UNet file vs its dequantized F32 copy: %.1f dB, want >= 55", db)
 	}
 	db := psnr(t, q, orig)
 	t.Logf("%s with the Q8_0 UNet: %.1f dB vs the 16-bit model", rn.ID, db)
@@ -250,8 +255,10 @@ func TestGGUFZImage(t *testing.T) {
 		return res.Images[0]
 	}
 	q, pl := gen(quant), gen(plain)
-	if db := psnr(t, q, pl); !math.IsInf(db, 1) {
-		t.Errorf("Q8_0 transformer vs its dequantized F32 copy: %.1f dB, want identical", db)
+	// As in TestGGUFUNetAlone: exact blocks against the copy's F16
+	// storage (65 dB measured).
+	if db := psnr(t, q, pl); db < 55 {
+		t.Errorf("Q8_0 transformer vs its dequantized F32 copy: %.1f dB, want >= 55", db)
 	}
 	db := psnr(t, q, readPNG(t, filepath.Join(r.Dir, "images", run.ID+".png")))
 	t.Logf("%s from the Q8_0 transformer: %.1f dB vs diffusers' fp32 image of the original weights", run.ID, db)

@@ -25,8 +25,16 @@ func Load(path string, opts ...Option) (*Pipeline, error) {
 	for _, f := range opts {
 		f(&o)
 	}
-	ck, err := model.OpenCheckpoint(path, model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir,
-		TextEncoderPath: o.TextEncoderPath, VAEPath: o.VAEPath, UNet: o.UNet})
+	oo := model.OpenOptions{TokenizerDir: o.TokenizerDir, ConfigDir: o.ConfigDir,
+		TextEncoderPath: o.TextEncoderPath, VAEPath: o.VAEPath, UNet: o.UNet}
+	if o.Weights != "" {
+		typ, err := model.ParseQuantizeType(o.Weights)
+		if err != nil {
+			return nil, err
+		}
+		oo.Quantize = &model.QuantizeRules{Type: typ}
+	}
+	ck, err := model.OpenCheckpoint(path, oo)
 	if err != nil {
 		return nil, err
 	}

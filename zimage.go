@@ -52,6 +52,12 @@ type Options struct {
 	// UNet is a file with the denoiser alone (e.g. a ComfyUI-GGUF .gguf)
 	// used instead of the model's own.
 	UNet string
+	// Weights quantizes the weights at load time to a block type ("q8_0",
+	// "q4_0", "q4_1", "q5_0", "q5_1", "q4_k"): the tensors a conversion to
+	// GGUF would quantize (the Linear and attention weights of the
+	// denoiser and text encoders) are encoded as they are first uploaded
+	// and stay quantized on the device. "" keeps the stored types.
+	Weights string
 	// Progress receives progress events (never stdout).
 	Progress func(Progress)
 	// Backend runs the networks on this backend instead of opening a Vulkan
@@ -102,6 +108,10 @@ func WithVAE(path string) Option { return func(o *Options) { o.VAEPath = path } 
 // WithUNet runs the model with the denoiser of another file (a UNet
 // alone, such as a quantized ComfyUI-GGUF file).
 func WithUNet(path string) Option { return func(o *Options) { o.UNet = path } }
+
+// WithWeights quantizes the weights at load time to the block type typ
+// (see Options.Weights).
+func WithWeights(typ string) Option { return func(o *Options) { o.Weights = typ } }
 
 // WithProgress installs a progress callback.
 func WithProgress(f func(Progress)) Option { return func(o *Options) { o.Progress = f } }

@@ -79,6 +79,7 @@ func NewApp(stdout, stderr io.Writer) *ucli.App {
 			infoCommand(),
 			tokenizeCommand(),
 			makeModelCommand(),
+			convertCommand(),
 		},
 	}
 	// A mistyped flag gets a one-line error, not the whole help page.

@@ -305,6 +305,7 @@ func deviceFlags() []ucli.Flag {
 		&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs override those inferred for a single-file checkpoint"},
 		&ucli.StringFlag{Name: "text-encoder", Usage: "Z-Image: the Qwen3 text encoder a single transformer file lacks (a Z-Image diffusers folder, its text_encoder folder or a .safetensors file)"},
 		&ucli.StringFlag{Name: "vae", Usage: "Z-Image: the VAE a single transformer file lacks (a Z-Image diffusers folder, its vae folder or a .safetensors file)"},
+		&ucli.StringFlag{Name: "weights", Usage: "quantize the weights at load time and keep them quantized on the device: q8_0, q5_1, q5_0, q4_1, q4_0 or q4_k (the tensors 'zimage convert' would quantize; default: as stored)"},
 	}
 }
 
@@ -357,6 +358,12 @@ func deviceFromFlags(c *ucli.Context) (deviceSettings, error) {
 	}
 	if v := c.String("vae"); v != "" {
 		d.opts = append(d.opts, zimage.WithVAE(v))
+	}
+	if v := c.String("weights"); v != "" {
+		if _, err := model.ParseQuantizeType(v); err != nil {
+			return d, usagef("--weights: %v", err)
+		}
+		d.opts = append(d.opts, zimage.WithWeights(v))
 	}
 	return d, nil
 }

@@ -51,11 +51,20 @@ func infoCommand() *ucli.Command {
 			&ucli.StringFlag{Name: "config", Usage: "diffusers folder whose configs override the inferred ones"},
 			&ucli.StringFlag{Name: "text-encoder", Usage: "Z-Image: the Qwen3 text encoder a single transformer file lacks (a Z-Image diffusers folder, its text_encoder folder or a .safetensors file)"},
 			&ucli.StringFlag{Name: "vae", Usage: "Z-Image: the VAE a single transformer file lacks (a Z-Image diffusers folder, its vae folder or a .safetensors file)"},
+			&ucli.StringFlag{Name: "weights", Usage: "estimate with the weights quantized at load time (as generate --weights): q8_0, q5_1, q5_0, q4_1, q4_0 or q4_k"},
 			&ucli.BoolFlag{Name: "json", Usage: "print JSON"},
 		},
 		Action: func(c *ucli.Context) error {
 			if c.Args().Len() != 1 {
 				return usagef("info: want one PATH (a diffusers folder, a .safetensors or a .gguf file, or a LoRA .safetensors), got %d arguments", c.Args().Len())
+			}
+			var quant *model.QuantizeRules
+			if v := c.String("weights"); v != "" {
+				typ, err := model.ParseQuantizeType(v)
+				if err != nil {
+					return usagef("--weights: %v", err)
+				}
+				quant = &model.QuantizeRules{Type: typ}
 			}
 			for _, f := range []string{"text-encoder", "vae"} {
 				if p := c.String(f); p != "" {
@@ -68,7 +77,7 @@ func infoCommand() *ucli.Command {
 				return loraInfo(c, c.Args().First())
 			}
 			ck, err := model.OpenCheckpoint(c.Args().First(), model.OpenOptions{TokenizerDir: c.String("tokenizer"), ConfigDir: c.String("config"),
-				TextEncoderPath: c.String("text-encoder"), VAEPath: c.String("vae")})
+				TextEncoderPath: c.String("text-encoder"), VAEPath: c.String("vae"), Quantize: quant})
 			if err != nil {
 				return err
 			}

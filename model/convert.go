@@ -48,6 +48,16 @@ func Convert(c *Checkpoint, path string, r QuantizeRules, progress func(done, to
 		case stored && quant.Quantized():
 			wt.Type = quant
 		default:
+			if !stored {
+				// Transposed, or joined from parts: the values keep the
+				// parts' type when they share one, else F32 holds them all.
+				dtype = x.parts[0].DType
+				for _, p := range x.parts[1:] {
+					if p.DType != dtype {
+						dtype = safetensors.F32
+					}
+				}
+			}
 			if x.parts[0].Quantized() {
 				dtype = safetensors.F32 // a transposed block tensor: its exact values
 			}

@@ -71,7 +71,8 @@ func TestConvertMatchesSDCpp(t *testing.T) {
 				assert.Equal(t, gguf.F16, g.Type, w.Name)
 				if w.Type == typ {
 					kept++
-					assert.True(t, len(g.Dims) == 1 || strings.HasPrefix(w.Name, "first_stage_model."), "%s: only vectors and the VAE stay F16", w.Name)
+					assert.True(t, len(g.Dims) == 1 || strings.HasPrefix(w.Name, "first_stage_model.") || strings.HasSuffix(w.Name, "text_projection"),
+						"%s: only vectors, the VAE and the transposed projection stay F16", w.Name)
 				} else {
 					assert.True(t, bytes.Equal(w.Data(), g.Data()), w.Name)
 				}
@@ -153,5 +154,34 @@ func TestQuantizeAtLoad(t *testing.T) {
 			t.Logf("%d entries quantized; UNet params by device type: %v", quantized, byType)
 			assert.Positive(t, byType[engine.Q8_0])
 		})
+	}
+}
+
+// TestConvertZImageMatchesLoadTime: the tiny Z-Image transformer converted
+// to Q8_0 and Q4_K (original key names, fused q/k/v) opens to the entries
+// a load-time quantization of the folder makes, value for value and type
+// for type.
+func TestConvertZImageMatchesLoadTime(t *testing.T) {
+	dir := testref.Dir(t, "tiny-z-image-turbo")
+	c := openTest(t, dir, OpenOptions{})
+	for _, typ := range []gguf.Type{gguf.Q8_0, gguf.Q4_K} {
+		path := filepath.Join(t.TempDir(), "z_image_turbo.gguf")
+		_, err := Convert(c, path, QuantizeRules{Type: typ}, nil)
+		require.NoError(t, err)
+		conv := openTest(t, path, OpenOptions{TextEncoderPath: dir, VAEPath: dir})
+		atLoad := openTest(t, dir, OpenOptions{Quantize: &QuantizeRules{Type: typ}})
+		quantized := 0
+		for _, k := range atLoad.Transformer.Source.Keys() {
+			a, b := conv.Transformer.Source.Entry(k), atLoad.Transformer.Source.Entry(k)
+			require.NotNil(t, a, k)
+			require.Equal(t, b.TypeName(), a.TypeName(), k)
+			require.Equal(t, b.Shape, a.Shape, k)
+			require.Equal(t, b.Bytes(), a.Bytes(), k)
+			if a.Quantized() {
+				quantized++
+			}
+		}
+		t.Logf("%s: %d transformer tensors quantized", typ, quantized)
+		require.Positive(t, quantized)
 	}
 }

@@ -19,7 +19,8 @@ type ComponentInfo struct {
 	// FileBytes is the size of the weights as stored.
 	FileBytes int64 `json:"file_bytes"`
 	// DeviceBytes is what the pipeline uploads: matrices as F16, vectors as
-	// F32 (see Weights.Param); for the VAE only the decoder half, for
+	// F32, block-quantized Linear and Conv2d weights as their blocks (see
+	// Weights.Param, ParamQ); for the VAE only the decoder half, for
 	// Z-Image's Qwen3 text encoder all but the last layer and final norm
 	// (the pipeline reads hidden_states[-2]).
 	DeviceBytes int64 `json:"device_bytes"`
@@ -92,12 +93,7 @@ func (in *Info) add(name, class string, src *Source, used func(key string) bool)
 		ci.DTypes[safetensors.DType(e.TypeName())]++ // a GGUF block type ("Q4_K") counts under its name
 		ci.FileBytes += e.StoredBytes()
 		if used == nil || used(k) {
-			// Weights.Param's storage rule: F16 for rank >= 2, F32 below.
-			if len(e.Shape) >= 2 {
-				ci.DeviceBytes += 2 * n
-			} else {
-				ci.DeviceBytes += 4 * n
-			}
+			ci.DeviceBytes += deviceBytes(k, e)
 		}
 	}
 	in.Components = append(in.Components, ci)
@@ -105,6 +101,23 @@ func (in *Info) add(name, class string, src *Source, used func(key string) bool)
 	in.FileBytes += ci.FileBytes
 	in.DeviceWeightBytes += ci.DeviceBytes
 	return ci
+}
+
+// deviceBytes is the device size of the entry under key by the networks'
+// storage rules (Weights.Param, ParamQ): F16 for rank >= 2, F32 below, and
+// a block-quantized matrix whose rows are whole blocks at its blocks'
+// size. Only Linear and Conv2d weights stay quantized; the matrices loaded
+// otherwise are embedding tables and pad tokens, told here by name.
+func deviceBytes(key string, e *Entry) int64 {
+	n := int64(e.NumElem())
+	if len(e.Shape) < 2 {
+		return 4 * n
+	}
+	if qd, ok := e.Quant.DType(); ok && e.NumElem()/e.Shape[0]%qd.BlockSize() == 0 &&
+		!strings.Contains(key, "embedding") && !strings.Contains(key, "embed_tokens") && !strings.Contains(key, "pad_token") {
+		return e.StoredBytes()
+	}
+	return 2 * n
 }
 
 // vaeDecoderKey reports the VAE weights text-to-image uses.
@@ -188,7 +201,7 @@ func (in *Info) String() string {
 	if len(in.Memory) > 0 {
 		in.writeMemory(&b)
 	} else {
-		fmt.Fprintf(&b, "\nestimated device memory at %dx%d: %s (weights %s as F16/F32 + activations ~%s, guidance batch of 2, all weights resident)\n",
+		fmt.Fprintf(&b, "\nestimated device memory at %dx%d: %s (weights %s as stored on the device + activations ~%s, guidance batch of 2, all weights resident)\n",
 			InfoSize, InfoSize, FormatBytes(in.DeviceBytes), FormatBytes(in.DeviceWeightBytes), FormatBytes(in.ActivationBytes))
 	}
 	if len(in.Warnings) > 0 {

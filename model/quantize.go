@@ -26,6 +26,10 @@ type QuantizeRules struct {
 	// VAE also quantizes the VAE (stable-diffusion.cpp does): 80-160 MB
 	// that decide the image's fine detail.
 	VAE bool
+	// Transposed also quantizes the matrices zimage reads transposed
+	// (OpenCLIP's text_projection), as stable-diffusion.cpp does: zimage
+	// decodes them at load, so they save nothing on the device.
+	Transposed bool
 	// Keep are patterns of tensor names kept as stored.
 	Keep []*regexp.Regexp
 }
@@ -33,7 +37,7 @@ type QuantizeRules struct {
 // SDCppRules are stable-diffusion.cpp's convert rules for typ: with them
 // Convert writes the tensors its convert writes, byte for byte.
 func SDCppRules(typ gguf.Type) QuantizeRules {
-	return QuantizeRules{Type: typ, Vectors: true, VAE: true}
+	return QuantizeRules{Type: typ, Vectors: true, VAE: true, Transposed: true}
 }
 
 // QuantizeTypes are the types Convert and load-time quantization encode.
@@ -91,7 +95,7 @@ func (r *QuantizeRules) Quantizes(component, name string, shape []int, dtype saf
 			return false
 		}
 	}
-	if (len(shape) < 2 && !r.Vectors) || (component == "vae" && !r.VAE) {
+	if (len(shape) < 2 && !r.Vectors) || (component == "vae" && !r.VAE) || (strings.HasSuffix(name, "text_projection") && !r.Transposed) {
 		return false
 	}
 	for _, re := range r.Keep {

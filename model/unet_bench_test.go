@@ -1,6 +1,7 @@
 package model
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/vk"
 	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model/gguf"
 )
 
 // Full-size UNet calls with synthetic F16 weights (the real configs from
@@ -29,9 +31,39 @@ func BenchmarkUNetSDTurbo64CFG(b *testing.B) { benchUNet(b, "stabilityai-sd-turb
 func BenchmarkUNetSDXLTurbo64(b *testing.B)  { benchUNet(b, "stabilityai-sdxl-turbo", 64, 64, 1) }
 func BenchmarkUNetSDXLTurbo128(b *testing.B) { benchUNet(b, "stabilityai-sdxl-turbo", 128, 128, 1) }
 
+// The same calls with the weights zimage's default rules select quantized
+// (as --weights TYPE would load them): F16 against the block types.
+func BenchmarkUNetSDXLTurboQuant(b *testing.B) {
+	for _, size := range []int{64, 128} {
+		for _, typ := range []gguf.Type{gguf.F16, gguf.Q8_0, gguf.Q4_K} {
+			b.Run(fmt.Sprintf("%d/%s", size, typ), func(b *testing.B) {
+				benchUNetQ(b, "stabilityai-sdxl-turbo", size, size, 1, typ)
+			})
+		}
+	}
+}
+
 func benchUNet(b *testing.B, model string, h, w, batch int) {
+	benchUNetQ(b, model, h, w, batch, gguf.F16)
+}
+
+// quantizeSynthetic makes the synthetic source's entries that r selects
+// blocks of r.Type, encoded when first read (as quantizeAtLoad does for a
+// file's entries).
+func quantizeSynthetic(s *Source, component string, r QuantizeRules) {
+	synth := s.synth
+	s.synth = func(key string, shape []int) *Entry {
+		e := synth(key, shape)
+		if r.Quantizes(component, key, shape, e.DType, e.Quant) {
+			return quantizedEntry(e, r.Type, shape[len(shape)-1])
+		}
+		return e
+	}
+}
+
+func benchUNetQ(b *testing.B, model string, h, w, batch int, typ gguf.Type) {
 	const ctxLen = 77
-	u := loadFullSizeUNet(b, model)
+	u := loadFullSizeUNetQ(b, model, typ)
 	dev := openUNetVulkan(b)
 	b.Logf("%s on %s", model, dev.Name())
 

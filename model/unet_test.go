@@ -12,6 +12,7 @@ import (
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/ref"
 	"github.com/zimage/zimage/internal/testref"
+	"github.com/zimage/zimage/model/gguf"
 )
 
 func readUNetConfig(t testing.TB, path string) *UNetConfig {
@@ -387,12 +388,23 @@ func TestUNetFLOPs(t *testing.T) {
 // with synthetic weights (nothing is generated until a block is uploaded).
 func loadFullSizeUNet(t testing.TB, name string) *UNet {
 	t.Helper()
+	return loadFullSizeUNetQ(t, name, gguf.F16)
+}
+
+// loadFullSizeUNetQ is loadFullSizeUNet with the weights zimage's default
+// rules quantize made blocks of typ (F16: none).
+func loadFullSizeUNetQ(t testing.TB, name string, typ gguf.Type) *UNet {
+	t.Helper()
 	root, ok := testref.Root()
 	path := filepath.Join(root, "..", "real_configs", "reconstructed", name, "unet", "config.json")
 	if _, err := os.Stat(path); !ok || err != nil {
 		t.Skipf("config %s not available", path)
 	}
-	u, err := LoadUNet(NewSyntheticSource("unet", 1), readUNetConfig(t, path))
+	src := NewSyntheticSource("unet", 1)
+	if typ.Quantized() {
+		quantizeSynthetic(src, "unet", QuantizeRules{Type: typ})
+	}
+	u, err := LoadUNet(src, readUNetConfig(t, path))
 	if err != nil {
 		t.Fatal(err)
 	}
