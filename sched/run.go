@@ -140,37 +140,44 @@ func Run(ctx context.Context, b engine.Backend, m *Models, p Params) (*Output, e
 	if err := r.plan(); err != nil {
 		return nil, err
 	}
-	steps := []struct {
-		name string
-		fn   func() error
-	}{{"text", r.encode}}
+	stages := []stage{{"text", r.encode}}
 	if p.Init != nil || r.unetCond() {
-		steps = append(steps, struct {
-			name string
-			fn   func() error
-		}{"encode", r.encodeInit})
+		stages = append(stages, stage{"encode", r.encodeInit})
 	}
-	steps = append(steps, []struct {
-		name string
-		fn   func() error
-	}{{"denoise", r.denoise}, {"decode", r.decode}}...)
-	for _, s := range steps {
-		t0 := time.Now()
-		b.ResetPeak()
-		if p.OnStage != nil {
-			p.OnStage(s.name)
-		}
-		if err := s.fn(); err != nil {
-			return nil, err
-		}
-		if err := b.Flush(); err != nil {
-			return nil, err
-		}
-		peak := b.MemStats().Peak
-		r.out.Stages = append(r.out.Stages, Stage{Name: s.name, Duration: time.Since(t0), PeakDev: peak})
-		r.out.PeakDev = max(r.out.PeakDev, peak, runStart.InUse)
+	stages = append(stages, stage{"denoise", r.denoise}, stage{"decode", r.decode})
+	if err := runStages(b, p.OnStage, stages, runStart.InUse, r.out); err != nil {
+		return nil, err
 	}
 	return r.out, nil
+}
+
+// stage is one named part of a run.
+type stage struct {
+	name string
+	fn   func() error
+}
+
+// runStages runs the stages in order, each finished on the device before
+// the next, recording its time and device-memory peak in out (out.PeakDev
+// also counts what was in use when the run began, inUse).
+func runStages(b engine.Backend, onStage func(string), stages []stage, inUse int64, out *Output) error {
+	for _, s := range stages {
+		t0 := time.Now()
+		b.ResetPeak()
+		if onStage != nil {
+			onStage(s.name)
+		}
+		if err := s.fn(); err != nil {
+			return err
+		}
+		if err := b.Flush(); err != nil {
+			return err
+		}
+		peak := b.MemStats().Peak
+		out.Stages = append(out.Stages, Stage{Name: s.name, Duration: time.Since(t0), PeakDev: peak})
+		out.PeakDev = max(out.PeakDev, peak, inUse)
+	}
+	return nil
 }
 
 func validate(m *Models, p Params) error {

@@ -350,22 +350,32 @@ func decodeImages(ctx context.Context, b engine.Backend, vae *model.VAEDecoder, 
 		} else {
 			img = vae.Decode(rec, res, z)
 		}
-		var px []float32
-		if err := rec.Err(); err == nil {
-			px, err = b.Read(img)
-			rec.Fail(err)
-		}
-		rec.Free(z, img)
-		if err := rec.Err(); err != nil {
-			return out, fmt.Errorf("sched: VAE decode of image %d: %w", i+1, err)
-		}
-		rgba, err := model.ImageToRGBA(px, p.Height, p.Width)
+		rgba, err := readPicture(b, rec, z, img, "VAE", i, p)
 		if err != nil {
-			return out, fmt.Errorf("sched: image %d: %w", i+1, err)
+			return out, err
 		}
 		out = append(out, rgba)
 	}
 	return out, nil
+}
+
+// readPicture reads the decoded image i of the batch from the device as
+// RGBA and frees it and its input z (decoder names the network in errors).
+func readPicture(b engine.Backend, rec *engine.Rec, z, img *engine.Tensor, decoder string, i int, p *Params) (*image.RGBA, error) {
+	var px []float32
+	if err := rec.Err(); err == nil {
+		px, err = b.Read(img)
+		rec.Fail(err)
+	}
+	rec.Free(z, img)
+	if err := rec.Err(); err != nil {
+		return nil, fmt.Errorf("sched: %s decode of image %d: %w", decoder, i+1, err)
+	}
+	rgba, err := model.ImageToRGBA(px, p.Height, p.Width)
+	if err != nil {
+		return nil, fmt.Errorf("sched: image %d: %w", i+1, err)
+	}
+	return rgba, nil
 }
 
 // tileSize returns the VAE tile in latent pixels, or 0 to decode whole.
@@ -435,18 +445,9 @@ func taesdImages(ctx context.Context, b engine.Backend, t *model.TAESD, res *Str
 		rec := engine.NewRec(b)
 		z := rec.Write("taesd_input", latents[i*per:(i+1)*per], 1, c, h, w)
 		img := t.DecodeLimited(rec, res, z, limit)
-		var px []float32
-		if err := rec.Err(); err == nil {
-			px, err = b.Read(img)
-			rec.Fail(err)
-		}
-		rec.Free(z, img)
-		if err := rec.Err(); err != nil {
-			return out, fmt.Errorf("sched: TAESD decode of image %d: %w", i+1, err)
-		}
-		rgba, err := model.ImageToRGBA(px, p.Height, p.Width)
+		rgba, err := readPicture(b, rec, z, img, "TAESD", i, p)
 		if err != nil {
-			return out, fmt.Errorf("sched: image %d: %w", i+1, err)
+			return out, err
 		}
 		out = append(out, rgba)
 	}

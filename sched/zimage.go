@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"image"
 	"math"
-	"time"
 
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/model"
@@ -103,35 +102,13 @@ func RunZImage(ctx context.Context, b engine.Backend, m *ZImageModels, p ZImageP
 	if err := r.plan(); err != nil {
 		return nil, err
 	}
-	stages := []struct {
-		name string
-		fn   func() error
-	}{{"text", r.encode}}
+	stages := []stage{{"text", r.encode}}
 	if p.Init != nil {
-		stages = append(stages, struct {
-			name string
-			fn   func() error
-		}{"encode", r.encodeInit})
+		stages = append(stages, stage{"encode", r.encodeInit})
 	}
-	stages = append(stages, []struct {
-		name string
-		fn   func() error
-	}{{"denoise", r.denoise}, {"decode", r.decode}}...)
-	for _, s := range stages {
-		t0 := time.Now()
-		b.ResetPeak()
-		if p.OnStage != nil {
-			p.OnStage(s.name)
-		}
-		if err := s.fn(); err != nil {
-			return nil, err
-		}
-		if err := b.Flush(); err != nil {
-			return nil, err
-		}
-		peak := b.MemStats().Peak
-		r.out.Stages = append(r.out.Stages, Stage{Name: s.name, Duration: time.Since(t0), PeakDev: peak})
-		r.out.PeakDev = max(r.out.PeakDev, peak, runStart.InUse)
+	stages = append(stages, stage{"denoise", r.denoise}, stage{"decode", r.decode})
+	if err := runStages(b, p.OnStage, stages, runStart.InUse, r.out); err != nil {
+		return nil, err
 	}
 	return r.out, nil
 }
