@@ -149,11 +149,18 @@ func (s *Server) retryAfter() int {
 }
 
 func (s *Server) txt2img(w http.ResponseWriter, r *http.Request) {
+	s.serveJob(w, r, parseTxt2img, func(j *job, o *outcome) any { return s.txt2imgAnswer(j, o) })
+}
+
+// serveJob is a generation route: the body parsed into a spec (a 422
+// naming the field when it is invalid), queued, waited for, and answered.
+func (s *Server) serveJob(w http.ResponseWriter, r *http.Request, parse func(body []byte, mult, maxSide int) (spec, error),
+	answer func(*job, *outcome) any) {
 	body, ok := readBody(w, r)
 	if !ok {
 		return
 	}
-	sp, err := parseTxt2img(body, s.sizeMultiple(), s.cfg.MaxSide)
+	sp, err := parse(body, s.sizeMultiple(), s.cfg.MaxSide)
 	if err == nil {
 		err = s.checkLoRAs(sp.prompt)
 	}
@@ -174,7 +181,7 @@ func (s *Server) txt2img(w http.ResponseWriter, r *http.Request) {
 		s.writeJobError(w, o.err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.txt2imgAnswer(j, o))
+	writeJSON(w, http.StatusOK, answer(j, o))
 }
 
 // checkpointKnown reports whether a requested checkpoint ("" = the current

@@ -181,32 +181,7 @@ func (i *img2imgSpec) apply(req *zimage.Request) {
 }
 
 func (s *Server) img2img(w http.ResponseWriter, r *http.Request) {
-	body, ok := readBody(w, r)
-	if !ok {
-		return
-	}
-	sp, err := parseImg2img(body, s.sizeMultiple(), s.cfg.MaxSide)
-	if err == nil {
-		err = s.checkLoRAs(sp.prompt)
-	}
-	if err != nil {
-		s.met.jobs.WithLabelValues("invalid").Inc()
-		writeInvalid(w, err)
-		return
-	}
-	if !s.checkpointKnown(w, sp.checkpoint) {
-		return
-	}
-	j, ok := s.submit(w, r, sp)
-	if !ok {
-		return
-	}
-	o := j.out
-	if o.err != nil && !o.interrupted {
-		s.writeJobError(w, o.err)
-		return
-	}
-	writeJSON(w, http.StatusOK, s.img2imgAnswer(j, o))
+	s.serveJob(w, r, parseImg2img, func(j *job, o *outcome) any { return s.img2imgAnswer(j, o) })
 }
 
 // img2imgAnswer is ImageToImageResponse: txt2img's answer with the
