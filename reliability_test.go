@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"github.com/zimage/zimage"
 	"github.com/zimage/zimage/engine/vk"
+	"github.com/zimage/zimage/internal/gcstress"
 	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/model"
 	"github.com/zimage/zimage/model/safetensors"
@@ -179,7 +180,7 @@ func TestSoak(t *testing.T) {
 
 // TestSoakFullSize is TestSoak's mix at 128x128 on the full-size SD-Turbo
 // architecture (seeded random weights written once to
-// $TMPDIR/zimage-bench-stabilityai-sd-turbo, as sched's benchmarks do),
+// $TMPDIR/zimage-bench-v2-stabilityai-sd-turbo, as sched's benchmarks do),
 // streaming under a 1 GiB budget. Slow on lavapipe: it runs only with
 // -soak.full N (N calls).
 func TestSoakFullSize(t *testing.T) {
@@ -191,7 +192,7 @@ func TestSoakFullSize(t *testing.T) {
 	if _, err := os.Stat(cfg); err != nil {
 		t.Skipf("real configs not found at %s", cfg)
 	}
-	dir := filepath.Join(os.TempDir(), "zimage-bench-stabilityai-sd-turbo")
+	dir := filepath.Join(os.TempDir(), "zimage-bench-v2-stabilityai-sd-turbo")
 	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err != nil {
 		t.Logf("writing a synthetic full-size SD-Turbo to %s (kept for later runs)", dir)
 		require.NoError(t, model.WriteSyntheticModel(dir, model.SyntheticSpec{Arch: "sd-turbo", ConfigDir: cfg, Seed: 1}))
@@ -374,31 +375,7 @@ func gcPressure(mode string) (stop func() int) {
 			return int(ms.NumGC - gc0)
 		}
 	}
-	old := debug.SetGCPercent(1)
-	done := make(chan struct{})
-	stopped := make(chan int)
-	go func() {
-		n := 0
-		for {
-			select {
-			case <-done:
-				stopped <- n
-				return
-			default:
-			}
-			runtime.GC()
-			if n%256 == 0 {
-				debug.FreeOSMemory()
-			}
-			n++
-		}
-	}()
-	return func() int {
-		close(done)
-		n := <-stopped
-		debug.SetGCPercent(old)
-		return n
-	}
+	return gcstress.Loop()
 }
 
 // TestGenerateUnderGC loads a tiny model on a fresh device (every

@@ -80,23 +80,7 @@ func psnr(t *testing.T, a, b image.Image) float64 {
 	if a.Bounds() != b.Bounds() {
 		t.Fatalf("image bounds %v vs %v", a.Bounds(), b.Bounds())
 	}
-	var se float64
-	n := 0
-	r := a.Bounds()
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			r1, g1, b1, _ := a.At(x, y).RGBA()
-			r2, g2, b2, _ := b.At(x, y).RGBA()
-			for _, d := range []float64{float64(r1>>8) - float64(r2>>8), float64(g1>>8) - float64(g2>>8), float64(b1>>8) - float64(b2>>8)} {
-				se += d * d
-				n++
-			}
-		}
-	}
-	if se == 0 {
-		return math.Inf(1)
-	}
-	return 10 * math.Log10(255*255/(se/float64(n)))
+	return testref.ImagePSNR(a, b)
 }
 
 // TestGenerateMatchesReference runs every pipeline run recorded in the

@@ -65,5 +65,5 @@ func TestConvertAndWeights(t *testing.T) {
 	}
 	fromFile := readImage(t, gen("file", "-m", gg, "--tokenizer", r.Dir, "--config", r.Dir))
 	atLoad := readImage(t, gen("load", "-m", r.Dir, "--weights", "q8_0"))
-	assert.Greater(t, psnr(fromFile, atLoad), 99.0, "converted file and --weights q8_0 give the same picture")
+	assert.Greater(t, testref.ImagePSNR(fromFile, atLoad), 99.0, "converted file and --weights q8_0 give the same picture")
 }

@@ -80,7 +80,7 @@ func TestGenerateImg2Img(t *testing.T) {
 	code, _, stderr := run("generate", "-m", dir, "-p", "a cozy wooden cabin in a snowy pine forest, warm light",
 		"--init-img", filepath.Join(img, "input_in0.png"), "--strength", "0.5", "--steps", "2", "--seed", "2101", "-o", path, "-q")
 	require.Equal(t, 0, code, stderr)
-	db := psnr(decodeTestPNG(t, path), decodeTestPNG(t, filepath.Join(img, "i2i_s2_st0.5_in0.fp32.png")))
+	db := testref.ImagePSNR(decodeTestPNG(t, path), decodeTestPNG(t, filepath.Join(img, "i2i_s2_st0.5_in0.fp32.png")))
 	assert.GreaterOrEqual(t, db, 50.0)
 	p := readParams(t, path)
 	assert.Equal(t, 0.5, p.DenoisingStrength)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"image"
 	"image/png"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,27 +28,6 @@ func readImage(t *testing.T, path string) image.Image {
 	return img
 }
 
-// psnr of two 8-bit RGB images in dB (+Inf when identical).
-func psnr(a, b image.Image) float64 {
-	var se float64
-	n := 0
-	r := a.Bounds()
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			r1, g1, b1, _ := a.At(x, y).RGBA()
-			r2, g2, b2, _ := b.At(x, y).RGBA()
-			for _, d := range []float64{float64(r1>>8) - float64(r2>>8), float64(g1>>8) - float64(g2>>8), float64(b1>>8) - float64(b2>>8)} {
-				se += d * d
-				n++
-			}
-		}
-	}
-	if se == 0 {
-		return math.Inf(1)
-	}
-	return 10 * math.Log10(255*255/(se/float64(n)))
-}
-
 // runArgs are a LoRA reference run's settings as generate flags.
 func runArgs(rn testref.LoRARun, prompt, out string) []string {
 	args := []string{"generate", "-p", prompt, "-W", fmt.Sprint(rn.Width), "-H", fmt.Sprint(rn.Height),
@@ -64,7 +42,7 @@ func runArgs(rn testref.LoRARun, prompt, out string) []string {
 // its "Lora hashes" back.
 func checkPNG(t *testing.T, r *testref.LoRARefs, rn testref.LoRARun, path string) float64 {
 	t.Helper()
-	db := psnr(readImage(t, path), readImage(t, filepath.Join(r.Dir, rn.PNG)))
+	db := testref.ImagePSNR(readImage(t, path), readImage(t, filepath.Join(r.Dir, rn.PNG)))
 	assert.GreaterOrEqual(t, db, 50.0, "%s: PSNR vs %s", rn.ID, rn.PNG)
 	f, err := os.Open(path)
 	require.NoError(t, err)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"image"
 	"image/png"
-	"math"
 	"os"
 	"path/filepath"
 	"sync"
@@ -106,27 +105,6 @@ func readPNG(t *testing.T, path string) image.Image {
 	return img
 }
 
-// psnr8 is the PSNR in dB of two 8-bit RGB images (+Inf when identical).
-func psnr8(a, b image.Image) float64 {
-	var se float64
-	n := 0
-	r := a.Bounds()
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			r1, g1, b1, _ := a.At(x, y).RGBA()
-			r2, g2, b2, _ := b.At(x, y).RGBA()
-			for _, d := range []float64{float64(r1>>8) - float64(r2>>8), float64(g1>>8) - float64(g2>>8), float64(b1>>8) - float64(b2>>8)} {
-				se += d * d
-				n++
-			}
-		}
-	}
-	if se == 0 {
-		return math.Inf(1)
-	}
-	return 10 * math.Log10(255*255/(se/float64(n)))
-}
-
 // evictModels frees every weight of m on b.
 func evictModels(m *Models, b engine.Backend) {
 	for _, bl := range allBlocks(m) {
@@ -169,7 +147,7 @@ func TestLoRARuns(t *testing.T) {
 							require.Greater(t, out.Uploaded, BlocksBytes(m.UNet.Blocks()), "weights did not stream")
 						}
 						want := readPNG(t, filepath.Join(r.Dir, rn.PNG))
-						db := psnr8(out.Images[0], want)
+						db := testref.ImagePSNR(out.Images[0], want)
 						st := a.Stats()
 						t.Logf("%s %-10s %-17s %5.1f dB (merged %d, in-forward %d modules)", be.name, mode, rn.ID, db, st.Merged, st.InForward)
 						require.GreaterOrEqual(t, db, 50.0, "%s %s %s", be.name, mode, rn.ID)

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/zimage/zimage"
+	"github.com/zimage/zimage/internal/testref"
 	"github.com/zimage/zimage/server"
 )
 
@@ -48,7 +49,7 @@ func TestImg2img(t *testing.T) {
 	require.Len(t, resp.Images, 1)
 	img, params := decodePNG(t, resp.Images[0])
 	want := readPNGFile(t, filepath.Join(dir, "i2i_s2_st0.5_in0.fp32.png"))
-	assert.GreaterOrEqual(t, imagePSNR(img, want), 50.0)
+	assert.GreaterOrEqual(t, testref.ImagePSNR(img, want), 50.0)
 	assert.Contains(t, params, "Denoising strength: 0.5")
 	assert.Equal(t, 0.5, resp.Parameters["denoising_strength"])
 	assert.Nil(t, resp.Parameters["init_images"], "init_images echoed only with include_init_images")
@@ -69,7 +70,7 @@ func TestImg2img(t *testing.T) {
 	require.NoError(t, json.Unmarshal(body, &resp))
 	img, params = decodePNG(t, resp.Images[0])
 	want = readPNGFile(t, filepath.Join(dir, "inp_s2_st1.0_in0.fp32.png"))
-	assert.GreaterOrEqual(t, imagePSNR(img, want), 50.0)
+	assert.GreaterOrEqual(t, testref.ImagePSNR(img, want), 50.0)
 	assert.Contains(t, params, "Denoising strength: 1, Mask blur: 0")
 	assert.Len(t, resp.Parameters["init_images"], 1)
 	assert.EqualValues(t, 1, resp.Parameters["inpainting_fill"])

@@ -2,10 +2,8 @@ package server_test
 
 import (
 	"encoding/json"
-	"image"
 	"image/png"
 	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,27 +42,6 @@ func copyFile(t *testing.T, src, dst string) {
 	_, err = io.Copy(out, in)
 	require.NoError(t, err)
 	require.NoError(t, out.Close())
-}
-
-// imagePSNR of two 8-bit RGB images in dB (+Inf when identical).
-func imagePSNR(a, b image.Image) float64 {
-	var se float64
-	n := 0
-	r := a.Bounds()
-	for y := r.Min.Y; y < r.Max.Y; y++ {
-		for x := r.Min.X; x < r.Max.X; x++ {
-			r1, g1, b1, _ := a.At(x, y).RGBA()
-			r2, g2, b2, _ := b.At(x, y).RGBA()
-			for _, d := range []float64{float64(r1>>8) - float64(r2>>8), float64(g1>>8) - float64(g2>>8), float64(b1>>8) - float64(b2>>8)} {
-				se += d * d
-				n++
-			}
-		}
-	}
-	if se == 0 {
-		return math.Inf(1)
-	}
-	return 10 * math.Log10(255*255/(se/float64(n)))
 }
 
 // TestLoRAs: GET /sdapi/v1/loras lists the folder as A1111 does (name,
@@ -133,7 +110,7 @@ func TestLoRAs(t *testing.T) {
 	f := mustOpen(t, filepath.Join(r.Dir, rn.PNG))
 	want, err := png.Decode(f)
 	require.NoError(t, err)
-	db := imagePSNR(img, want)
+	db := testref.ImagePSNR(img, want)
 	t.Logf("txt2img %s: %.1f dB vs the fp32 reference", rn.ID, db)
 	assert.GreaterOrEqual(t, db, 50.0)
 

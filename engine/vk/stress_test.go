@@ -4,13 +4,13 @@ import (
 	"flag"
 	"math"
 	"math/rand/v2"
-	"runtime"
-	"runtime/debug"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
 	"github.com/zimage/zimage/engine"
 	"github.com/zimage/zimage/engine/enginetest"
+	"github.com/zimage/zimage/internal/gcstress"
 )
 
 var (
@@ -19,38 +19,6 @@ var (
 	stressConformance = flag.Bool("stress.conformance", false,
 		"TestGCStress also runs the conformance suite on both kernel families under constant garbage collection (long run)")
 )
-
-// gcPressure makes the collector run constantly until the returned stop
-// is called: GOGC=1 and a goroutine calling runtime.GC in a loop (every
-// few hundredth call also debug.FreeOSMemory). Any Go memory a Vulkan call
-// still needed would be freed under it.
-func gcPressure() (stop func() int) {
-	old := debug.SetGCPercent(1)
-	done := make(chan struct{})
-	cycles := make(chan int)
-	go func() {
-		n := 0
-		for {
-			select {
-			case <-done:
-				cycles <- n
-				return
-			default:
-			}
-			runtime.GC()
-			if n%256 == 0 {
-				debug.FreeOSMemory()
-			}
-			n++
-		}
-	}()
-	return func() int {
-		close(done)
-		n := <-cycles
-		debug.SetGCPercent(old)
-		return n
-	}
-}
 
 // TestGCStress records tens of thousands of dispatches of every kind while
 // the collector runs constantly, on fresh devices of both kernel families
@@ -66,7 +34,7 @@ func gcPressure() (stop func() int) {
 // Run it under the validation layer.
 func TestGCStress(t *testing.T) {
 	idx := device(t).Info().Index
-	stop := gcPressure()
+	stop := gcstress.Loop()
 	var total Counters
 	rounds := 0
 	for i, tuning := range []Tuning{TuningCPU, TuningGPU} {
