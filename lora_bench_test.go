@@ -20,7 +20,7 @@ import (
 
 // BenchmarkLoRASwitch measures LoRAs through the library on the Vulkan
 // device: the full-size SD-Turbo architecture (seeded random F16 weights
-// from the real configs, written once to $TMPDIR/zimage-bench-<name> as
+// from the real configs, written once to $TMPDIR/zimage-bench-v2-<name> as
 // sched's benchmarks do) with rank-32 kohya LoRAs on every attention
 // projection of the UNet (attn1/attn2 to_q, to_k, to_v, to_out.0), one
 // step at ZIMAGE_BENCH_SIZE pixels (default 128), in the forward pass and
@@ -121,7 +121,7 @@ func syntheticModel(b *testing.B, name string) string {
 	if _, err := os.Stat(cfg); !ok || err != nil {
 		b.Skipf("real configs not found at %s", cfg)
 	}
-	dir := filepath.Join(os.TempDir(), "zimage-bench-"+name)
+	dir := filepath.Join(os.TempDir(), "zimage-bench-v2-"+name)
 	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err != nil {
 		b.Logf("writing a synthetic %s model to %s (kept for later runs)", name, dir)
 		if err := model.WriteSyntheticModel(dir, model.SyntheticSpec{Arch: "sd-turbo", ConfigDir: cfg, Seed: 1}); err != nil {

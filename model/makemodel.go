@@ -111,11 +111,17 @@ func WriteSyntheticModel(dir string, spec SyntheticSpec) error {
 			if err := json.Unmarshal(js, &cfg); err != nil {
 				return fmt.Errorf("model: vae config: %w", err)
 			}
+			// Both halves, as the files users have hold them: img2img and
+			// inpainting need the encoder.
+			enc, err := LoadVAEEncoder(src, &cfg)
+			if err != nil {
+				return err
+			}
 			v, err := LoadVAEDecoder(src, &cfg)
 			if err != nil {
 				return err
 			}
-			blocks = v.Blocks()
+			blocks = append(enc.Blocks(), v.Blocks()...)
 		case strings.HasPrefix(comp, "text_encoder"):
 			var cfg CLIPTextConfig
 			if err := json.Unmarshal(js, &cfg); err != nil {

@@ -14,7 +14,7 @@ import (
 	"github.com/zimage/zimage/model"
 )
 
-// syntheticModels writes (once, into $TMPDIR/zimage-bench-<name>) a
+// syntheticModels writes (once, into $TMPDIR/zimage-bench-v2-<name>) a
 // full-size model from a real model's configs (../shared/real_configs) with
 // seeded random F16 weights, and loads it from disk as a user's model would
 // be: memory-mapped, uploaded from the mapping. Text encoders use zimage's
@@ -26,7 +26,8 @@ func syntheticModels(b *testing.B, name string) *Models {
 	if _, err := os.Stat(cfg); !ok || err != nil {
 		b.Skipf("real configs not found at %s", cfg)
 	}
-	dir := filepath.Join(os.TempDir(), "zimage-bench-"+name)
+	// v2: the VAE file holds the encoder too (img2img).
+	dir := filepath.Join(os.TempDir(), "zimage-bench-v2-"+name)
 	if _, err := os.Stat(filepath.Join(dir, "model_index.json")); err != nil {
 		arch := "sd-turbo"
 		if strings.Contains(name, "sdxl") {
