@@ -138,7 +138,10 @@ func WriteSyntheticModel(dir string, spec SyntheticSpec) error {
 		var tensors []safetensors.WriteTensor
 		for _, b := range blocks {
 			for _, p := range b.Params {
-				tensors = append(tensors, safetensors.WriteTensor{Name: p.Key, DType: safetensors.F16, Shape: p.src.Shape, Data: p.src.Bytes()})
+				// The stored entry, not the one a network derives from it
+				// (the encoder's downsamplers pad 3x3 kernels to 4x4).
+				e := src.Entry(p.Key)
+				tensors = append(tensors, safetensors.WriteTensor{Name: p.Key, DType: safetensors.F16, Shape: e.Shape, Data: e.Bytes()})
 			}
 		}
 		meta := map[string]string{"format": "pt", "zimage": "synthetic random weights"}
