@@ -128,7 +128,7 @@ func (c *Checkpoint) zimageInfo(in *Info) {
 
 // writeMemory renders Memory.
 func (in *Info) writeMemory(b *strings.Builder) {
-	b.WriteString("\nestimated device memory (weights as F16 matrices / F32 vectors, F32 activations, whole-image VAE decode):\n")
+	b.WriteString("\nestimated device memory (weights as the device holds them: F16 matrices, F32 vectors, quantized blocks, F32 activations, whole-image VAE decode):\n")
 	tw := tabwriter.NewWriter(b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "size\trows\tstage\ttokens\tweights\tactivations\t")
 	for _, e := range in.Memory {
