@@ -69,6 +69,9 @@ func (d *Device) attention(dst, q, k, v *engine.Tensor, o engine.AttentionOption
 	}
 	if !d.loopsFit(scalarLoops(dim, lk)) {
 		c.release()
+		if o.Heads == 1 && o.KV() == 1 && !o.Causal && kvLen == lk {
+			return d.attentionUnfused(dst, q, k, v, o.Scale, b, lq, lk, dim)
+		}
 		return fmt.Errorf("vk: %s: %d keys of head dim %d exceed what %s's loop limiter lets one invocation run", c.op, lk, dim, d.info.Name)
 	}
 	groups := d.groupGrid((lq*o.Heads+wgReg-1)/wgReg, b)
@@ -148,6 +151,54 @@ func (d *Device) attentionPieces(dst, q, k, v *engine.Tensor, o engine.Attention
 		}
 	}
 	return true, nil
+}
+
+// attentionUnfused runs single-head attention as scores = scale·q kᵀ,
+// softmax, scores·v, for the long keys at a wide head the fused kernels
+// cannot loop over on llvmpipe (the SD VAE's mid-block attention: one head
+// of 512 over every latent pixel, 4096 keys at 512²). The score matrix is
+// made for chunks of queries of at most 16 MiB (and within the binding
+// limit), twice (scores and weights), so the extra memory stays small
+// whatever the size.
+func (d *Device) attentionUnfused(dst, q, k, v *engine.Tensor, scale float32, b, lq, lk, dim int) error {
+	chunkBytes := int64(16 << 20)
+	if lim := d.bindLimit(); lim > 0 && lim < chunkBytes {
+		chunkBytes = lim
+	}
+	per := max(1, int(chunkBytes/int64(4*lk)))
+	var vw viewer
+	for i := range b {
+		kv, vv := vw.rows(k, b, i, i+1, 1, lk, dim), vw.rows(v, b, i, i+1, 1, lk, dim)
+		for q0 := 0; q0 < lq; q0 += per {
+			q1 := min(lq, q0+per)
+			qv := vw.rows(q, b*lq, i*lq+q0, i*lq+q1, 1, q1-q0, dim)
+			dv := vw.rows(dst, b*lq, i*lq+q0, i*lq+q1, 1, q1-q0, dim)
+			if vw.err != nil {
+				return vw.err
+			}
+			shape := engine.Shape{1, q1 - q0, lk}
+			scores, err := d.Alloc("attention scores of "+q.Name, engine.F32, shape)
+			if err != nil {
+				return err
+			}
+			probs, err := d.Alloc("attention weights of "+q.Name, engine.F32, shape)
+			if err == nil {
+				err = d.MatMul(scores, qv, kv, true, scale)
+			}
+			if err == nil {
+				err = d.Softmax(probs, scores)
+			}
+			if err == nil {
+				err = d.MatMul(dv, probs, vv, false, 1)
+			}
+			d.Free(scores)
+			d.Free(probs)
+			if err != nil {
+				return fmt.Errorf("vk: attention %s without the fused kernel: %w", q.Name, err)
+			}
+		}
+	}
+	return nil
 }
 
 // llvmpipe stops a shader's loops once they have run 65535 iterations in
