@@ -15,10 +15,10 @@ import (
 
 // TestZImageGGUFTransformer runs the tiny Z-Image pipeline with its
 // transformer read from a Q8_0 GGUF (as ComfyUI-GGUF publishes
-// Z-Image-Turbo): the image is byte-identical to the run from the same
-// weights dequantized into an F32 GGUF, since both put the exact
-// dequantized values on the device, and it is logged against the fp32
-// reference of the original weights (the cost of Q8_0).
+// Z-Image-Turbo): the image matches the run from the same weights
+// dequantized into an F32 GGUF up to that copy's F16 storage, and is
+// logged against the 16-bit run of the original weights (the cost of
+// Q8_0).
 func TestZImageGGUFTransformer(t *testing.T) {
 	m, r := loadZImageModels(t)
 	var zc model.ZImageConfig
@@ -60,11 +60,17 @@ func TestZImageGGUFTransformer(t *testing.T) {
 		return out.Images[0].Pix
 	}
 	q, p := run(quant), run(plain)
-	require.Equal(t, p, q, "Q8_0 transformer vs its dequantized F32 copy")
 	out, err := RunZImage(context.Background(), ref.New(), m, zimageParams(t, r, rn))
 	require.NoError(t, err)
-	t.Logf("%s with a Q8_0 transformer: identical to its dequantized F32 copy; %.1f dB vs the 16-bit run",
-		rn.ID, rgbaPSNR(out.Images[0], imageOf(out.Images[0].Rect, q)))
+	rect := out.Images[0].Rect
+	// The Q8_0 blocks stay quantized on the device and are decoded exactly
+	// in the kernels, while the dequantized F32 copy is stored as F16 like
+	// any matrix: the images differ by the F16 rounding of the weights
+	// (a few 8-bit levels at a few pixels); 55 dB catches a misread block.
+	db := rgbaPSNR(imageOf(rect, p), imageOf(rect, q))
+	require.GreaterOrEqual(t, db, 55.0, "Q8_0 transformer vs its dequantized F32 copy")
+	t.Logf("%s with a Q8_0 transformer: %.1f dB vs its dequantized F32 copy; %.1f dB vs the 16-bit run",
+		rn.ID, db, rgbaPSNR(out.Images[0], imageOf(rect, q)))
 }
 
 // imageOf wraps RGBA pixels of the given bounds.
