@@ -306,16 +306,7 @@ func (p plane) gaussianBlur(s float64) plane {
 		return p
 	}
 	r := int(2.5*s + 0.5)
-	k := make([]float64, 2*r+1)
-	var sum float64
-	for i := range k {
-		d := float64(i - r)
-		k[i] = math.Exp(-d * d / (2 * s * s))
-		sum += k[i]
-	}
-	for i := range k {
-		k[i] /= sum
-	}
+	k := gaussianKernel(s, r)
 	reflect := func(i, n int) int {
 		if n == 1 {
 			return 0
@@ -402,6 +393,22 @@ func fillColors(rgb plane, mask plane) plane {
 	return out
 }
 
+// gaussianKernel is the normalised Gaussian of standard deviation s over
+// the 2r+1 taps -r..r.
+func gaussianKernel(s float64, r int) []float64 {
+	k := make([]float64, 2*r+1)
+	var sum float64
+	for i := range k {
+		d := float64(i - r)
+		k[i] = math.Exp(-d * d / (2 * s * s))
+		sum += k[i]
+	}
+	for i := range k {
+		k[i] /= sum
+	}
+	return k
+}
+
 // blurFloat is a Gaussian blur with standard deviation sigma of n
 // interleaved float channels, on a copy box-downsampled by sigma/4 (then
 // bilinearly upsampled) when sigma is large.
@@ -429,16 +436,7 @@ func blurFloat(src []float64, w, h, n int, sigma float64) []float64 {
 	}
 	s := sigma / float64(f)
 	r := int(3*s + 0.5)
-	k := make([]float64, 2*r+1)
-	var sum float64
-	for i := range k {
-		d := float64(i - r)
-		k[i] = math.Exp(-d * d / (2 * s * s))
-		sum += k[i]
-	}
-	for i := range k {
-		k[i] /= sum
-	}
+	k := gaussianKernel(s, r)
 	// Beyond the border the blur sees nothing (zero coverage), as a
 	// premultiplied blur of a transparent surround would.
 	pass := func(in []float64, horizontal bool) []float64 {
