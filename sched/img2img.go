@@ -79,6 +79,28 @@ type startState struct {
 	cond []float32
 }
 
+// txt2imgStart is the start of a text-to-image run: the given noise, or
+// the first draw of a torch-compatible CPU generator seeded with the
+// run's seed (returned: later draws continue it), times sigma (the
+// scheduler's init_noise_sigma).
+func (p *Params) txt2imgStart(c, h, w int, sigma float32) (*startState, *rng.Generator, error) {
+	st := &startState{}
+	var gen *rng.Generator
+	if p.Noise != nil {
+		if err := p.Noise.check(p.Batch, c, h, w); err != nil {
+			return nil, nil, err
+		}
+		st.latents = append([]float32(nil), p.Noise.Latents...)
+	} else {
+		gen = rng.NewTorchCPU(p.Seed)
+		st.latents = gen.Randn(p.Batch, c, h, w)
+	}
+	for i := range st.latents {
+		st.latents[i] *= sigma
+	}
+	return st, gen, nil
+}
+
 // initJob prepares a start; the SD and Z-Image runners share it.
 type initJob struct {
 	ctx     context.Context

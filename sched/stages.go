@@ -161,20 +161,9 @@ func (r *runner) denoise() error {
 	n := r.p.Batch * c * h * w
 	st := r.start
 	if st == nil {
-		// txt2img: the initial latents are the generator's first draw.
-		st = &startState{}
-		if r.p.Noise != nil {
-			if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
-				return err
-			}
-			st.latents = append([]float32(nil), r.p.Noise.Latents...)
-		} else {
-			r.gen = rng.NewTorchCPU(r.p.Seed)
-			st.latents = r.gen.Randn(r.p.Batch, c, h, w)
-		}
-		sigma := float32(s.InitNoiseSigma())
-		for i := range st.latents {
-			st.latents[i] *= sigma
+		var err error
+		if st, r.gen, err = r.p.txt2imgStart(c, h, w, float32(s.InitNoiseSigma())); err != nil {
+			return err
 		}
 	}
 	r.latents = st.latents

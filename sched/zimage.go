@@ -324,17 +324,11 @@ func (r *zrunner) denoise() error {
 	n := r.p.Batch * per
 	st := r.start
 	if st == nil {
-		st = &startState{}
-		if r.p.Noise != nil {
-			if err := r.p.Noise.check(r.p.Batch, c, h, w); err != nil {
-				return err
-			}
-			st.latents = append([]float32(nil), r.p.Noise.Latents...)
-		} else {
-			// prepare_latents: randn on a torch CPU generator, float32, no
-			// init_noise_sigma (1 for flow matching anyway).
-			r.gen = rng.NewTorchCPU(r.p.Seed)
-			st.latents = r.gen.Randn(r.p.Batch, c, h, w)
+		// prepare_latents applies no init_noise_sigma (1 for flow
+		// matching anyway).
+		var err error
+		if st, r.gen, err = r.p.txt2imgStart(c, h, w, 1); err != nil {
+			return err
 		}
 	}
 	r.latents = st.latents
