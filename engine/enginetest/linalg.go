@@ -47,7 +47,12 @@ func CheckLinear(t testing.TB, b engine.Backend, batch, rows, k, n int, bias boo
 	e := newEnv(t, b, name, batch*rows*k*n <= fullMACs)
 	defer e.close()
 	x := e.input("linear.x", engine.F32, engine.Shape{batch, rows, k}, 1)
-	w := e.input("linear.w", wdt, engine.Shape{n, k}, 1)
+	var w *operand
+	if wdt.Quantized() {
+		w = e.inputBlocks("linear.w", wdt, engine.Shape{n, k}, 1) // random blocks; k whole blocks
+	} else {
+		w = e.input("linear.w", wdt, engine.Shape{n, k}, 1)
+	}
 	var bo *operand
 	var bh []float32
 	if bias {

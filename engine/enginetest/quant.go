@@ -141,34 +141,11 @@ func QuantLinear(t *testing.T, b engine.Backend, dt engine.DType, opts ...Option
 }
 
 // CheckQuantLinear checks Linear on x [batch, rows, k] and random blocks
-// w [n, k] of type dt against the reference.
+// w [n, k] of type dt against the reference (CheckLinear with block
+// weights).
 func CheckQuantLinear(t testing.TB, b engine.Backend, dt engine.DType, batch, rows, k, n int, bias bool) {
 	t.Helper()
-	name := fmt.Sprintf("linear x[%d %d %d] w %v[%d %d] bias=%v", batch, rows, k, dt, n, k, bias)
-	e := newEnv(t, b, name, batch*rows*k*n <= fullMACs)
-	defer e.close()
-	x := e.input("linear.x", engine.F32, engine.Shape{batch, rows, k}, 1)
-	w := e.inputBlocks("linear.w", dt, engine.Shape{n, k}, 1)
-	var bo *operand
-	var bh []float32
-	if bias {
-		bo = e.input("linear.bias", engine.F32, engine.Shape{n}, 1)
-		bh = bo.host
-	}
-	d := e.output("linear.dst", engine.F32, engine.Shape{batch, rows, n})
-	e.run(name, func(be engine.Backend, tt func(*operand) *engine.Tensor) error {
-		return be.Linear(tt(d), tt(x), tt(w), tt(bo))
-	})
-	if e.r != nil {
-		e.checkFull(name, d, TolF32)
-		return
-	}
-	idx := e.sampleIdx(batch*rows*n, samples)
-	want := make([]float32, len(idx))
-	for i, j := range idx {
-		want[i] = linearAt(x.host, w.host, bh, k, n, j)
-	}
-	checkClose(t, name, e.got(d), want, idx, TolF32)
+	CheckLinear(t, b, batch, rows, k, n, bias, dt)
 }
 
 // QuantConv2d runs Conv2d with weights of block type dt whose rows
