@@ -1,12 +1,8 @@
 package server_test
 
 import (
-	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/chromedp/chromedp"
 	"github.com/stretchr/testify/assert"
@@ -22,56 +18,16 @@ import (
 // Screenshots: out/webui-img2img.png and, at a phone's size,
 // out/webui-img2img-phone.png.
 func TestBrowserImg2Img(t *testing.T) {
-	chrome := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			chrome = p
-			break
-		}
-	}
-	if chrome == "" {
-		t.Skip("chromium not installed (make deps installs it): skipping the real-browser test")
-	}
+	br := openBrowser(t, 1360, 1100)
+	ctx, do, poll := br.ctx, br.do, br.poll
 	ts := startServer(t, server.Config{Previews: true}, nil)
-	shots := filepath.Join("..", "out")
-	require.NoError(t, os.MkdirAll(shots, 0o755))
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chrome), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1360, 1100),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("lang", "en-US"),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
-	ctx, cancelC := chromedp.NewContext(actx)
-	defer cancelC()
-	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancelT()
-	do := func(actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		for _, a := range actions {
-			_, err := chromedp.Run(ctx, a)
-			require.NoError(t, err)
-		}
-	}
-	poll := func(expr string) {
-		t.Helper()
-		_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(60*time.Second)))
-		require.NoError(t, err, "waiting for %s", expr)
-	}
 	eval := func(expr string) float64 {
 		t.Helper()
 		v, err := chromedp.Run(ctx, chromedp.Evaluate[float64](expr))
 		require.NoError(t, err, expr)
 		return v
 	}
-	shot := func(name string) {
-		t.Helper()
-		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(shots, name), buf, 0o644))
-	}
+	shot := br.shot
 
 	do(chromedp.Navigate(ts.URL + "/"))
 	poll(`document.querySelector("#model-select").options.length > 0`)

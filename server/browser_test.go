@@ -1,13 +1,9 @@
 package server_test
 
 import (
-	"context"
-	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/chromedp"
@@ -24,61 +20,19 @@ import (
 // saved PNG back through PNG info. It saves a screenshot of each tab
 // under out/ (README shows one).
 func TestBrowser(t *testing.T) {
-	chrome := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			chrome = p
-			break
-		}
-	}
-	if chrome == "" {
-		t.Skip("chromium not installed (make deps installs it): skipping the real-browser test")
-	}
+	br := openBrowser(t, 1360, 940)
+	ctx, do := br.ctx, br.do
 	loras := filepath.Join(testref.Dir(t, "tiny-sd-turbo"), "loras")
 	ts := startServer(t, server.Config{LoRADir: loras, Load: loraLoader(t, loras)}, nil)
-	shots := filepath.Join("..", "out")
-	require.NoError(t, os.MkdirAll(shots, 0o755))
 
-	// As root in a sandbox without network: no sandbox, no GPU, nothing
-	// that phones home, a fresh profile.
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chrome), chromedp.Headless, chromedp.NoSandbox, chromedp.DisableGPU, chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck, chromedp.UserDataDir(t.TempDir()), chromedp.WindowSize(1360, 940),
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true), chromedp.Flag("lang", "en-US"),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
-	ctx, cancelC := chromedp.NewContext(actx)
-	defer cancelC()
-	ctx, cancelT := context.WithTimeout(ctx, 3*time.Minute)
-	defer cancelT()
-
-	do := func(actions ...chromedp.Action[chromedp.Void]) {
-		t.Helper()
-		for _, a := range actions {
-			_, err := chromedp.Run(ctx, a)
-			require.NoError(t, err)
-		}
-	}
 	str := func(a chromedp.Action[string]) string {
 		t.Helper()
 		v, err := chromedp.Run(ctx, a)
 		require.NoError(t, err)
 		return v
 	}
-	poll := func(expr string) {
-		t.Helper()
-		_, err := chromedp.Run(ctx, chromedp.Poll[bool](expr, chromedp.WithPollingTimeout(60*time.Second)))
-		require.NoError(t, err, "waiting for %s", expr)
-	}
-	shot := func(name string) {
-		t.Helper()
-		buf, err := chromedp.Run(ctx, chromedp.FullScreenshot(100))
-		require.NoError(t, err)
-		require.NoError(t, os.WriteFile(filepath.Join(shots, name), buf, 0o644))
-	}
+	poll := br.poll
+	shot := br.shot
 	const prompt = "a lighthouse at dusk, 黄昏时的灯塔"
 	_, err := chromedp.Call(ctx, emulation.SetEmulatedMedia, emulation.SetEmulatedMediaParams{
 		Features: []*emulation.MediaFeature{{Name: "prefers-color-scheme", Value: "dark"}}})
